@@ -1,0 +1,427 @@
+"""The one configuration core shared by every command and the server.
+
+This is the only module that reads (or writes) the process environment. Precedence, highest first:
+CLI flag > environment variable (``AGENTCTL_*`` and the conventional ``DATABASE_URL``, ``REDIS_URL``,
+``OPENAI_API_KEY``) > ``.env.<environment>`` > ``.env`` > default. Every resolved value remembers
+where it came from so that ``agentctl config show`` can say so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+Environment = Literal["development", "staging", "production", "test"]
+ENV_PREFIX = "AGENTCTL_"
+NESTED_DELIMITER = "__"
+ENVIRONMENT_VARIABLE = "AGENTCTL_ENV"
+MIN_PRODUCTION_JWT_SECRET_BYTES = 32
+
+# Conventional variable names that tools and platforms already set, mapped to their setting.
+CONVENTIONAL_VARIABLES: dict[str, tuple[str, ...]] = {
+    "DATABASE_URL": ("database", "url"),
+    "REDIS_URL": ("redis", "url"),
+    "OPENAI_API_KEY": ("llm", "api_key"),
+}
+
+
+class SettingsError(Exception):
+    """Raised when the configuration is invalid; carries one human line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:password@host:5432/db). Unset: an embedded "
+        "PostgreSQL 16 with pgvector starts under the data directory. Also read from DATABASE_URL.",
+    )
+    pool_min_size: int = Field(default=1, ge=0, description="Connections each process keeps open.")
+    pool_max_size: int = Field(default=10, ge=1, description="Most connections one process opens.")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Time allowed to open a connection.")
+    command_timeout_seconds: float = Field(default=30.0, gt=0, description="Time allowed for one statement.")
+    max_idle_seconds: float = Field(default=300.0, gt=0, description="A pooled connection idle this long is closed.")
+    readiness_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Time /health/ready waits for the database before reporting it down."
+    )
+
+    @model_validator(mode="after")
+    def _pool_bounds_are_ordered(self) -> DatabaseSettings:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(
+                f"pool_min_size ({self.pool_min_size}) must not exceed pool_max_size ({self.pool_max_size})"
+            )
+        return self
+
+
+class RedisSettings(_Section):
+    url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0) shared by workers and replicas for rate limits and "
+        "revocation. Unset: in-process memory. Also read from REDIS_URL.",
+    )
+    timeout_seconds: float = Field(default=2.0, gt=0, description="Time allowed for one Redis command.")
+
+
+class ServerSettings(_Section):
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the HTTP server binds to.")
+    workers: int = Field(default=1, ge=1, le=64, description="Worker processes serving requests.")
+    reload: bool = Field(default=False, description="Restart on code changes (development only).")
+    graceful_shutdown_seconds: float = Field(
+        default=30.0, gt=0, description="On SIGTERM, time in-flight requests get to finish."
+    )
+    request_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body accepted; larger bodies get 413."
+    )
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser, comma-separated. Empty: no CORS.",
+    )
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _split_comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+
+class AuthSettings(_Section):
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs tokens; at least 32 bytes. Required in production.",
+    )
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
+        default="HS256", description="Algorithm that signs tokens."
+    )
+
+
+class LLMSettings(_Section):
+    model: str = Field(default="gpt-4o-mini", description="Chat model the agent uses.")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint. Unset: the provider's default.")
+    api_key: SecretStr | None = Field(
+        default=None, description="API key for the model endpoint. Also read from OPENAI_API_KEY."
+    )
+
+
+class ObservabilitySettings(_Section):
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level written to the log."
+    )
+    log_format: Literal["auto", "text", "json"] = Field(
+        default="auto",
+        description="text for people, json for collectors; auto: text in development and test, json elsewhere.",
+    )
+
+
+class Settings(BaseSettings):
+    """Every setting of agentctl. Build it with :func:`load_settings`; ``Settings()`` is defaults only."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    env: Environment = Field(
+        default="development", description="Deployment environment: development, staging, production or test."
+    )
+    debug: bool = Field(default=False, description="Show internal error details in responses. Never in production.")
+    data_dir: Path = Field(
+        default=Path(".agentctl"), description="Where local state lives: the embedded database among others."
+    )
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL.")
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis.")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="Tokens and passwords.")
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="Model provider.")
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings, description="Logs and metrics.")
+
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any, **_: Any) -> tuple:
+        # Only explicit values: load_settings() reads the environment and files itself, so that it can
+        # record where each value came from.
+        return (init_settings,)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    def source_of(self, dotted_path: str) -> str:
+        """Where the value of ``dotted_path`` came from: a flag, a variable, a file, or the default."""
+        return self._sources.get(dotted_path, "default")
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database.url is None
+
+    @property
+    def effective_log_format(self) -> Literal["text", "json"]:
+        if self.observability.log_format != "auto":
+            return self.observability.log_format
+        return "text" if self.env in ("development", "test") else "json"
+
+    def production_problems(self) -> list[str]:
+        """What makes these settings unsafe to serve in production (empty when they are fine)."""
+        if self.env != "production":
+            return []
+        problems = []
+        secret = self.auth.jwt_secret.get_secret_value() if self.auth.jwt_secret else ""
+        if len(secret.encode()) < MIN_PRODUCTION_JWT_SECRET_BYTES:
+            problems.append(
+                f"{variable_name(('auth', 'jwt_secret'))} must be set to at least "
+                f"{MIN_PRODUCTION_JWT_SECRET_BYTES} bytes in production "
+                "(for example: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if "*" in self.server.cors_allowed_origins:
+            problems.append(
+                f"{variable_name(('server', 'cors_allowed_origins'))} must list explicit origins in production, not '*'"
+            )
+        if self.debug:
+            problems.append(f"{variable_name(('debug',))} must be false in production")
+        return problems
+
+
+def variable_name(path: tuple[str, ...]) -> str:
+    """The AGENTCTL_ environment variable that sets the value at ``path``."""
+    return ENV_PREFIX + NESTED_DELIMITER.join(part.upper() for part in path)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, so it can be printed and logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    override_labels: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    env_file_dir: Path | None = None,
+) -> Settings:
+    """Resolve the settings from flags, the environment, .env files and defaults.
+
+    ``overrides`` holds flag values as a nested dict (``{"server": {"port": 9000}}``);
+    ``override_labels`` names the flag of each dotted path for ``config show``.
+    Raises :class:`SettingsError` with one line per invalid or unknown value.
+    """
+    environ = os.environ if environ is None else environ
+    directory = env_file_dir or Path.cwd()
+    overrides = dict(overrides or {})
+    base_file = _read_env_file(directory / ".env")
+    environment = str(
+        overrides.get("env")
+        or environ.get(ENVIRONMENT_VARIABLE)
+        or base_file.get(ENVIRONMENT_VARIABLE)
+        or "development"
+    )
+    env_file = directory / f".env.{environment}"
+
+    # Lowest priority first; each later layer overwrites the earlier ones.
+    layers: list[tuple[dict[str, Any], str | Mapping[str, str]]] = [
+        (_dotenv_layer(directory / ".env", base_file), ".env"),
+        (_dotenv_layer(env_file, _read_env_file(env_file)), f".env.{environment}"),
+        (_conventional_layer(environ), "environment"),
+        (_EnvironmentSource(environ)(), "environment"),
+        (overrides, dict(override_labels or {})),
+    ]
+    problems = _unknown_variables(environ, "environment") + _unknown_variables(base_file, ".env")
+    problems += _unknown_variables(_read_env_file(env_file), f".env.{environment}")
+    if problems:
+        raise SettingsError(problems)
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for values, label in layers:
+        _deep_merge(merged, values)
+        for path in _leaf_paths(values):
+            dotted = ".".join(path)
+            if isinstance(label, str):
+                sources[dotted] = _describe_source(label, path, environ)
+            else:
+                sources[dotted] = f"flag {label.get(dotted, '')}".strip()
+    try:
+        settings = Settings(**merged)
+    except ValidationError as error:
+        raise SettingsError(_describe_validation_error(error, sources)) from None
+    settings._sources = sources
+    return settings
+
+
+def export_for_child_processes(values: Mapping[str, Any], *, environ: dict[str, str] | None = None) -> None:
+    """Write nested setting values as AGENTCTL_ variables so that worker processes resolve the same settings."""
+    target = os.environ if environ is None else environ
+    for path in _leaf_paths(values):
+        value: Any = values
+        for part in path:
+            value = value[part]
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(str(item) for item in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        target[variable_name(path)] = str(value)
+
+
+def iter_settings(settings: Settings) -> Iterator[tuple[str, str, str, str]]:
+    """(dotted name, printable value, source, help) for every setting, secrets masked."""
+    yield from _iter_model(settings, (), settings)
+
+
+def _iter_model(model: BaseModel, prefix: tuple[str, ...], root: Settings) -> Iterator[tuple[str, str, str, str]]:
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        path = (*prefix, name)
+        if isinstance(value, BaseModel):
+            yield from _iter_model(value, path, root)
+            continue
+        dotted = ".".join(path)
+        yield dotted, _printable(name, value), root.source_of(dotted), field.description or ""
+
+
+def _printable(name: str, value: Any) -> str:
+    if isinstance(value, SecretStr):
+        # A URL stays useful with only its password hidden; any other secret is hidden whole.
+        raw = value.get_secret_value()
+        return redact_url(raw) if name == "url" else "********"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value) or "(empty)"
+    return str(value)
+
+
+class _EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of always os.environ."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Settings, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, False, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    return {key: value for key, value in dotenv_values(path).items() if value is not None}
+
+
+def _dotenv_layer(path: Path, values: Mapping[str, str]) -> dict[str, Any]:
+    if not values:
+        return {}
+    layer = DotEnvSettingsSource(Settings, env_file=path, case_sensitive=False, dotenv_filtering="only_existing")()
+    _deep_merge(layer, _conventional_layer(values))
+    return layer
+
+
+def _conventional_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for variable, path in CONVENTIONAL_VARIABLES.items():
+        if environ.get(variable):
+            _deep_merge(layer, _nest(path, environ[variable]))
+    return layer
+
+
+def _describe_source(label: str, path: tuple[str, ...], environ: Mapping[str, str]) -> str:
+    if label != "environment":
+        return label
+    name = variable_name(path)
+    if name.lower() not in {key.lower() for key in environ}:
+        conventional = next((var for var, target in CONVENTIONAL_VARIABLES.items() if target == path), None)
+        name = conventional or name
+    return f"environment {name}"
+
+
+def _unknown_variables(values: Mapping[str, str], label: str) -> list[str]:
+    problems = []
+    for key in values:
+        if not key.upper().startswith(ENV_PREFIX):
+            continue
+        path = tuple(part.lower() for part in key[len(ENV_PREFIX) :].split(NESTED_DELIMITER))
+        if not _is_known_path(Settings, path):
+            problems.append(f"{key.upper()} ({label}): unknown setting; `agentctl config show` lists them all")
+    return problems
+
+
+def _is_known_path(model: type[BaseModel], path: tuple[str, ...]) -> bool:
+    field = model.model_fields.get(path[0])
+    if field is None:
+        return False
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return len(path) == 1 or _is_known_path(annotation, path[1:])
+    return len(path) == 1
+
+
+def _describe_validation_error(error: ValidationError, sources: Mapping[str, str]) -> list[str]:
+    lines = []
+    for item in error.errors():
+        path = tuple(str(part) for part in item["loc"])
+        dotted = ".".join(path)
+        nested_sources = sorted({label for key, label in sources.items() if key.startswith(f"{dotted}.")})
+        source = sources.get(dotted) or ", ".join(nested_sources) or "default"
+        given = item.get("input")
+        shown = "" if "secret" in dotted or "key" in dotted or isinstance(given, dict) else f" (got {given!r})"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{variable_name(path) if path else 'settings'} from {source}: {message}{shown}")
+    return lines
+
+
+def _nest(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    nested: dict[str, Any] = {path[-1]: value}
+    for part in reversed(path[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def _deep_merge(target: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def _leaf_paths(values: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            yield from _leaf_paths(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
