@@ -1,0 +1,1 @@
+"""The agentctl HTTP service (Litestar)."""

@@ -1,0 +1,17 @@
+"""The Piccolo app that owns agentctl's tables and the migrations kept in the top-level migrations/ folder."""
+
+from piccolo.conf.apps import AppConfig
+
+from agentctl.resources import migrations_dir
+from server.sessions.tables import ChatSession
+from server.users.tables import User
+
+APP_NAME = "agentctl"
+
+APP_CONFIG = AppConfig(
+    app_name=APP_NAME,
+    migrations_folder_path=str(migrations_dir()),
+    table_classes=[User, ChatSession],
+    migration_dependencies=[],
+    commands=[],
+)
