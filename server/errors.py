@@ -1,0 +1,168 @@
+"""Domain errors and their one HTTP shape: RFC 9457 problem+json carrying the request id.
+
+Services raise :class:`AppError` subclasses and know nothing of HTTP; this module is the one place
+that turns them, Litestar's own HTTP errors and unexpected exceptions into responses.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from loguru import logger
+
+from server.observability.request_id import request_id_of
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class AppError(Exception):
+    """A failure the caller can understand: an HTTP status, a stable code and a human detail."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal Server Error"
+
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra or {}
+
+
+class NotFoundError(AppError):
+    status = 404
+    code = "not-found"
+    title = "Not Found"
+
+
+class ConflictError(AppError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class ServiceUnavailableError(AppError):
+    status = 503
+    code = "service-unavailable"
+    title = "Service Unavailable"
+
+
+@dataclass
+class ProblemDetails:
+    """RFC 9457 problem details, as every error response carries them."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries documenting that a route can answer ``statuses`` with the problem shape."""
+    return {
+        status: ResponseSpec(data_container=ProblemDetails, media_type=PROBLEM_MEDIA_TYPE, description=_reason(status))
+        for status in statuses
+    }
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    """The single error shape every 4xx/5xx response has."""
+    body = {
+        "type": f"urn:agentctl:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": request_id_of(request.scope),
+        **(extra or {}),
+    }
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def handle_app_error(request: Request, error: AppError) -> Response[dict[str, Any]]:
+    return problem_response(
+        request, status=error.status, code=error.code, title=error.title, detail=error.detail, extra=error.extra
+    )
+
+
+def handle_validation_error(request: Request, error: ValidationException) -> Response[dict[str, Any]]:
+    fields = [
+        {"field": item.get("key") or item.get("source") or "body", "message": item.get("message", "")}
+        for item in (error.extra if isinstance(error.extra, list) else [])
+        if isinstance(item, dict)
+    ]
+    names = ", ".join(sorted({item["field"] for item in fields})) or "the request"
+    return problem_response(
+        request,
+        status=422,
+        code="validation-failed",
+        title="Unprocessable Content",
+        detail=f"invalid value for {names}",
+        extra={"errors": fields},
+    )
+
+
+def handle_http_exception(request: Request, error: HTTPException) -> Response[dict[str, Any]]:
+    status = error.status_code
+    title = _reason(status)
+    detail = error.detail if error.detail and error.detail != title else title
+    if status >= 500:
+        # Litestar's own 5xx details can name internals; say only what happened.
+        logger.opt(exception=error).error("HTTP {} raised inside the framework", status)
+        detail = title
+    return problem_response(
+        request, status=status, code=_slug(title), title=title, detail=detail, headers=error.headers
+    )
+
+
+def handle_unexpected_error(request: Request, error: Exception) -> Response[dict[str, Any]]:
+    logger.opt(exception=error).error("unhandled error on {} {}", request.method, request.url.path)
+    extra: dict[str, Any] = {}
+    detail = "An unexpected error occurred; quote the request id when reporting it."
+    if request.app.debug:
+        extra["traceback"] = traceback.format_exception(error)
+        detail = f"{type(error).__name__}: {error}"
+    return problem_response(
+        request,
+        status=HTTP_500_INTERNAL_SERVER_ERROR,
+        code="internal-error",
+        title="Internal Server Error",
+        detail=detail,
+        extra=extra,
+    )
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+    AppError: handle_app_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected_error,
+}
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _slug(title: str) -> str:
+    return "-".join(title.lower().replace("'", "").split())
