@@ -1,0 +1,111 @@
+"""`agentctl serve`: the API under uvicorn, on the embedded database unless DATABASE_URL says otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from agentctl import __version__
+from agentctl.cli.context import settings_of, state_of
+from agentctl.config import Settings, SettingsError, export_for_child_processes, redact_url
+
+APP_FACTORY = "server.app:create_app_from_environment"
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (AGENTCTL_SERVER__HOST).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (AGENTCTL_SERVER__PORT).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Worker processes (AGENTCTL_SERVER__WORKERS).")
+    ] = None,
+    reload: Annotated[
+        bool | None, typer.Option("--reload/--no-reload", help="Restart on code changes; one worker only.")
+    ] = None,
+) -> None:
+    """Serve the API. SIGTERM drains in-flight requests, closes pools and exits 0."""
+    import uvicorn
+
+    from server.database.embedded import database_url
+    from server.observability.logging import configure_logging
+
+    state = state_of(ctx)
+    for path, value, flag in (
+        ("server.host", host, "--host"),
+        ("server.port", port, "--port"),
+        ("server.workers", workers, "--workers"),
+        ("server.reload", reload, "--reload"),
+    ):
+        state.add_flag(path, value, flag)
+    settings = settings_of(ctx)
+    problems = settings.production_problems()
+    if settings.server.reload and settings.server.workers > 1:
+        problems.append("--reload restarts a single process: use it without --workers")
+    if problems:
+        raise SettingsError(problems)
+    configure_logging(settings)
+
+    with database_url(settings) as url:
+        asyncio.run(_prepare_schema(url, settings))
+        # Workers are fresh processes that resolve their settings again: hand them the flags given here and,
+        # for the embedded database, the URL of the one server this process started for all of them.
+        exported = dict(state.overrides)
+        if settings.uses_embedded_database:
+            exported["database"] = {"url": url}
+        export_for_child_processes(exported)
+        _print_banner(settings, url)
+        _exit_normally_after_drain()
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=settings.server.host,
+            port=settings.server.port,
+            workers=settings.server.workers,
+            reload=settings.server.reload,
+            timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
+            log_config=None,
+            server_header=False,
+        )
+
+
+def _exit_normally_after_drain() -> None:
+    """Uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it found installed.
+
+    By then the stop is complete, so the handler installed here lets `serve` return and exit 0 (after the
+    embedded database stops) instead of dying by the signal.
+    """
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, frame: None)
+
+
+async def _prepare_schema(url: str, settings: Settings) -> None:
+    """The embedded default migrates itself; an external database must already be migrated by the operator."""
+    from server.database.engine import open_database
+    from server.database.migrations import apply_migrations, ensure_schema_current
+
+    async with open_database(url, settings.database) as database:
+        if settings.uses_embedded_database:
+            await apply_migrations(database)
+        await ensure_schema_current(database)
+
+
+def _print_banner(settings: Settings, url: str) -> None:
+    server = settings.server
+    base = f"http://{server.host}:{server.port}"
+    if settings.uses_embedded_database:
+        database = f"embedded PostgreSQL 16 + pgvector in {settings.data_dir / 'postgres'}"
+    else:
+        database = redact_url(url)
+    key = "API key set" if settings.llm.api_key else "no API key configured"
+    endpoint = settings.llm.base_url or "provider default endpoint"
+    workers = f"{server.workers} worker{'s' if server.workers != 1 else ''}"
+    console = Console(highlight=False)
+    console.print(f"[bold]agentctl {__version__}[/bold] ({settings.env})")
+    console.print(f"  listening  {base}  ({workers}{', reload' if server.reload else ''})")
+    console.print(f"  database   {database}")
+    console.print(f"  model      {settings.llm.model} via {endpoint} ({key})")
+    console.print(f"  API docs   {base}/schema")
