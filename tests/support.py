@@ -1,0 +1,98 @@
+"""Helpers the tests share: databases on the test PostgreSQL, and a real `agentctl serve` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url_named(server_url: str, name: str) -> str:
+    """The URL of database ``name`` on the server ``server_url`` points at."""
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def unique_database_name() -> str:
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """The test process's environment without agentctl's own variables, plus ``extra``."""
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("AGENTCTL_") and key not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY")
+    }
+    environ.update(extra)
+    return environ
+
+
+class ServeProcess:
+    """`agentctl serve` as an operator runs it: a real process, real uvicorn, real signals."""
+
+    def __init__(self, workdir: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"serve-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentctl", "serve", "--port", str(self.port), *args],
+            cwd=workdir,
+            env=clean_environment(AGENTCTL_ENV="test", **(env or {})),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_until_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"serve did not answer /health within {timeout} s:\n{self.output()}")
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.get(f"{self.base_url}{path}", timeout=10, **kwargs)  # type: ignore[arg-type]
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as an orchestrator sends it; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self._log.close()
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
