@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+import agentctl
 from agentctl import __version__
 from agentctl.cli.context import settings_of, state_of
 from agentctl.config import Settings, SettingsError, export_for_child_processes, redact_url
@@ -66,10 +68,19 @@ def serve(
             port=settings.server.port,
             workers=settings.server.workers,
             reload=settings.server.reload,
+            reload_dirs=_source_dirs() if settings.server.reload else None,
             timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
             log_config=None,
             server_header=False,
         )
+
+
+def _source_dirs() -> list[str]:
+    """What --reload watches: agentctl's own code and prompts, wherever the command was started from."""
+    import server
+    from agentctl.resources import prompts_dir
+
+    return [str(Path(agentctl.__file__).parent), str(Path(server.__file__).parent), str(prompts_dir())]
 
 
 def _exit_normally_after_drain() -> None:

@@ -13,7 +13,9 @@ import httpx
 import psutil
 import pytest
 import redis
+from typer.testing import CliRunner
 
+from agentctl.cli import app
 from server.database.embedded import EmbeddedPostgres
 from tests.support import ServeProcess, clean_environment
 
@@ -146,3 +148,28 @@ def test_sigterm_lets_the_request_in_flight_finish(workdir: Path, migrated_datab
     assert outcome["seconds"] >= 1.0  # it really was held up across the signal
     assert exit_code == 0, server.output()
     assert "Application shutdown complete" in server.output()
+
+
+@pytest.mark.slow
+def test_reload_mode_serves_and_stops(workdir: Path, migrated_database_url: str) -> None:
+    server = ServeProcess(workdir, "--reload", env={"DATABASE_URL": migrated_database_url})
+    try:
+        server.wait_until_healthy()
+        assert server.get("/health/ready").status_code == 200
+        assert "reload" in server.output()
+    finally:
+        exit_code = server.terminate()
+    assert exit_code == 0, server.output()
+
+
+def test_reload_with_several_workers_is_refused(workdir: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--reload", "--workers", "2"], env={"DATABASE_URL": "postgresql:///x"})
+    assert result.exit_code == 2
+    assert "--reload restarts a single process" in result.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "migrate", "config"):
+        assert command in result.stdout
