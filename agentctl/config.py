@@ -398,7 +398,8 @@ def _describe_validation_error(error: ValidationError, sources: Mapping[str, str
         nested_sources = sorted({label for key, label in sources.items() if key.startswith(f"{dotted}.")})
         source = sources.get(dotted) or ", ".join(nested_sources) or "default"
         given = item.get("input")
-        shown = "" if "secret" in dotted or "key" in dotted or isinstance(given, dict) else f" (got {given!r})"
+        might_be_secret = any(word in dotted for word in ("secret", "key", "url", "password"))
+        shown = "" if might_be_secret or isinstance(given, dict) else f" (got {given!r})"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{variable_name(path) if path else 'settings'} from {source}: {message}{shown}")
     return lines

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from litestar import Litestar, get
+from litestar.params import FromQuery
 from litestar.testing import AsyncTestClient
 
 from agentctl.config import Settings
@@ -23,10 +24,16 @@ async def conflict() -> None:
     raise ConflictError("that name is taken", extra={"field": "name"})
 
 
+@get("/test/items")
+async def list_items(limit: FromQuery[int]) -> dict[str, int]:
+    return {"limit": limit}
+
+
 def build_app(database_url: str, *, debug: bool = False) -> Litestar:
     app = create_app(Settings(env="test", debug=debug, database={"url": database_url}))
     app.register(crash)
     app.register(conflict)
+    app.register(list_items)
     return app
 
 
@@ -88,3 +95,10 @@ async def test_request_id_is_echoed_when_well_formed_and_replaced_otherwise(clie
         assert replaced.json()["request_id"] == replaced.headers["x-request-id"]
     fresh = [(await client.get("/health")).headers["x-request-id"] for _ in range(3)]
     assert len(set(fresh)) == 3
+
+
+async def test_invalid_parameter_is_a_422_naming_the_field(client: AsyncTestClient) -> None:
+    body = assert_problem(await client.get("/test/items", params={"limit": "many"}), 422)
+    assert body["type"] == "urn:agentctl:problem:validation-failed"
+    assert [error["field"] for error in body["errors"]] == ["limit"]
+    assert "limit" in body["detail"]
