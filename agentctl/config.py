@@ -8,14 +8,17 @@ where it came from so that ``agentctl config show`` can say so.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+import limits
 from dotenv import dotenv_values
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -85,6 +88,11 @@ class RedisSettings(_Section):
         "revocation. Unset: in-process memory. Also read from REDIS_URL.",
     )
     timeout_seconds: float = Field(default=2.0, gt=0, description="Time allowed for one Redis command.")
+    key_prefix: str = Field(
+        default="agentctl",
+        min_length=1,
+        description="Prefix of every key agentctl writes, so deployments can share a Redis.",
+    )
 
 
 class ServerSettings(_Section):
@@ -102,8 +110,20 @@ class ServerSettings(_Section):
         default_factory=list,
         description="Origins allowed to call the API from a browser, comma-separated. Empty: no CORS.",
     )
+    cors_max_age_seconds: int = Field(default=600, ge=0, description="How long browsers may cache a preflight answer.")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of proxies whose X-Forwarded-For is believed, comma-separated.",
+    )
 
-    @field_validator("cors_allowed_origins", mode="before")
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+    @field_validator("cors_allowed_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -114,10 +134,66 @@ class ServerSettings(_Section):
 class AuthSettings(_Section):
     jwt_secret: SecretStr | None = Field(
         default=None,
-        description="Key that signs tokens; at least 32 bytes. Required in production.",
+        description="Key that signs tokens (HS*); at least 32 bytes. Required in production. Unset elsewhere: "
+        "a random key is kept in the data directory.",
     )
-    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = Field(
-        default="HS256", description="Algorithm that signs tokens."
+    jwt_algorithm: Literal["HS256", "HS384", "HS512", "RS256", "ES256", "EdDSA"] = Field(
+        default="HS256", description="Algorithm that signs tokens; RS256, ES256 and EdDSA use the key pair below."
+    )
+    jwt_private_key: SecretStr | None = Field(
+        default=None, description="PEM private key that signs tokens, for the asymmetric algorithms."
+    )
+    jwt_public_key: str | None = Field(
+        default=None, description="PEM public key that verifies tokens, for the asymmetric algorithms."
+    )
+    jwt_issuer: str = Field(default="agentctl", description="The iss claim written into and required of tokens.")
+    jwt_leeway_seconds: int = Field(default=10, ge=0, le=300, description="Clock skew tolerated on exp and iat.")
+    access_token_ttl_seconds: int = Field(default=1800, ge=60, description="Lifetime of an access (user) token.")
+    refresh_token_ttl_seconds: int = Field(
+        default=30 * 86400, ge=300, description="Lifetime of a refresh token and of its family."
+    )
+    session_token_ttl_seconds: int = Field(default=86400, ge=60, description="Lifetime of a session-scoped token.")
+    argon2_time_cost: int = Field(default=2, ge=1, description="argon2id iterations (OWASP minimum: 2).")
+    argon2_memory_kib: int = Field(
+        default=19456, ge=8192, description="argon2id memory in KiB (OWASP minimum: 19 MiB)."
+    )
+    argon2_parallelism: int = Field(default=1, ge=1, description="argon2id lanes.")
+    password_min_length: int = Field(default=8, ge=1, description="Fewest characters a password may have.")
+    password_max_length: int = Field(default=128, ge=8, le=1024, description="Most characters a password may have.")
+    password_require_letter: bool = Field(default=True, description="A password must contain a letter.")
+    password_require_digit: bool = Field(default=True, description="A password must contain a digit.")
+    revocation_purge_interval_seconds: float = Field(
+        default=3600, gt=0, description="How often expired revocation and refresh-token rows are deleted."
+    )
+
+    @model_validator(mode="after")
+    def _keys_match_the_algorithm(self) -> AuthSettings:
+        if not self.jwt_algorithm.startswith("HS") and not (self.jwt_private_key and self.jwt_public_key):
+            raise ValueError(f"{self.jwt_algorithm} needs jwt_private_key and jwt_public_key (PEM)")
+        return self
+
+
+def _parseable_rate_limit(value: str) -> str:
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate limit; write it like 10/hour or 5 per minute") from None
+    return value
+
+
+RateLimit = Annotated[str, AfterValidator(_parseable_rate_limit)]
+
+
+class RateLimitSettings(_Section):
+    enabled: bool = Field(default=True, description="Apply rate limits at all.")
+    register_per_ip: RateLimit = Field(default="10/hour", description="Sign-ups per client IP.")
+    login_per_ip: RateLimit = Field(default="20/minute", description="Login attempts per client IP.")
+    login_per_email: RateLimit = Field(default="5/minute", description="Login attempts per email address.")
+    chat: RateLimit = Field(default="100/minute", description="Chat requests per user.")
+    default: RateLimit = Field(default="1000/hour", description="Any other request, per user or else per client IP.")
+    on_storage_error: Literal["allow", "deny"] = Field(
+        default="allow",
+        description="When the limit store (Redis) fails: allow the request (fail open) or answer 503 (fail closed).",
     )
 
 
@@ -160,6 +236,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis.")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     auth: AuthSettings = Field(default_factory=AuthSettings, description="Tokens and passwords.")
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Rate limits.")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Model provider.")
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings, description="Logs and metrics.")
 
@@ -196,7 +273,8 @@ class Settings(BaseSettings):
             return []
         problems = []
         secret = self.auth.jwt_secret.get_secret_value() if self.auth.jwt_secret else ""
-        if len(secret.encode()) < MIN_PRODUCTION_JWT_SECRET_BYTES:
+        symmetric = self.auth.jwt_algorithm.startswith("HS")
+        if symmetric and len(secret.encode()) < MIN_PRODUCTION_JWT_SECRET_BYTES:
             problems.append(
                 f"{variable_name(('auth', 'jwt_secret'))} must be set to at least "
                 f"{MIN_PRODUCTION_JWT_SECRET_BYTES} bytes in production "

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
+from server.auth.dependencies import BEARER_SCHEME, provide_auth_service
+from server.auth.routes import AuthController
 from server.errors import EXCEPTION_HANDLERS
 from server.health.routes import HealthController
 from server.lifespan import build_lifespan
 from server.observability.logging import configure_logging
 from server.observability.request_id import add_request_id_header, request_context_middleware
+from server.ratelimit.middleware import rate_limit_middleware
+from server.security.headers import security_headers_hook
+from server.sessions.routes import SessionController
+
+OPENAPI_PATH = "/schema"
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -22,15 +31,23 @@ def create_app(settings: Settings) -> Litestar:
     if problems:
         raise SettingsError(problems)
     cors = (
-        CORSConfig(allow_origins=settings.server.cors_allowed_origins, allow_credentials=True, max_age=600)
+        CORSConfig(
+            allow_origins=settings.server.cors_allowed_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"],
+            allow_credentials=False,  # bearer tokens, not cookies
+            max_age=settings.server.cors_max_age_seconds,
+        )
         if settings.server.cors_allowed_origins
         else None
     )
     return Litestar(
-        route_handlers=[HealthController],
+        route_handlers=[HealthController, AuthController, SessionController],
         lifespan=[build_lifespan(settings)],
-        middleware=[request_context_middleware],
-        before_send=[add_request_id_header],
+        dependencies={"auth": Provide(provide_auth_service, sync_to_thread=False)},
+        middleware=[request_context_middleware, rate_limit_middleware],
+        before_send=[add_request_id_header, security_headers_hook(settings, docs_path=OPENAPI_PATH)],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors,
         request_max_body_size=settings.server.request_max_body_bytes,
@@ -38,8 +55,18 @@ def create_app(settings: Settings) -> Litestar:
             title="agentctl",
             version=__version__,
             description="Run an AI agent as a service.",
-            path="/schema",
+            path=OPENAPI_PATH,
             render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    BEARER_SCHEME: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT",
+                        description="A user (access) token from /api/v1/auth/login, or a session token where noted.",
+                    )
+                }
+            ),
         ),
         logging_config=None,  # logs go through loguru (server.observability.logging), not Litestar's root logger
         debug=settings.debug,

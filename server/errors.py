@@ -6,6 +6,7 @@ that turns them, Litestar's own HTTP errors and unexpected exceptions into respo
 
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -20,6 +21,7 @@ from loguru import logger
 from server.observability.request_id import request_id_of
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 
 class AppError(Exception):
@@ -29,10 +31,13 @@ class AppError(Exception):
     code: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal Server Error"
 
-    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra or {}
+        self.headers = headers or {}
 
 
 class NotFoundError(AppError):
@@ -45,6 +50,36 @@ class ConflictError(AppError):
     status = 409
     code = "conflict"
     title = "Conflict"
+
+
+class InvalidFieldError(AppError):
+    """A request field that is well-typed but unacceptable (an email that is not one, say)."""
+
+    status = 422
+    code = "validation-failed"
+    title = "Unprocessable Content"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            f"invalid value for {field}: {message}", extra={"errors": [{"field": field, "message": message}]}
+        )
+
+
+class UnauthorizedError(AppError):
+    """Missing, malformed, expired, revoked or wrong-type credentials. Says which, never whose."""
+
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="agentctl"'})
+
+
+class RateLimitedError(AppError):
+    status = 429
+    code = "rate-limited"
+    title = "Too Many Requests"
 
 
 class ServiceUnavailableError(AppError):
@@ -98,13 +133,19 @@ def problem_response(
 
 def handle_app_error(request: Request, error: AppError) -> Response[dict[str, Any]]:
     return problem_response(
-        request, status=error.status, code=error.code, title=error.title, detail=error.detail, extra=error.extra
+        request,
+        status=error.status,
+        code=error.code,
+        title=error.title,
+        detail=error.detail,
+        extra=error.extra,
+        headers=error.headers,
     )
 
 
 def handle_validation_error(request: Request, error: ValidationException) -> Response[dict[str, Any]]:
     fields = [
-        {"field": item.get("key") or item.get("source") or "body", "message": item.get("message", "")}
+        {"field": _field_of(item), "message": item.get("message", "")}
         for item in (error.extra if isinstance(error.extra, list) else [])
         if isinstance(item, dict)
     ]
@@ -117,6 +158,14 @@ def handle_validation_error(request: Request, error: ValidationException) -> Res
         detail=f"invalid value for {names}",
         extra={"errors": fields},
     )
+
+
+def _field_of(item: dict[str, Any]) -> str:
+    # Litestar names the whole body "data" when a field is unknown or missing; name the field instead.
+    named = _NAMED_FIELD.search(item.get("message", ""))
+    if named:
+        return named.group(1)
+    return str(item.get("key") or item.get("source") or "body")
 
 
 def handle_http_exception(request: Request, error: HTTPException) -> Response[dict[str, Any]]:

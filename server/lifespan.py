@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from litestar import Litestar
+from litestar.types import Scope
 from loguru import logger
 from redis.asyncio import Redis
 
 from agentctl.config import Settings
+from server.auth.passwords import PasswordHashing
+from server.auth.revocation import DatabaseRevocationCheck, RedisRevocationCheck, purge_periodically
+from server.auth.service import AuthService
+from server.auth.tokens import token_codec_for
 from server.database.embedded import database_url
 from server.database.engine import Database, open_database
 from server.database.migrations import apply_migrations, ensure_schema_current
+from server.ratelimit.service import RateLimiter
+from server.security.client_ip import Network, client_ip, trusted_networks
 
 
 @dataclass
 class Resources:
-    """The connections one worker process shares between its requests."""
+    """The connections and services one worker process shares between its requests."""
 
     settings: Settings
     database: Database
     redis: Redis | None
+    auth: AuthService
+    limiter: RateLimiter
+    trusted_proxies: list[Network] = field(default_factory=list)
+
+    def client_ip(self, scope: Scope) -> str:
+        return client_ip(scope, self.trusted_proxies)
 
 
 def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
@@ -47,9 +61,36 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 )
                 stack.push_async_callback(redis.aclose)
 
-            app.state.resources = Resources(settings=settings, database=database, redis=redis)
+            limiter = RateLimiter(settings)
+            revocations = (
+                RedisRevocationCheck(redis, settings.redis.key_prefix)
+                if redis is not None
+                else DatabaseRevocationCheck()
+            )
+            # Both read files or hash once: off the event loop.
+            codec = await asyncio.to_thread(token_codec_for, settings)
+            hashing = await asyncio.to_thread(PasswordHashing, settings.auth)
+            auth = AuthService(settings, codec=codec, hashing=hashing, revocations=revocations, limiter=limiter)
+
+            purger = asyncio.create_task(purge_periodically(settings.auth.revocation_purge_interval_seconds))
+            stack.push_async_callback(_cancel, purger)
+
+            app.state.resources = Resources(
+                settings=settings,
+                database=database,
+                redis=redis,
+                auth=auth,
+                limiter=limiter,
+                trusted_proxies=trusted_networks(settings.server.trusted_proxies),
+            )
             logger.info("worker ready")
             yield
             logger.info("worker draining: closing connections")
 
     return lifespan
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -96,3 +96,50 @@ class ServeProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+
+def unique_email(label: str = "user") -> str:
+    return f"{label}-{uuid.uuid4().hex[:12]}@example.com"
+
+
+class ApiClient:
+    """Speaks the HTTP contract to a ServeProcess; every call is a new connection, so workers share the load."""
+
+    password = "correct horse 1 battery"
+
+    def __init__(self, server: ServeProcess) -> None:
+        self.server = server
+        self.base_url = f"{server.base_url}/api/v1"
+
+    def request(self, method: str, path: str, *, token: str | None = None, **kwargs: object) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def register(
+        self, email: str | None = None, password: str | None = None, *, headers: dict | None = None, **fields: object
+    ) -> dict:
+        body = {"email": email or unique_email(), "password": password or self.password, **fields}
+        response = self.request("POST", "/auth/register", json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def login(self, email: str, password: str | None = None) -> dict:
+        response = self.request("POST", "/auth/login", json={"email": email, "password": password or self.password})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def new_user(self) -> tuple[str, str]:
+        """(email, access token) of a fresh account."""
+        email = unique_email()
+        return email, self.register(email)["token"]["access_token"]
+
+    def pids_that_served(self, request_ids: list[str]) -> set[str]:
+        """Which worker processes handled the requests with these ids, read from the server's log."""
+        pids = set()
+        for line in self.server.output().splitlines():
+            for request_id in request_ids:
+                if request_id in line and "pid=" in line:
+                    pids.add(line.split("pid=", 1)[1].split()[0])
+        return pids

@@ -72,6 +72,7 @@ def serve(
             timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
             log_config=None,
             server_header=False,
+            proxy_headers=False,  # X-Forwarded-For is read by agentctl, from configured trusted proxies only
         )
 
 

@@ -14,6 +14,7 @@ from server.lifespan import Resources
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
+    opt = {"rate_limit": None}  # probes are never rate limited
 
     @get("/", summary="Liveness", description="Answers while the process runs; touches nothing else.")
     async def liveness(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ from server.observability.request_id import current_request_id
 
 _TEXT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-    "<cyan>{name}</cyan> {extra[request_id]} - <level>{message}</level>"
+    "<cyan>{name}</cyan> pid={process} {extra[request_id]} - <level>{message}</level>"
 )
 
 

@@ -9,3 +9,4 @@ class User(TimestampedTable, tablename="users"):
     id = UUID(primary_key=True)
     email = Varchar(length=320, unique=True, null=False)
     password_hash = Text(null=False)
+    username = Varchar(length=64, null=True, default=None)

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
+from litestar.params import JSONBody
+
+from server.auth.dependencies import USER_TOKEN, provide_user_claims
+from server.auth.schemas import (
+    LoginRequest,
+    RefreshRequest,
+    RegisterRequest,
+    RegisterResponse,
+    Token,
+    TokenPairResponse,
+    UserResponse,
+)
+from server.auth.service import AuthService, TokenPair
+from server.auth.tokens import TokenClaims
+from server.errors import InvalidFieldError, problem_responses
+from server.ratelimit.service import RouteClass
+from server.users.service import get_user
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _pair(tokens: TokenPair) -> TokenPairResponse:
+    return TokenPairResponse(
+        access_token=tokens.access.token,
+        token_type="bearer",
+        expires_at=tokens.access.claims.expires_at,
+        refresh_token=tokens.refresh.token,
+    )
+
+
+def _login_schema() -> Schema:
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        properties={
+            "email": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.EMAIL),
+            "password": Schema(type=OpenAPIType.STRING, description="Any Unicode text; never altered"),
+            "grant_type": Schema(type=OpenAPIType.STRING, enum=["password"]),
+            "username": Schema(type=OpenAPIType.STRING, description="Form only: the email, as OAuth2 clients send it"),
+        },
+        required=["password"],
+        description="email and password; grant_type=password is accepted for OAuth2 clients",
+    )
+
+
+def _login_operation(**fields: Any) -> Operation:
+    """Documents that login reads JSON and forms alike (the handler parses the body itself)."""
+    schema = _login_schema()
+    fields["request_body"] = RequestBody(
+        required=True,
+        content={
+            "application/json": OpenAPIMediaType(schema=schema),
+            "application/x-www-form-urlencoded": OpenAPIMediaType(schema=schema),
+        },
+    )
+    return Operation(**fields)
+
+
+class AuthController(Controller):
+    path = "/api/v1/auth"
+    tags = ["auth"]
+
+    @post(
+        "/register",
+        status_code=201,
+        opt={"rate_limit": RouteClass.REGISTER},
+        responses=problem_responses(409, 413, 422, 429),
+    )
+    async def register(self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService]) -> RegisterResponse:
+        """Create an account and return its first access and refresh tokens."""
+        registration = await auth.register(email=data.email, password=data.password, username=data.username)
+        return RegisterResponse(
+            id=registration.user.id,
+            email=registration.user.email,
+            username=registration.user.username,
+            token=Token.of(registration.tokens.access),
+            refresh_token=registration.tokens.refresh.token,
+        )
+
+    @post(
+        "/login",
+        status_code=200,
+        opt={"rate_limit": RouteClass.LOGIN},
+        responses=problem_responses(401, 413, 422, 429),
+        operation_class=_login_operation,  # type: ignore[arg-type]
+    )
+    async def login(self, request: Request, auth: NamedDependency[AuthService]) -> TokenPairResponse:
+        """Sign in with email and password (JSON, or an OAuth2 password-grant form)."""
+        credentials = await _login_request(request)
+        return _pair(await auth.login(email=credentials.email, password=credentials.password))
+
+    @post("/refresh", status_code=200, responses=problem_responses(401, 422, 429))
+    async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenPairResponse:
+        """Exchange a refresh token (single use) for a new access and refresh token."""
+        return _pair(await auth.refresh(refresh_token=data.refresh_token))
+
+    @post(
+        "/logout",
+        status_code=204,
+        security=USER_TOKEN,
+        dependencies={"user": Provide(provide_user_claims)},
+        responses=problem_responses(401, 429),
+    )
+    async def logout(self, user: NamedDependency[TokenClaims], auth: NamedDependency[AuthService]) -> None:
+        """Revoke this access token and every token of its sign-in, on every worker at once."""
+        await auth.logout(claims=user)
+
+    @get(
+        "/me",
+        security=USER_TOKEN,
+        dependencies={"user": Provide(provide_user_claims)},
+        responses=problem_responses(401, 429),
+    )
+    async def me(self, user: NamedDependency[TokenClaims]) -> UserResponse:
+        """The signed-in account."""
+        account = await get_user(user.subject)
+        return UserResponse(
+            id=account.id, email=account.email, username=account.username, created_at=account.created_at
+        )
+
+
+async def _login_request(request: Request) -> LoginRequest:
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith(_FORM_TYPES):
+            form: dict[str, Any] = dict(await request.form())
+            # OAuth2 password-grant clients send the email as "username".
+            if "username" in form and "email" not in form:
+                form["email"] = form.pop("username")
+            return msgspec.convert(form, LoginRequest)
+        return msgspec.json.decode(await request.body(), type=LoginRequest)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        field = message.rsplit("$.", 1)[1].rstrip("`") if "$." in message else "body"
+        if "unknown field" in message or "missing required field" in message:
+            field = message.split("`")[1]
+        raise InvalidFieldError(field, message.split(" - at ")[0]) from None
+    except msgspec.DecodeError as error:
+        raise InvalidFieldError("body", f"not valid JSON: {error}") from None

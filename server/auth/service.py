@@ -1,0 +1,158 @@
+"""Sign-up, sign-in, token rotation, sign-out, and the per-request check of a bearer token."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass
+
+from litestar.types import Scope
+from loguru import logger
+
+from agentctl.config import Settings
+from server.auth.passwords import PasswordHashing, enforce_password_policy
+from server.auth.revocation import RevocationCheck, RevocationKind, revoke
+from server.auth.tables import RefreshToken
+from server.auth.tokens import IssuedToken, TokenClaims, TokenCodec, TokenType
+from server.errors import UnauthorizedError
+from server.ratelimit.service import RateLimiter, RouteClass
+from server.users.service import create_user, find_user_by_email, replace_password_hash
+from server.users.tables import User
+
+_BAD_CREDENTIALS = "wrong email or password"
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access: IssuedToken
+    refresh: IssuedToken
+
+
+@dataclass(frozen=True)
+class Registration:
+    user: User
+    tokens: TokenPair
+
+
+class AuthService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        codec: TokenCodec,
+        hashing: PasswordHashing,
+        revocations: RevocationCheck,
+        limiter: RateLimiter,
+    ) -> None:
+        self._settings = settings
+        self.codec = codec
+        self._hashing = hashing
+        self._revocations = revocations
+        self._limiter = limiter
+
+    async def register(self, *, email: str, password: str, username: str | None) -> Registration:
+        """Create an account and sign it in."""
+        enforce_password_policy(password, self._settings.auth)
+        user = await create_user(email=email, password_hash=await self._hashing.hash(password), username=username)
+        logger.info("account created for user {}", user.id)
+        return Registration(user=user, tokens=await self._start_family(user.id))
+
+    async def login(self, *, email: str, password: str) -> TokenPair:
+        """Check the password (same work and the same answer whether or not the email exists)."""
+        if self._limiter.enabled:
+            (await self._limiter.hit(RouteClass.LOGIN_EMAIL, email)).raise_if_refused("sign-in attempts for this email")
+        user = await find_user_by_email(email)
+        verified = await self._hashing.verify(user.password_hash if user else None, password)
+        if user is None or not verified:
+            raise UnauthorizedError(_BAD_CREDENTIALS)
+        if self._hashing.needs_rehash(user.password_hash):
+            await replace_password_hash(user_id=user.id, password_hash=await self._hashing.hash(password))
+            logger.info("password hash of user {} upgraded to the current parameters", user.id)
+        return await self._start_family(user.id)
+
+    async def refresh(self, *, refresh_token: str) -> TokenPair:
+        """Exchange a refresh token for a new pair. A token used twice was stolen: its whole family dies."""
+        claims = self.codec.decode(refresh_token, TokenType.REFRESH)
+        if claims.family_id is None or await self._revocations.any_revoked(claims.revocable_ids()):
+            raise UnauthorizedError("the token has been revoked")
+        async with RefreshToken._meta.db.transaction():
+            rows = await RefreshToken.raw(
+                "SELECT used_at FROM refresh_tokens WHERE id = {} AND owner = {} FOR UPDATE",
+                claims.jti,
+                claims.subject,
+            )
+            if rows and rows[0]["used_at"] is None:
+                await RefreshToken.update({RefreshToken.used_at: _now()}).where(RefreshToken.id == claims.jti)
+                return await self._issue_pair(claims.subject, claims.family_id)
+        if rows:
+            await self._revoke_family(claims.family_id)
+            logger.warning("refresh token reuse for user {}: family {} revoked", claims.subject, claims.family_id)
+            raise UnauthorizedError("the refresh token was already used; every token of that sign-in is revoked")
+        raise UnauthorizedError("the token has been revoked")
+
+    async def logout(self, *, claims: TokenClaims) -> None:
+        """Revoke the presented access token and its whole sign-in (refresh family), on every worker at once."""
+        await revoke(self._revocations, claims.jti, kind=RevocationKind.TOKEN, expires_at=claims.expires_at)
+        if claims.family_id is not None:
+            await self._revoke_family(claims.family_id)
+
+    async def authenticate(self, token: str, expected: TokenType) -> TokenClaims:
+        """Verify a bearer token of the expected type and that nothing it belongs to is revoked."""
+        claims = self.codec.decode(token, expected)
+        if await self._revocations.any_revoked(claims.revocable_ids()):
+            raise UnauthorizedError("the token has been revoked")
+        return claims
+
+    async def revoke_session_tokens(self, session_id: uuid.UUID) -> None:
+        """Every token ever issued for the session stops working."""
+        lifetime = datetime.timedelta(seconds=self._settings.auth.session_token_ttl_seconds)
+        await revoke(self._revocations, session_id, kind=RevocationKind.SESSION, expires_at=_now() + lifetime)
+
+    def issue_session_token(self, claims: TokenClaims, session_id: uuid.UUID) -> IssuedToken:
+        """A token that acts for one session only; it dies with the sign-in it came from."""
+        return self.codec.issue(TokenType.SESSION, claims.subject, family_id=claims.family_id, session_id=session_id)
+
+    def bearer_subject(self, scope: Scope) -> str | None:
+        """The user id of a well-signed bearer token, for keying rate limits; not an authentication."""
+        token = bearer_token(scope)
+        if token is None:
+            return None
+        for token_type in (TokenType.ACCESS, TokenType.SESSION):
+            try:
+                return str(self.codec.decode(token, token_type).subject)
+            except UnauthorizedError:
+                continue
+        return None
+
+    async def _start_family(self, user_id: uuid.UUID) -> TokenPair:
+        return await self._issue_pair(user_id, uuid.uuid4())
+
+    async def _issue_pair(self, user_id: uuid.UUID, family_id: uuid.UUID) -> TokenPair:
+        access = self.codec.issue(TokenType.ACCESS, user_id, family_id=family_id)
+        refresh = self.codec.issue(TokenType.REFRESH, user_id, family_id=family_id)
+        await RefreshToken.insert(
+            RefreshToken(
+                id=refresh.claims.jti, family_id=family_id, owner=user_id, expires_at=refresh.claims.expires_at
+            )
+        )
+        return TokenPair(access=access, refresh=refresh)
+
+    async def _revoke_family(self, family_id: uuid.UUID) -> None:
+        # The family's tokens live at most as long as its newest refresh token, or a session token minted now.
+        newest = await RefreshToken.select(RefreshToken.expires_at).where(RefreshToken.family_id == family_id)
+        session_lifetime = datetime.timedelta(seconds=self._settings.auth.session_token_ttl_seconds)
+        expires_at = max([row["expires_at"] for row in newest] + [_now() + session_lifetime])
+        await revoke(self._revocations, family_id, kind=RevocationKind.FAMILY, expires_at=expires_at)
+
+
+def bearer_token(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)

@@ -1,0 +1,101 @@
+"""Rate limits with `limits` (moving window), in memory or in Redis so that they hold across workers."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import limits
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from loguru import logger
+
+from agentctl.config import Settings
+from server.errors import RateLimitedError, ServiceUnavailableError
+
+
+class RouteClass(StrEnum):
+    REGISTER = "register"
+    LOGIN = "login"
+    LOGIN_EMAIL = "login-email"
+    CHAT = "chat"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class LimitDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        """The RateLimit-* headers every limited response carries; Retry-After when refused."""
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_after_seconds),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, self.reset_after_seconds))
+        return headers
+
+    def raise_if_refused(self, what: str) -> None:
+        if not self.allowed:
+            raise RateLimitedError(
+                f"too many {what}; retry in {max(1, self.reset_after_seconds)} s", headers=self.headers()
+            )
+
+
+class RateLimiter:
+    """One limiter per worker; with Redis every worker and replica counts in the same windows."""
+
+    def __init__(self, settings: Settings) -> None:
+        config = settings.ratelimit
+        self.enabled = config.enabled
+        self._fail_open = config.on_storage_error == "allow"
+        self._limits = {
+            RouteClass.REGISTER: limits.parse(config.register_per_ip),
+            RouteClass.LOGIN: limits.parse(config.login_per_ip),
+            RouteClass.LOGIN_EMAIL: limits.parse(config.login_per_email),
+            RouteClass.CHAT: limits.parse(config.chat),
+            RouteClass.DEFAULT: limits.parse(config.default),
+        }
+        self.storage: Storage
+        if settings.redis.url is None:
+            self.storage = MemoryStorage()
+        else:
+            self.storage = storage_from_string(
+                "async+" + settings.redis.url.get_secret_value(),
+                implementation="redispy",  # limits' default (coredis) is not installed; redis-py is
+                key_prefix=f"{settings.redis.key_prefix}:ratelimit",
+                wrap_exceptions=True,
+                socket_timeout=settings.redis.timeout_seconds,
+                socket_connect_timeout=settings.redis.timeout_seconds,
+            )
+        self._strategy = MovingWindowRateLimiter(self.storage)
+
+    async def hit(self, route_class: RouteClass, key: str) -> LimitDecision:
+        """Count one request of ``route_class`` for ``key`` and say whether it is within the limit."""
+        item = self._limits[route_class]
+        try:
+            allowed = await self._strategy.hit(item, route_class.value, key)
+            stats = await self._strategy.get_window_stats(item, route_class.value, key)
+        except limits.errors.StorageError as error:
+            return self._storage_failed(item, error)
+        return LimitDecision(
+            allowed=allowed,
+            limit=item.amount,
+            remaining=max(0, stats.remaining),
+            reset_after_seconds=max(0, math.ceil(stats.reset_time - time.time())),
+        )
+
+    def _storage_failed(self, item: limits.RateLimitItem, error: Exception) -> LimitDecision:
+        if not self._fail_open:
+            logger.error("rate-limit store failed; refusing the request (fail closed): {}", error)
+            raise ServiceUnavailableError("rate limiting is unavailable; try again shortly")
+        logger.warning("rate-limit store failed; allowing the request (fail open): {}", error)
+        return LimitDecision(allowed=True, limit=item.amount, remaining=item.amount, reset_after_seconds=0)

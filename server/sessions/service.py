@@ -1,0 +1,58 @@
+"""Chat sessions: every read and write is scoped to the owner; someone else's session does not exist."""
+
+from __future__ import annotations
+
+import uuid
+
+from server.errors import NotFoundError
+from server.sessions.tables import ChatSession
+
+
+class SessionNotFoundError(NotFoundError):
+    code = "session-not-found"
+
+
+async def create_session(*, owner_id: uuid.UUID, name: str = "") -> ChatSession:
+    session = ChatSession(owner=owner_id, name=name)
+    await session.save()
+    return session
+
+
+async def get_owned_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> ChatSession:
+    """The session if it belongs to ``owner_id``; otherwise 404, never 403, so existence is not confirmed."""
+    session = await ChatSession.objects().get((ChatSession.id == session_id) & (ChatSession.owner == owner_id))
+    if session is None:
+        raise SessionNotFoundError("no such session")
+    return session
+
+
+async def list_sessions(*, owner_id: uuid.UUID, limit: int, offset: int) -> tuple[list[ChatSession], int]:
+    """A page of the owner's sessions, most recently active first, and how many there are in all."""
+    page = (
+        await ChatSession.objects()
+        .where(ChatSession.owner == owner_id)
+        .order_by(ChatSession.updated_at, ascending=False)
+        .order_by(ChatSession.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    total = await ChatSession.count().where(ChatSession.owner == owner_id)
+    return page, total
+
+
+async def rename_session(*, owner_id: uuid.UUID, session_id: uuid.UUID, name: str) -> ChatSession:
+    session = await get_owned_session(owner_id=owner_id, session_id=session_id)
+    session.name = name
+    await session.save()
+    return session
+
+
+async def delete_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    """Delete the session and everything stored under it (the database cascades from the session row)."""
+    deleted = (
+        await ChatSession.delete()
+        .where((ChatSession.id == session_id) & (ChatSession.owner == owner_id))
+        .returning(ChatSession.id)
+    )
+    if not deleted:
+        raise SessionNotFoundError("no such session")
