@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import socket
@@ -25,6 +27,11 @@ def database_url_named(server_url: str, name: str) -> str:
 
 def unique_database_name() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def b64url_json(data: dict) -> str:
+    """A JWT segment: base64url of the JSON, unpadded."""
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
 def free_port() -> int:

@@ -185,6 +185,9 @@ def test_sign_up_limit_is_shared_by_both_workers(limited_api: ApiClient) -> None
     assert statuses.count(201) == 5, statuses
     assert statuses.count(429) == 11, statuses
     assert all(response.headers["ratelimit-limit"] == "5" for response in responses)
+    refused = next(response for response in responses if response.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["content-type"].startswith("application/problem+json")
     assert len(limited_api.pids_that_served(request_ids)) == 2
     # The client IP comes from X-Forwarded-For only because the peer (127.0.0.1) is a trusted proxy.
     other_client = {"X-Forwarded-For": "203.0.113.78"}

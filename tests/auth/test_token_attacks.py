@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import datetime
-import json
 import uuid
 
 import jwt
 import pytest
 
 from tests.auth.conftest import JWT_SECRET
-from tests.support import ApiClient
+from tests.support import ApiClient, b64url_json
 
 pytestmark = pytest.mark.slow
-
-
-def _b64(data: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
 def claims_of(token: str) -> dict:
@@ -30,7 +24,7 @@ def forge(claims: dict, key: str = JWT_SECRET, algorithm: str = "HS256") -> str:
 
 def test_alg_none_is_rejected(api: ApiClient) -> None:
     _, token = api.new_user()
-    unsigned = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims_of(token))}."
+    unsigned = f"{b64url_json({'alg': 'none', 'typ': 'JWT'})}.{b64url_json(claims_of(token))}."
     response = api.request("GET", "/auth/me", token=unsigned)
     assert response.status_code == 401
     assert response.json()["detail"] == "the token is invalid"
@@ -46,7 +40,7 @@ def test_tampered_claims_are_rejected(api: ApiClient) -> None:
     _, attacker_token = api.new_user()
     header, _, signature = attacker_token.split(".")
     claims = claims_of(attacker_token) | {"sub": claims_of(victim_token)["sub"]}
-    tampered = f"{header}.{_b64(claims)}.{signature}"
+    tampered = f"{header}.{b64url_json(claims)}.{signature}"
     assert api.request("GET", "/auth/me", token=tampered).status_code == 401
 
 

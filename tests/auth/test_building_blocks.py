@@ -1,0 +1,268 @@
+"""The pieces under the HTTP catalogue, each against real storage where it has any."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import uuid
+
+import jwt
+import pytest
+from argon2 import PasswordHasher
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+
+from agentctl.config import AuthSettings, Settings
+from server.app import create_app
+from server.auth.passwords import PasswordHashing, password_problems
+from server.auth.revocation import (
+    DatabaseRevocationCheck,
+    RedisRevocationCheck,
+    RevocationKind,
+    purge_expired,
+    revoke,
+)
+from server.auth.tables import RefreshToken, RevokedToken
+from server.auth.tokens import TokenCodec, TokenType
+from server.database.engine import Database
+from server.errors import ServiceUnavailableError, UnauthorizedError
+from server.ratelimit.service import RateLimiter, RouteClass
+from server.security.client_ip import client_ip, trusted_networks
+from server.security.text import normalize_email, normalize_text
+from server.users.service import create_user
+from server.users.tables import User
+from tests.support import b64url_json, unique_email
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+# --- text ---------------------------------------------------------------------------------------------------
+
+
+def test_normalize_text_removes_control_characters_and_nothing_else() -> None:
+    assert normalize_text("a\x00b\x07c\x1b[31md\r\n\te") == "abc[31md\n\te"
+    legitimate = "<b>Tom & Jerry</b> \"quoted\" 'single' — café 日本語 🎉\nline two\tcol"
+    assert normalize_text(legitimate) == legitimate
+
+
+def test_normalize_email_checks_syntax_and_lowercases() -> None:
+    assert normalize_email("  Ann.Lee@Example.COM ") == "ann.lee@example.com"
+    for bad in ("no-at-sign", "a@", "@example.com", "a b@example.com"):
+        with pytest.raises(ValueError):  # noqa: PT011 - the message varies with the flaw
+            normalize_email(bad)
+
+
+# --- client IP ----------------------------------------------------------------------------------------------
+
+
+def scope(peer: str, forwarded: str | None = None) -> dict:
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    return {"client": (peer, 1234), "headers": headers}
+
+
+def test_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() -> None:
+    proxies = trusted_networks(["10.0.0.0/8"])
+    assert client_ip(scope("198.51.100.7", "1.2.3.4"), proxies) == "198.51.100.7"
+    assert client_ip(scope("198.51.100.7", "1.2.3.4"), []) == "198.51.100.7"
+
+
+def test_forwarded_for_is_walked_from_the_right_past_trusted_proxies() -> None:
+    proxies = trusted_networks(["10.0.0.0/8"])
+    # The client wrote "6.6.6.6" itself; only the hops our proxies appended are believed.
+    assert client_ip(scope("10.0.0.2", "6.6.6.6, 203.0.113.5, 10.0.0.9"), proxies) == "203.0.113.5"
+    assert client_ip(scope("10.0.0.2", "10.0.0.3"), proxies) == "10.0.0.3"
+    assert client_ip(scope("10.0.0.2", "not-an-ip"), proxies) == "10.0.0.2"
+    assert client_ip(scope("10.0.0.2"), proxies) == "10.0.0.2"
+
+
+# --- passwords ----------------------------------------------------------------------------------------------
+
+
+def test_password_policy_names_what_is_missing() -> None:
+    settings = AuthSettings()
+    assert password_problems("abc", settings) == ["at least 8 characters", "a digit"]
+    assert password_problems("12345678", settings) == ["a letter"]
+    assert password_problems("x1" * 70, settings) == ["at most 128 characters"]
+    assert password_problems("пароль12", settings) == []
+    relaxed = AuthSettings(password_require_digit=False, password_min_length=4)
+    assert password_problems("word", relaxed) == []
+
+
+async def test_hash_made_with_old_parameters_is_upgraded_at_login(database: Database) -> None:
+    from server.auth.service import AuthService
+
+    settings = Settings(env="test", auth={"jwt_secret": "s" * 40})
+    old_hash = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("old-params-1")
+    email = unique_email()
+    await create_user(email=email, password_hash=old_hash, username=None)
+    hashing = PasswordHashing(settings.auth)
+    assert hashing.needs_rehash(old_hash)
+    auth = AuthService(
+        settings,
+        codec=TokenCodec(settings.auth, signing_key="s" * 40, verifying_key="s" * 40),
+        hashing=hashing,
+        revocations=DatabaseRevocationCheck(),
+        limiter=RateLimiter(settings),
+    )
+    await auth.login(email=email, password="old-params-1")
+    upgraded = (await User.objects().get(User.email == email)).password_hash
+    assert upgraded != old_hash
+    assert "m=19456,t=2,p=1" in upgraded
+    assert not hashing.needs_rehash(upgraded)
+    await auth.login(email=email, password="old-params-1")  # the new hash verifies
+
+
+# --- tokens -------------------------------------------------------------------------------------------------
+
+
+def test_token_types_are_checked_by_the_codec() -> None:
+    settings = AuthSettings(jwt_secret="k" * 40)
+    codec = TokenCodec(settings, signing_key="k" * 40, verifying_key="k" * 40)
+    user, family, session = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    access = codec.issue(TokenType.ACCESS, user, family_id=family).token
+    claims = codec.decode(access, TokenType.ACCESS)
+    assert (claims.subject, claims.family_id, claims.session_id) == (user, family, None)
+    for wrong in (TokenType.SESSION, TokenType.REFRESH):
+        with pytest.raises(UnauthorizedError):
+            codec.decode(access, wrong)
+    session_token = codec.issue(TokenType.SESSION, user, family_id=family, session_id=session).token
+    assert codec.decode(session_token, TokenType.SESSION).revocable_ids()[1:] == [family, session]
+
+
+def test_asymmetric_keys_sign_and_verify() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public_pem = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings = AuthSettings(jwt_algorithm="ES256", jwt_private_key=private_pem, jwt_public_key=public_pem)
+    codec = TokenCodec(settings, signing_key=private_pem, verifying_key=public_pem)
+    token = codec.issue(TokenType.ACCESS, uuid.uuid4()).token
+    assert codec.decode(token, TokenType.ACCESS).token_type is TokenType.ACCESS
+    # An HS256 token "signed" with the public key as a shared secret (algorithm confusion) is refused.
+    claims = jwt.decode(token, options={"verify_signature": False})
+    signing_input = f"{b64url_json({'alg': 'HS256', 'typ': 'JWT'})}.{b64url_json(claims)}"
+    signature = hmac.new(public_pem.encode(), signing_input.encode(), hashlib.sha256).digest()
+    confused = f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    with pytest.raises(UnauthorizedError):
+        codec.decode(confused, TokenType.ACCESS)
+
+
+# --- revocation ---------------------------------------------------------------------------------------------
+
+
+async def test_expired_revocations_and_refresh_tokens_are_purged(database: Database) -> None:
+    user = await create_user(email=unique_email(), password_hash="h", username=None)
+    expired_id, live_id = uuid.uuid4(), uuid.uuid4()
+    await RevokedToken.insert(
+        RevokedToken(id=expired_id, kind=RevocationKind.TOKEN, expires_at=now() - datetime.timedelta(seconds=1)),
+        RevokedToken(id=live_id, kind=RevocationKind.TOKEN, expires_at=now() + datetime.timedelta(hours=1)),
+    )
+    old_refresh, live_refresh = uuid.uuid4(), uuid.uuid4()
+    await RefreshToken.insert(
+        RefreshToken(id=old_refresh, family_id=uuid.uuid4(), owner=user.id, expires_at=now() - datetime.timedelta(1)),
+        RefreshToken(id=live_refresh, family_id=uuid.uuid4(), owner=user.id, expires_at=now() + datetime.timedelta(1)),
+    )
+    assert await purge_expired() >= 2
+    assert not await RevokedToken.exists().where(RevokedToken.id == expired_id)
+    assert await RevokedToken.exists().where(RevokedToken.id == live_id)
+    assert not await RefreshToken.exists().where(RefreshToken.id == old_refresh)
+    assert await RefreshToken.exists().where(RefreshToken.id == live_refresh)
+
+
+async def test_redis_cache_refills_from_postgres_after_losing_its_keys(database: Database) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        check = RedisRevocationCheck(redis, prefix)
+        revoked_id = uuid.uuid4()
+        await revoke(check, revoked_id, kind=RevocationKind.TOKEN, expires_at=now() + datetime.timedelta(minutes=5))
+        assert await check.any_revoked([uuid.uuid4(), revoked_id])
+        assert not await check.any_revoked([uuid.uuid4()])
+
+        # Redis restarted without persistence: every key is gone, the marker with them.
+        await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")])
+        assert await check.any_revoked([revoked_id])
+        assert await redis.exists(f"{prefix}:revoked:{revoked_id}")
+        ttl = await redis.ttl(f"{prefix}:revoked:{revoked_id}")
+        assert 0 < ttl <= 301
+    finally:
+        await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")] or ["none"])
+        await redis.aclose()
+
+
+async def test_redis_unreachable_falls_back_to_postgres(database: Database) -> None:
+    redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        check = RedisRevocationCheck(redis, "unreachable")
+        revoked_id = uuid.uuid4()
+        await RevokedToken.insert(
+            RevokedToken(id=revoked_id, kind=RevocationKind.TOKEN, expires_at=now() + datetime.timedelta(minutes=5))
+        )
+        assert await check.any_revoked([revoked_id])
+        assert not await check.any_revoked([uuid.uuid4()])
+    finally:
+        await redis.aclose()
+
+
+async def test_database_check_without_redis(database: Database) -> None:
+    check = DatabaseRevocationCheck()
+    revoked_id = uuid.uuid4()
+    assert not await check.any_revoked([revoked_id])
+    await revoke(check, revoked_id, kind=RevocationKind.FAMILY, expires_at=now() + datetime.timedelta(minutes=5))
+    assert await check.any_revoked([uuid.uuid4(), revoked_id])
+    # Another process (a fresh check) sees it through PostgreSQL.
+    assert await DatabaseRevocationCheck().any_revoked([revoked_id])
+
+
+# --- rate limits --------------------------------------------------------------------------------------------
+
+
+async def test_moving_window_counts_and_reports() -> None:
+    limiter = RateLimiter(Settings(ratelimit={"register_per_ip": "3/minute"}))
+    decisions = [await limiter.hit(RouteClass.REGISTER, "ip:192.0.2.1") for _ in range(4)]
+    assert [decision.allowed for decision in decisions] == [True, True, True, False]
+    assert [decision.remaining for decision in decisions] == [2, 1, 0, 0]
+    assert decisions[-1].headers()["Retry-After"] == str(max(1, decisions[-1].reset_after_seconds))
+    assert 0 < decisions[-1].reset_after_seconds <= 60
+    assert (await limiter.hit(RouteClass.REGISTER, "ip:192.0.2.2")).allowed  # keys are separate
+
+
+@pytest.mark.parametrize(("policy", "allowed"), [("allow", True), ("deny", False)])
+async def test_limit_store_failure_follows_the_configured_policy(policy: str, allowed: bool) -> None:
+    settings = Settings(
+        redis={"url": "redis://127.0.0.1:1/0", "timeout_seconds": 0.5}, ratelimit={"on_storage_error": policy}
+    )
+    limiter = RateLimiter(settings)
+    if allowed:
+        assert (await limiter.hit(RouteClass.CHAT, "user:x")).allowed
+    else:
+        with pytest.raises(ServiceUnavailableError):
+            await limiter.hit(RouteClass.CHAT, "user:x")
+
+
+# --- headers ------------------------------------------------------------------------------------------------
+
+
+async def test_production_sends_hsts(migrated_database_url: str) -> None:
+    settings = Settings(
+        env="production",
+        database={"url": migrated_database_url},
+        auth={"jwt_secret": "p" * 48},
+        server={"cors_allowed_origins": ["https://app.example"]},
+    )
+    async with AsyncTestClient(create_app(settings)) as client:
+        response = await client.get("/health")
+    assert response.headers["strict-transport-security"].startswith("max-age=")
