@@ -13,7 +13,7 @@ import asyncio
 import datetime
 import uuid
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -48,8 +48,9 @@ async def revoke(check: RevocationCheck, revoked_id: uuid.UUID, *, kind: str, ex
     await check.remember(revoked_id, expires_at)
 
 
-async def revoked_in_database(ids: Iterable[uuid.UUID]) -> bool:
-    return await RevokedToken.exists().where(
+async def revoked_in_database(ids: Iterable[uuid.UUID]) -> list[dict[str, Any]]:
+    """The live revocations among ``ids`` (id and expires_at of each); empty when none is revoked."""
+    return await RevokedToken.select(RevokedToken.id, RevokedToken.expires_at).where(
         RevokedToken.id.is_in(list(ids)), RevokedToken.expires_at > datetime.datetime.now(tz=datetime.UTC)
     )
 
@@ -64,13 +65,10 @@ class DatabaseRevocationCheck:
         now = datetime.datetime.now(tz=datetime.UTC)
         if any(self._known_revoked.get(revoked_id, now) > now for revoked_id in ids):
             return True
-        if not await revoked_in_database(ids):
-            return False
-        # Which of them is revoked does not matter for the answer; remember all until the shortest token ends.
-        rows = await RevokedToken.select(RevokedToken.id, RevokedToken.expires_at).where(RevokedToken.id.is_in(ids))
+        rows = await revoked_in_database(ids)
         for row in rows:
             await self.remember(row["id"], row["expires_at"])
-        return True
+        return bool(rows)
 
     async def remember(self, revoked_id: uuid.UUID, expires_at: datetime.datetime) -> None:
         if len(self._known_revoked) > _MAX_REMEMBERED:
@@ -93,10 +91,10 @@ class RedisRevocationCheck:
             values = await self._redis.mget([self._complete_marker, *(self._key(value) for value in ids)])
         except RedisError as error:
             logger.warning("revocation cache unreachable, asking PostgreSQL: {}", error)
-            return await revoked_in_database(ids)
+            return bool(await revoked_in_database(ids))
         if values[0] is None:
             await self._refill_from_database()
-            return await revoked_in_database(ids)
+            return bool(await revoked_in_database(ids))
         return any(value is not None for value in values[1:])
 
     async def remember(self, revoked_id: uuid.UUID, expires_at: datetime.datetime) -> None:

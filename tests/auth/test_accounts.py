@@ -228,6 +228,8 @@ def test_security_headers_on_every_response(api: ApiClient) -> None:
         assert response.headers["referrer-policy"] == "no-referrer"
         assert "default-src 'none'" in response.headers["content-security-policy"]
         assert "strict-transport-security" not in response.headers  # HSTS only in production
+    assert "ratelimit-limit" not in api.server.get("/health").headers  # probes are never rate limited
+    assert "ratelimit-limit" in api.request("GET", "/auth/me").headers
 
 
 def test_openapi_documents_every_route_with_auth_and_errors(api: ApiClient) -> None:
