@@ -158,6 +158,12 @@ class AuthSettings(_Section):
         default=19456, ge=8192, description="argon2id memory in KiB (OWASP minimum: 19 MiB)."
     )
     argon2_parallelism: int = Field(default=1, ge=1, description="argon2id lanes.")
+    hashing_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Threads per worker that hash passwords; 0: the cores divided among the workers (at least 1). "
+        "More threads admit more sign-ins at once but take CPU from the event loops.",
+    )
     password_min_length: int = Field(default=8, ge=1, description="Fewest characters a password may have.")
     password_max_length: int = Field(default=128, ge=8, le=1024, description="Most characters a password may have.")
     password_require_letter: bool = Field(default=True, description="A password must contain a letter.")

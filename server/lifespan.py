@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from litestar import Litestar
 from litestar.types import Scope
@@ -14,7 +15,7 @@ from loguru import logger
 from redis.asyncio import Redis
 
 from agentctl.config import Settings
-from server.auth.passwords import PasswordHashing
+from server.auth.passwords import PasswordHashing, hashing_threads_for
 from server.auth.revocation import DatabaseRevocationCheck, RedisRevocationCheck, purge_periodically
 from server.auth.service import AuthService
 from server.auth.tokens import token_codec_for
@@ -69,7 +70,10 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             )
             # Both read files or hash once: off the event loop.
             codec = await asyncio.to_thread(token_codec_for, settings)
-            hashing = await asyncio.to_thread(PasswordHashing, settings.auth)
+            hashing = await asyncio.to_thread(
+                partial(PasswordHashing, settings.auth, threads=hashing_threads_for(settings))
+            )
+            stack.callback(hashing.close)
             auth = AuthService(settings, codec=codec, hashing=hashing, revocations=revocations, limiter=limiter)
 
             purger = asyncio.create_task(purge_periodically(settings.auth.revocation_purge_interval_seconds))
