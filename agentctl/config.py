@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
 import limits
@@ -203,12 +205,99 @@ class RateLimitSettings(_Section):
     )
 
 
-class LLMSettings(_Section):
-    model: str = Field(default="gpt-4o-mini", description="Chat model the agent uses.")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint. Unset: the provider's default.")
-    api_key: SecretStr | None = Field(
-        default=None, description="API key for the model endpoint. Also read from OPENAI_API_KEY."
+Role = Literal["chat", "fast", "reasoning", "memory", "judge", "embedding"]
+ROLES: tuple[Role, ...] = ("chat", "fast", "reasoning", "memory", "judge", "embedding")
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class ModelSpec(_Section):
+    """One model endpoint. Declared under [models.<name>] in the models file; env can override any field
+    (AGENTCTL_LLM__MODELS__<NAME>__<FIELD>)."""
+
+    provider: Literal["openai", "local"] = Field(
+        default="openai", description="openai: any OpenAI-compatible endpoint; local: the bundled CPU models."
     )
+    model_id: str = Field(default="", description="The provider's name for the model (gpt-4o-mini, ...).")
+    kind: Literal["chat", "embedding"] = Field(default="chat", description="What the model does.")
+    base_url: str | None = Field(default=None, description="Endpoint; unset: the provider's default.")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding this model's key; unset: OPENAI_API_KEY."
+    )
+    api_key: SecretStr | None = Field(default=None, description="The key itself (prefer api_key_env).")
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="Most tokens one answer may have.")
+    context_window: int = Field(default=8192, ge=256, description="Tokens the model reads at most.")
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        default=None, description="For reasoning models."
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Time one request to the model may take.")
+    price_input_per_million: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
+    price_cached_input_per_million: float | None = Field(
+        default=None, ge=0, description="USD per million cached input tokens; unset: the input price."
+    )
+    price_output_per_million: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
+    embedding_dims: int | None = Field(default=None, ge=1, description="Vector size, for embedding models.")
+
+
+class LLMSettings(_Section):
+    models_file: Path | None = Field(
+        default=None,
+        description="TOML file declaring [models.<name>] and [roles] (and any other llm setting). Unset: one "
+        "model from AGENTCTL_LLM__MODEL and OPENAI_API_KEY, or the bundled local model without a key.",
+    )
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict, description="Declared models by name (usually from the models file)."
+    )
+    roles: dict[Role, list[str]] = Field(
+        default_factory=dict,
+        description="Ordered fallback chains per role (chat, fast, reasoning, memory, judge, embedding); a role "
+        "left out uses the chat chain (embedding: the first embedding model).",
+    )
+    model: str = Field(default="gpt-4o-mini", description="Chat model when no models file is given.")
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint when no models file is given; unset: OpenAI's."
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="Key for OpenAI-compatible models that name no other. Also read from OPENAI_API_KEY."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=10, description="Tries per model for a retryable failure.")
+    backoff_initial_seconds: float = Field(default=0.25, ge=0, description="First retry waits up to this long.")
+    backoff_max_seconds: float = Field(default=8.0, ge=0, description="No retry waits longer (jitter below it).")
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, description="Failures within the window that open a model's circuit."
+    )
+    breaker_window_seconds: float = Field(default=30.0, gt=0, description="Window in which failures are counted.")
+    breaker_open_seconds: float = Field(
+        default=15.0, gt=0, description="How long an open circuit skips its model before one probe is let through."
+    )
+    max_connections: int = Field(
+        default=100, ge=1, description="Connections each worker keeps to model endpoints (all models together)."
+    )
+    call_deadline_seconds: float = Field(
+        default=60.0, gt=0, description="One model call, retries and fallbacks included, ends by then."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _lower_case_names(cls, value: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        for name in value:
+            if not _MODEL_NAME.match(name):
+                raise ValueError(f"model name {name!r} must be lower case letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _roles_name_declared_models(self) -> LLMSettings:
+        for role, chain in self.roles.items():
+            unknown = [name for name in chain if name not in self.models]
+            if unknown:
+                raise ValueError(f"role {role} names undeclared model(s): {', '.join(unknown)}")
+            wrong_kind = [name for name in chain if (self.models[name].kind == "embedding") != (role == "embedding")]
+            if wrong_kind:
+                raise ValueError(f"role {role} names model(s) of the wrong kind: {', '.join(wrong_kind)}")
+        for name, spec in self.models.items():
+            if spec.provider == "openai" and not spec.model_id:
+                raise ValueError(f"model {name} needs a model_id")
+        return self
 
 
 class ObservabilitySettings(_Section):
@@ -348,6 +437,25 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
 
+    merged, sources = _merge_layers(layers, environ)
+    models_file = merged.get("llm", {}).get("models_file")
+    if models_file:
+        # The models file sits just above the defaults: every other source can override what it declares.
+        path = Path(models_file) if Path(models_file).is_absolute() else directory / models_file
+        layers.insert(0, ({"llm": _read_models_file(path)}, str(path)))
+        merged, sources = _merge_layers(layers, environ)
+    _resolve_model_keys(merged, sources, {**base_file, **_read_env_file(env_file), **environ})
+    try:
+        settings = Settings(**merged)
+    except ValidationError as error:
+        raise SettingsError(_describe_validation_error(error, sources)) from None
+    settings._sources = sources
+    return settings
+
+
+def _merge_layers(
+    layers: list[tuple[dict[str, Any], str | Mapping[str, str]]], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for values, label in layers:
@@ -358,12 +466,27 @@ def load_settings(
                 sources[dotted] = _describe_source(label, path, environ)
             else:
                 sources[dotted] = f"flag {label.get(dotted, '')}".strip()
+    return merged, sources
+
+
+def _read_models_file(path: Path) -> dict[str, Any]:
     try:
-        settings = Settings(**merged)
-    except ValidationError as error:
-        raise SettingsError(_describe_validation_error(error, sources)) from None
-    settings._sources = sources
-    return settings
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError([f"{variable_name(('llm', 'models_file'))}: no such file: {path}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SettingsError([f"{path}: not valid TOML: {error}"]) from None
+
+
+def _resolve_model_keys(merged: dict[str, Any], sources: dict[str, str], variables: Mapping[str, str]) -> None:
+    """A model's api_key_env names a variable; its value becomes the model's key (read here, like all config)."""
+    for name, spec in merged.get("llm", {}).get("models", {}).items():
+        if not isinstance(spec, dict) or spec.get("api_key") or not spec.get("api_key_env"):
+            continue
+        value = variables.get(spec["api_key_env"])
+        if value:
+            spec["api_key"] = value
+            sources[f"llm.models.{name}.api_key"] = f"environment {spec['api_key_env']}"
 
 
 def export_for_child_processes(values: Mapping[str, Any], *, environ: dict[str, str] | None = None) -> None:
@@ -394,6 +517,10 @@ def _iter_model(model: BaseModel, prefix: tuple[str, ...], root: Settings) -> It
         if isinstance(value, BaseModel):
             yield from _iter_model(value, path, root)
             continue
+        if isinstance(value, dict) and value and all(isinstance(item, BaseModel) for item in value.values()):
+            for key, item in value.items():
+                yield from _iter_model(item, (*path, key), root)
+            continue
         dotted = ".".join(path)
         yield dotted, _printable(name, value), root.source_of(dotted), field.description or ""
 
@@ -407,6 +534,8 @@ def _printable(name: str, value: Any) -> str:
         return "(unset)"
     if isinstance(value, list):
         return ",".join(str(item) for item in value) or "(empty)"
+    if isinstance(value, dict):
+        return "; ".join(f"{key}={_printable(str(key), item)}" for key, item in value.items()) or "(empty)"
     return str(value)
 
 
@@ -471,6 +600,14 @@ def _is_known_path(model: type[BaseModel], path: tuple[str, ...]) -> bool:
     annotation = field.annotation
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return len(path) == 1 or _is_known_path(annotation, path[1:])
+    if get_origin(annotation) is dict:
+        # path[1] is a key of the mapping (a model name, a role); what follows belongs to its value.
+        value_type = get_args(annotation)[1]
+        if len(path) <= 2:
+            return True
+        return (
+            isinstance(value_type, type) and issubclass(value_type, BaseModel) and _is_known_path(value_type, path[2:])
+        )
     return len(path) == 1
 
 

@@ -18,6 +18,7 @@ from server.health.routes import HealthController
 from server.lifespan import build_lifespan
 from server.observability.logging import configure_logging
 from server.observability.request_id import add_request_id_header, request_context_middleware
+from server.observability.routes import metrics
 from server.ratelimit.middleware import rate_limit_middleware
 from server.security.headers import security_headers_hook
 from server.sessions.routes import SessionController
@@ -43,7 +44,7 @@ def create_app(settings: Settings) -> Litestar:
         else None
     )
     return Litestar(
-        route_handlers=[HealthController, AuthController, SessionController],
+        route_handlers=[HealthController, AuthController, SessionController, metrics],
         lifespan=[build_lifespan(settings)],
         dependencies={"auth": Provide(provide_auth_service, sync_to_thread=False)},
         middleware=[request_context_middleware, rate_limit_middleware],

@@ -12,6 +12,7 @@ from functools import partial
 from litestar import Litestar
 from litestar.types import Scope
 from loguru import logger
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from agentctl.config import Settings
@@ -22,6 +23,9 @@ from server.auth.tokens import token_codec_for
 from server.database.embedded import database_url
 from server.database.engine import Database, open_database
 from server.database.migrations import apply_migrations, ensure_schema_current
+from server.llm.registry import ModelRegistry
+from server.llm.service import LLMService
+from server.observability.metrics import BreakerStateCollector, ModelMetrics
 from server.ratelimit.service import RateLimiter
 from server.security.client_ip import Network, client_ip, trusted_networks
 
@@ -35,6 +39,8 @@ class Resources:
     redis: Redis | None
     auth: AuthService
     limiter: RateLimiter
+    llm: LLMService
+    metrics: CollectorRegistry
     trusted_proxies: list[Network] = field(default_factory=list)
 
     def client_ip(self, scope: Scope) -> str:
@@ -76,6 +82,13 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             stack.callback(hashing.close)
             auth = AuthService(settings, codec=codec, hashing=hashing, revocations=revocations, limiter=limiter)
 
+            models = ModelRegistry.from_settings(settings.llm)
+            stack.push_async_callback(models.aclose)
+            metrics = CollectorRegistry()
+            model_metrics = ModelMetrics(metrics)
+            metrics.register(BreakerStateCollector(models))
+            llm = LLMService(models, settings.llm, observe=model_metrics.record)
+
             purger = asyncio.create_task(purge_periodically(settings.auth.revocation_purge_interval_seconds))
             stack.push_async_callback(_cancel, purger)
 
@@ -85,6 +98,8 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 redis=redis,
                 auth=auth,
                 limiter=limiter,
+                llm=llm,
+                metrics=metrics,
                 trusted_proxies=trusted_networks(settings.server.trusted_proxies),
             )
             logger.info("worker ready")

@@ -51,6 +51,11 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return environ
 
 
+# Servers in tests that never call a model still need one configured: an endpoint nothing listens on.
+_NO_MODEL_NEEDED = {"AGENTCTL_LLM__BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_API_KEY": "test-key"}
+NO_MODEL_SETTINGS = {"base_url": "http://127.0.0.1:9/v1", "api_key": "test-key"}
+
+
 class ServeProcess:
     """`agentctl serve` as an operator runs it: a real process, real uvicorn, real signals."""
 
@@ -62,7 +67,7 @@ class ServeProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agentctl", "serve", "--port", str(self.port), *args],
             cwd=workdir,
-            env=clean_environment(AGENTCTL_ENV="test", **(env or {})),
+            env=clean_environment(**{**_NO_MODEL_NEEDED, "AGENTCTL_ENV": "test", **(env or {})}),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

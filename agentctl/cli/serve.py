@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ import agentctl
 from agentctl import __version__
 from agentctl.cli.context import settings_of, state_of
 from agentctl.config import Settings, SettingsError, export_for_child_processes, redact_url
+
+if TYPE_CHECKING:
+    from server.llm.registry import ModelRegistry
 
 APP_FACTORY = "server.app:create_app_from_environment"
 
@@ -33,6 +36,7 @@ def serve(
     import uvicorn
 
     from server.database.embedded import database_url
+    from server.llm.registry import ModelRegistry
     from server.observability.logging import configure_logging
 
     state = state_of(ctx)
@@ -50,6 +54,7 @@ def serve(
     if problems:
         raise SettingsError(problems)
     configure_logging(settings)
+    models = ModelRegistry.from_settings(settings.llm)  # no model at all: one line saying how to configure one
 
     with database_url(settings) as url:
         asyncio.run(_prepare_schema(url, settings))
@@ -59,7 +64,7 @@ def serve(
         if settings.uses_embedded_database:
             exported["database"] = {"url": url}
         export_for_child_processes(exported)
-        _print_banner(settings, url)
+        _print_banner(settings, url, models)
         _exit_normally_after_drain()
         uvicorn.run(
             APP_FACTORY,
@@ -105,19 +110,17 @@ async def _prepare_schema(url: str, settings: Settings) -> None:
         await ensure_schema_current(database)
 
 
-def _print_banner(settings: Settings, url: str) -> None:
+def _print_banner(settings: Settings, url: str, models: ModelRegistry) -> None:
     server = settings.server
     base = f"http://{server.host}:{server.port}"
     if settings.uses_embedded_database:
         database = f"embedded PostgreSQL 16 + pgvector in {settings.data_dir / 'postgres'}"
     else:
         database = redact_url(url)
-    key = "API key set" if settings.llm.api_key else "no API key configured"
-    endpoint = settings.llm.base_url or "provider default endpoint"
     workers = f"{server.workers} worker{'s' if server.workers != 1 else ''}"
     console = Console(highlight=False)
     console.print(f"[bold]agentctl {__version__}[/bold] ({settings.env})")
     console.print(f"  listening  {base}  ({workers}{', reload' if server.reload else ''})")
     console.print(f"  database   {database}")
-    console.print(f"  model      {settings.llm.model} via {endpoint} ({key})")
+    console.print(f"  model      {models.describe_role('chat')}")
     console.print(f"  API docs   {base}/schema")

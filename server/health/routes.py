@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from litestar import Controller, get
 from litestar.datastructures import State
 
 from server.errors import ServiceUnavailableError, problem_responses
-from server.health.service import check_components
+from server.health.service import chat_models_reachable, check_components
 from server.lifespan import Resources
 
 
@@ -30,15 +31,20 @@ class HealthController(Controller):
     async def readiness(self, state: State) -> dict[str, object]:
         """Readiness: a database round trip and a check of every configured dependency."""
         resources: Resources = state.resources
-        checks: dict[str, Callable[[], Awaitable[object]]] = {"database": resources.database.ping}
+        checks: dict[str, Callable[[], Awaitable[object]]] = {
+            "database": resources.database.ping,
+            "models": partial(chat_models_reachable, resources.llm.registry),
+        }
         if resources.redis is not None:
             redis, timeout = resources.redis, resources.settings.redis.timeout_seconds
             checks["redis"] = lambda: asyncio.wait_for(redis.ping(), timeout)
         components = await check_components(checks)
         report = {component.name: component.as_dict() for component in components}
+        breakers = {name: model.breaker.state.value for name, model in resources.llm.registry.models.items()}
         failing = [component.name for component in components if not component.healthy]
         if failing:
             raise ServiceUnavailableError(
-                f"not ready: {', '.join(failing)} unavailable", extra={"failing": failing, "checks": report}
+                f"not ready: {', '.join(failing)} unavailable",
+                extra={"failing": failing, "checks": report, "circuit_breakers": breakers},
             )
-        return {"status": "ready", "checks": report}
+        return {"status": "ready", "checks": report, "circuit_breakers": breakers}

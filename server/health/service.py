@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from server.llm.registry import ModelRegistry
+from server.llm.resilience import BreakerState
+
 
 @dataclass(frozen=True)
 class ComponentHealth:
@@ -41,3 +44,10 @@ async def _timed_check(name: str, check: Callable[[], Awaitable[object]]) -> Com
 
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
+
+
+async def chat_models_reachable(models: ModelRegistry) -> None:
+    """Ready while at least one model of the chat chain accepts calls; an open circuit elsewhere is degradation."""
+    chain = models.chain("chat")
+    if all(model.breaker.state is BreakerState.OPEN for model in chain):
+        raise RuntimeError(f"every chat model's circuit is open: {', '.join(model.name for model in chain)}")

@@ -35,7 +35,7 @@ from server.security.client_ip import client_ip, trusted_networks
 from server.security.text import normalize_email, normalize_text
 from server.users.service import create_user
 from server.users.tables import User
-from tests.support import b64url_json, unique_email
+from tests.support import NO_MODEL_SETTINGS, b64url_json, unique_email
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -262,6 +262,7 @@ async def test_production_sends_hsts(migrated_database_url: str) -> None:
         database={"url": migrated_database_url},
         auth={"jwt_secret": "p" * 48},
         server={"cors_allowed_origins": ["https://app.example"]},
+        llm=NO_MODEL_SETTINGS,
     )
     async with AsyncTestClient(create_app(settings)) as client:
         response = await client.get("/health")

@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from agentctl.config import Settings
 from server.app import create_app
 from server.errors import ConflictError
+from tests.support import NO_MODEL_SETTINGS
 
 
 @get("/test/crash")
@@ -30,7 +31,7 @@ async def list_items(limit: FromQuery[int]) -> dict[str, int]:
 
 
 def build_app(database_url: str, *, debug: bool = False) -> Litestar:
-    app = create_app(Settings(env="test", debug=debug, database={"url": database_url}))
+    app = create_app(Settings(env="test", debug=debug, database={"url": database_url}, llm=NO_MODEL_SETTINGS))
     app.register(crash)
     app.register(conflict)
     app.register(list_items)

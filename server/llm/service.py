@@ -1,0 +1,336 @@
+"""Every model call goes through here: retries with backoff on retryable failures, a circuit breaker per
+model, fallback along the role's chain, one deadline per call, and the usage and cost of what was used.
+
+A fallback decision belongs to the one call that made it; other calls only share the breakers' view of
+each model's health. When streaming, fallback is possible only until the first token has been handed to
+the caller; a failure after that ends the stream with :class:`ModelStreamError`, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from loguru import logger
+
+from agentctl.config import LLMSettings, ModelSpec, Role
+from server.errors import AppError
+from server.llm.registry import ModelRegistry, RegisteredModel
+from server.llm.resilience import (
+    BreakerState,
+    StreamEndedEarlyError,
+    backoff_seconds,
+    counts_against_the_model,
+    is_retryable,
+    retry_after_seconds,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @classmethod
+    def of(cls, message: BaseMessage, spec: ModelSpec) -> Usage:
+        metadata = getattr(message, "usage_metadata", None) or {}
+        input_tokens = int(metadata.get("input_tokens", 0))
+        output_tokens = int(metadata.get("output_tokens", 0))
+        cached = int((metadata.get("input_token_details") or {}).get("cache_read", 0) or 0)
+        cached_price = (
+            spec.price_cached_input_per_million
+            if spec.price_cached_input_per_million is not None
+            else spec.price_input_per_million
+        )
+        cost = (
+            (input_tokens - cached) * spec.price_input_per_million
+            + cached * cached_price
+            + output_tokens * spec.price_output_per_million
+        ) / 1_000_000
+        return cls(input_tokens, output_tokens, cached, round(cost, 10))
+
+
+@dataclass(frozen=True)
+class Fallback:
+    model: str
+    reason: str
+
+
+@dataclass
+class CallReport:
+    """What one call cost and how it went; the agent stores it with the turn."""
+
+    role: Role
+    model: str = ""
+    model_id: str = ""
+    fallbacks: list[Fallback] = field(default_factory=list)
+    attempts: int = 0
+    retries: int = 0
+    usage: Usage = field(default_factory=Usage)
+    latency_seconds: float = 0.0
+    time_to_first_token_seconds: float | None = None
+
+
+@dataclass
+class Completion:
+    message: AIMessage
+    report: CallReport
+
+
+@dataclass
+class Embedded:
+    vectors: list[list[float]]
+    report: CallReport
+
+
+@dataclass(frozen=True)
+class StreamToken:
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    message: AIMessage
+    report: CallReport
+
+
+class ModelUnavailableError(AppError):
+    status = 503
+    code = "model-unavailable"
+    title = "No model answered"
+
+
+class ModelDeadlineError(AppError):
+    status = 504
+    code = "model-deadline"
+    title = "The model call ran out of time"
+
+
+class ModelStreamError(Exception):
+    """The stream failed after text had reached the caller; it cannot fall back, it must end with an error."""
+
+    def __init__(self, model: str, partial: str, cause: BaseException) -> None:
+        super().__init__(f"{model} failed mid-answer: {type(cause).__name__}: {cause}")
+        self.model = model
+        self.partial = partial
+        self.cause = cause
+
+
+class LLMService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        settings: LLMSettings,
+        *,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        observe: Callable[[CallReport, str], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self._settings = settings
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+        self._observe = observe or (lambda report, outcome: None)
+
+    async def complete(
+        self,
+        role: Role,
+        messages: Sequence[BaseMessage],
+        *,
+        tools: list | None = None,
+        deadline_seconds: float | None = None,
+    ) -> Completion:
+        """One answer from the first model of the role's chain that gives one."""
+        report = CallReport(role=role)
+        started = time.perf_counter()
+
+        async def ask(model: RegisteredModel, remaining: float) -> AIMessage:
+            runnable: Any = model.with_tools(tools) if tools else model.chat
+            async with asyncio.timeout(remaining):
+                return await runnable.ainvoke(list(messages))
+
+        with self._observed(report):
+            message, model = await self._resilient(role, report, ask, deadline_seconds)
+            self._finish(report, model, message, started)
+        return Completion(message=message, report=report)
+
+    async def stream(
+        self,
+        role: Role,
+        messages: Sequence[BaseMessage],
+        *,
+        tools: list | None = None,
+        deadline_seconds: float | None = None,
+    ) -> AsyncIterator[StreamToken | StreamEnd]:
+        """Tokens as they come, then a StreamEnd with the whole message and the report."""
+        report = CallReport(role=role)
+        started = time.perf_counter()
+        deadline = time.monotonic() + (deadline_seconds or self._settings.call_deadline_seconds)
+
+        async def open_stream(model: RegisteredModel, remaining: float) -> tuple[AsyncIterator, list[AIMessageChunk]]:
+            # Read until the first chunk with output: until then a failure can still fall back.
+            runnable: Any = model.with_tools(tools) if tools else model.chat
+            chunks = aiter(runnable.astream(list(messages)))
+            opened: list[AIMessageChunk] = []
+            async with asyncio.timeout(remaining):
+                async for chunk in chunks:
+                    opened.append(chunk)
+                    if chunk.content or chunk.tool_call_chunks:
+                        break
+            return chunks, opened
+
+        with self._observed(report, success=False):
+            (chunks, opened), model = await self._resilient(role, report, open_stream, deadline - time.monotonic())
+        report.time_to_first_token_seconds = time.perf_counter() - started
+        accumulated: AIMessageChunk | None = None
+        finished = False
+        try:
+            pending = list(opened)
+            while True:
+                if pending:
+                    chunk = pending.pop(0)
+                else:
+                    try:
+                        async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                accumulated = chunk if accumulated is None else accumulated + chunk
+                finished = finished or bool(chunk.response_metadata.get("finish_reason"))
+                if isinstance(chunk.content, str) and chunk.content:
+                    yield StreamToken(chunk.content)
+            if not finished:
+                raise StreamEndedEarlyError("the stream ended without a finish reason")
+        except Exception as error:
+            model.breaker.record_failure()
+            partial = accumulated.text if accumulated is not None else ""
+            logger.warning("model {} failed mid-stream after {} characters: {}", model.name, len(partial), error)
+            report.model, report.model_id = model.name, model.spec.model_id
+            self._observe(report, "stream_error")
+            raise ModelStreamError(model.name, partial, error) from error
+        model.breaker.record_success()
+        message = AIMessage(
+            content=accumulated.content if accumulated else "",
+            tool_calls=accumulated.tool_calls if accumulated else [],
+            usage_metadata=accumulated.usage_metadata if accumulated else None,
+            response_metadata=accumulated.response_metadata if accumulated else {},
+            id=accumulated.id if accumulated else None,
+        )
+        self._finish(report, model, message, started)
+        self._observe(report, "ok")
+        yield StreamEnd(message=message, report=report)
+
+    async def embed(self, texts: list[str], *, deadline_seconds: float | None = None) -> Embedded:
+        report = CallReport(role="embedding")
+        started = time.perf_counter()
+
+        async def embed_with(model: RegisteredModel, remaining: float) -> list[list[float]]:
+            assert model.embeddings is not None
+            async with asyncio.timeout(remaining):
+                return await model.embeddings.aembed_documents(texts)
+
+        with self._observed(report):
+            vectors, model = await self._resilient("embedding", report, embed_with, deadline_seconds)
+            report.model, report.model_id = model.name, model.spec.model_id
+            report.latency_seconds = time.perf_counter() - started
+        return Embedded(vectors=vectors, report=report)
+
+    async def _resilient(
+        self,
+        role: Role,
+        report: CallReport,
+        operation: Callable[[RegisteredModel, float], Awaitable[T]],
+        deadline_seconds: float | None,
+    ) -> tuple[T, RegisteredModel]:
+        settings = self._settings
+        deadline = time.monotonic() + (deadline_seconds or settings.call_deadline_seconds)
+        for model in self.registry.chain(role):
+            if not model.breaker.try_acquire():
+                report.fallbacks.append(Fallback(model.name, "circuit open"))
+                continue
+            reason = ""
+            for attempt in range(settings.max_attempts):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    model.breaker.release_probe()
+                    raise ModelDeadlineError(f"no answer for the {role} role within the deadline", extra=_extra(report))
+                report.attempts += 1
+                try:
+                    result = await operation(model, remaining)
+                except asyncio.CancelledError:
+                    model.breaker.release_probe()
+                    raise
+                except Exception as error:
+                    reason = _describe(error)
+                    if counts_against_the_model(error):
+                        model.breaker.record_failure()
+                    else:
+                        model.breaker.release_probe()
+                    logger.debug("model {} attempt {} failed: {}", model.name, attempt + 1, reason)
+                    if not is_retryable(error) or model.breaker.state is not BreakerState.CLOSED:
+                        break
+                    wait = max(
+                        backoff_seconds(
+                            attempt,
+                            initial=settings.backoff_initial_seconds,
+                            maximum=settings.backoff_max_seconds,
+                            rng=self._rng,
+                        ),
+                        retry_after_seconds(error) or 0.0,
+                    )
+                    if time.monotonic() + wait >= deadline:
+                        reason += f"; its retry wait ({wait:.1f} s) would pass the deadline"
+                        break
+                    report.retries += 1
+                    await self._sleep(wait)
+                else:
+                    model.breaker.record_success()
+                    return result, model
+            report.fallbacks.append(Fallback(model.name, reason))
+            logger.info("{} call leaves model {}: {}", role, model.name, reason)
+        raise ModelUnavailableError(
+            f"no model of the {role} role answered ({'; '.join(f'{f.model}: {f.reason}' for f in report.fallbacks)})",
+            extra=_extra(report),
+        )
+
+    @contextmanager
+    def _observed(self, report: CallReport, *, success: bool = True) -> Iterator[None]:
+        """Report the call's outcome to the observer (metrics): ok, or why it failed."""
+        try:
+            yield
+        except ModelDeadlineError:
+            self._observe(report, "deadline")
+            raise
+        except ModelUnavailableError:
+            self._observe(report, "unavailable")
+            raise
+        if success:
+            self._observe(report, "ok")
+
+    def _finish(self, report: CallReport, model: RegisteredModel, message: BaseMessage, started: float) -> None:
+        report.model, report.model_id = model.name, model.spec.model_id
+        report.usage = Usage.of(message, model.spec)
+        report.latency_seconds = time.perf_counter() - started
+
+
+def _describe(error: BaseException) -> str:
+    status = getattr(error, "status_code", None)
+    name = type(error).__name__
+    return f"{name} {status}" if status else (f"{name}: {error}" if str(error) else name)
+
+
+def _extra(report: CallReport) -> dict[str, Any]:
+    return {
+        "attempts": report.attempts,
+        "fallbacks": [{"model": f.model, "reason": f.reason} for f in report.fallbacks],
+    }

@@ -1,0 +1,177 @@
+"""The registry as operators meet it: the models file, env overrides, `agentctl models`, readiness, metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import HumanMessage
+from litestar.testing import AsyncTestClient
+from typer.testing import CliRunner
+
+from agentctl.cli import app
+from agentctl.config import Settings, load_settings
+from server.app import create_app
+from server.llm.simulator.process import RunningSimulator
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[RunningSimulator]:
+    with RunningSimulator() as running:
+        yield running
+
+
+def write_models_file(directory: Path, base_url: str) -> Path:
+    path = directory / "models.toml"
+    path.write_text(
+        f"""
+max_attempts = 2
+
+[models.primary]
+model_id = "primary-model"
+base_url = "{base_url}"
+api_key_env = "PRIMARY_KEY"
+context_window = 128000
+price_input_per_million = 0.15
+price_output_per_million = 0.6
+
+[models.backup]
+model_id = "backup-model"
+base_url = "{base_url}"
+
+[models.vectors]
+kind = "embedding"
+model_id = "embed-model"
+base_url = "{base_url}"
+embedding_dims = 384
+
+[roles]
+chat = ["primary", "backup"]
+judge = ["backup"]
+embedding = ["vectors"]
+"""
+    )
+    return path
+
+
+def test_models_file_with_environment_overrides(workdir: Path) -> None:
+    path = write_models_file(workdir, "http://127.0.0.1:9/v1")
+    settings = load_settings(
+        environ={
+            "AGENTCTL_LLM__MODELS_FILE": str(path),
+            "PRIMARY_KEY": "sk-primary",
+            "AGENTCTL_LLM__MODELS__BACKUP__BASE_URL": "http://backup.internal/v1",
+        }
+    )
+    llm = settings.llm
+    assert llm.max_attempts == 2
+    assert llm.roles["chat"] == ["primary", "backup"]
+    assert llm.models["primary"].api_key is not None
+    assert llm.models["primary"].api_key.get_secret_value() == "sk-primary"
+    assert settings.source_of("llm.models.primary.api_key") == "environment PRIMARY_KEY"
+    assert llm.models["backup"].base_url == "http://backup.internal/v1"
+    assert settings.source_of("llm.models.backup.base_url") == "environment AGENTCTL_LLM__MODELS__BACKUP__BASE_URL"
+    assert settings.source_of("llm.models.primary.model_id") == str(path)
+
+
+def test_models_file_mistakes_are_one_line_each(workdir: Path) -> None:
+    path = write_models_file(workdir, "http://127.0.0.1:9/v1")
+    result = runner.invoke(
+        app, ["config", "show"], env={"AGENTCTL_LLM__MODELS_FILE": str(path), "AGENTCTL_LLM__ROLES__FAST": '["nope"]'}
+    )
+    assert result.exit_code == 2
+    assert "role fast names undeclared model(s): nope" in result.stderr
+    missing = runner.invoke(app, ["config", "show"], env={"AGENTCTL_LLM__MODELS_FILE": "absent.toml"})
+    assert missing.exit_code == 2
+    assert "no such file" in missing.stderr
+
+
+def test_models_lists_and_checks_every_endpoint(workdir: Path, simulator: RunningSimulator) -> None:
+    path = write_models_file(workdir, simulator.base_url)
+    env = {"AGENTCTL_LLM__MODELS_FILE": str(path), "PRIMARY_KEY": "sim"}
+    listed = runner.invoke(app, ["models"], env=env)
+    assert listed.exit_code == 0, listed.output
+    for expected in ("primary", "backup", "vectors", "primary-model", "chat", "judge", "chat (fallback 1)"):
+        assert expected in listed.stdout
+    checked = runner.invoke(app, ["models", "--check"], env=env)
+    assert checked.exit_code == 0, checked.output
+    assert checked.stdout.count("ok ") == 3
+
+    broken = runner.invoke(
+        app, ["models", "--check"], env={**env, "AGENTCTL_LLM__MODELS__BACKUP__BASE_URL": "http://127.0.0.1:9/v1"}
+    )
+    assert broken.exit_code == 1
+    assert "FAIL" in broken.stdout
+
+
+def test_serve_without_any_model_says_how_to_configure_one(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.llm import local
+
+    monkeypatch.setattr(local, "local_chat_available", lambda: False)  # as on a machine without the extra
+    result = runner.invoke(app, ["serve"], env={"DATABASE_URL": "postgresql:///unused"})
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "OPENAI_API_KEY" in lines[0]
+    assert "agentctl[local]" in lines[0]
+
+
+async def test_readiness_and_metrics_show_the_model_layer(
+    simulator: RunningSimulator, migrated_database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        env="test",
+        database={"url": migrated_database_url},
+        llm=json.loads(
+            json.dumps(
+                {
+                    "models": {
+                        name: {
+                            "model_id": f"{name}-model",
+                            "base_url": simulator.base_url,
+                            "api_key": "sim",
+                            "price_input_per_million": 1,
+                            "price_output_per_million": 2,
+                        }
+                        for name in ("primary", "backup")
+                    },
+                    "roles": {"chat": ["primary", "backup"]},
+                    "max_attempts": 1,
+                    "breaker_failure_threshold": 1,
+                    "breaker_open_seconds": 60,
+                }
+            )
+        ),
+    )
+    litestar_app = create_app(settings)
+    async with AsyncTestClient(litestar_app) as client:
+        ready = (await client.get("/health/ready")).json()
+        assert ready["circuit_breakers"] == {"primary": "closed", "backup": "closed"}
+
+        llm = litestar_app.state.resources.llm
+        simulator.configure({"faults": {"primary-model": {"rate_500": 1.0}}})
+        try:
+            completion = await llm.complete("chat", [HumanMessage("hello there")])
+        finally:
+            simulator.configure({})
+        assert completion.report.model == "backup"
+
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200  # one open circuit is degradation, not unreadiness
+        assert ready.json()["circuit_breakers"]["primary"] == "open"
+
+        metrics = (await client.get("/metrics")).text
+        assert 'agentctl_model_circuit_state{model="primary"} 2.0' in metrics
+        assert 'agentctl_model_calls_total{model="backup",outcome="ok",role="chat"} 1.0' in metrics
+        assert 'agentctl_model_fallbacks_total{model="primary",role="chat"} 1.0' in metrics
+        assert 'agentctl_model_tokens_total{kind="output",model="backup",role="chat"}' in metrics
+        assert "agentctl_model_cost_usd_total" in metrics
+
+        llm.registry.models["backup"].breaker.record_failure()  # now every chat model's circuit is open
+        down = await client.get("/health/ready")
+        assert down.status_code == 503
+        assert down.json()["failing"] == ["models"]
