@@ -75,6 +75,16 @@ class ModelRegistry:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    @property
+    def uses_local_models(self) -> bool:
+        return any(model.spec.provider == "local" for model in self.models.values())
+
+    async def warm_up_local_models(self) -> None:
+        """Load the local weights now, so that the first conversation does not wait for them."""
+        for model in self.models.values():
+            if model.spec.provider == "local" and model.chat is not None:
+                await model.chat.aload()  # type: ignore[attr-defined]
+
     @classmethod
     def from_settings(cls, settings: LLMSettings) -> ModelRegistry:
         """The declared models, or the one-model default: OPENAI_API_KEY's, else the bundled local model."""

