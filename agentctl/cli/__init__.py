@@ -9,7 +9,9 @@ from typer.core import TyperGroup
 
 from agentctl import __version__
 from agentctl.cli import config as config_commands
+from agentctl.cli import llm as llm_commands
 from agentctl.cli import migrate as migrate_commands
+from agentctl.cli import models as models_commands
 from agentctl.cli import serve as serve_commands
 from agentctl.cli.context import CliState
 from agentctl.config import SettingsError
@@ -42,7 +44,9 @@ app = typer.Typer(
 )
 app.command(name="serve")(serve_commands.serve)
 app.command(name="migrate")(migrate_commands.migrate)
+app.command(name="models")(models_commands.models)
 app.add_typer(config_commands.app, name="config")
+app.add_typer(llm_commands.app, name="llm")
 
 
 def _print_version(value: bool) -> None:
