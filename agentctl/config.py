@@ -300,6 +300,23 @@ class LLMSettings(_Section):
         return self
 
 
+class AgentSettings(_Section):
+    name: str = Field(default="Agent", min_length=1, max_length=64, description="The agent's name in its prompt.")
+    prompts_dir: Path | None = Field(
+        default=None, description="Folder with system.md and the other prompts; unset: the ones shipped with agentctl."
+    )
+    prompt_reload_seconds: float = Field(
+        default=2.0, ge=0, description="How often a changed prompt file is noticed (0: read it every turn)."
+    )
+    max_steps: int = Field(default=8, ge=1, le=50, description="Model calls one turn may make (tool loops included).")
+    message_max_chars: int = Field(default=10_000, ge=1, description="Longest user message accepted.")
+    stream_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, description="An idle SSE stream sends a comment this often, so proxies keep it open."
+    )
+    web_search_timeout_seconds: float = Field(default=8.0, gt=0, description="Time one web search may take.")
+    web_search_max_results: int = Field(default=5, ge=1, le=20, description="Results one web search returns.")
+
+
 class ObservabilitySettings(_Section):
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level written to the log."
@@ -333,6 +350,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings, description="Tokens and passwords.")
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Rate limits.")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Model provider.")
+    agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent.")
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings, description="Logs and metrics.")
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
