@@ -4,6 +4,7 @@ from piccolo.conf.apps import AppConfig
 
 from agentctl.resources import migrations_dir
 from server.auth.tables import RefreshToken, RevokedToken
+from server.chat.tables import ChatTurn
 from server.sessions.tables import ChatSession
 from server.users.tables import User
 
@@ -12,7 +13,7 @@ APP_NAME = "agentctl"
 APP_CONFIG = AppConfig(
     app_name=APP_NAME,
     migrations_folder_path=str(migrations_dir()),
-    table_classes=[User, ChatSession, RefreshToken, RevokedToken],
+    table_classes=[User, ChatSession, RefreshToken, RevokedToken, ChatTurn],
     migration_dependencies=[],
     commands=[],
 )
