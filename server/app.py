@@ -13,6 +13,7 @@ from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
 from server.auth.dependencies import BEARER_SCHEME, provide_auth_service
 from server.auth.routes import AuthController
+from server.chat.routes import ChatController
 from server.errors import EXCEPTION_HANDLERS
 from server.health.routes import HealthController
 from server.lifespan import build_lifespan
@@ -44,7 +45,7 @@ def create_app(settings: Settings) -> Litestar:
         else None
     )
     return Litestar(
-        route_handlers=[HealthController, AuthController, SessionController, metrics],
+        route_handlers=[HealthController, AuthController, SessionController, ChatController, metrics],
         lifespan=[build_lifespan(settings)],
         dependencies={"auth": Provide(provide_auth_service, sync_to_thread=False)},
         middleware=[request_context_middleware, rate_limit_middleware],

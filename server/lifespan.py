@@ -10,17 +10,24 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from functools import partial
 
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from litestar import Litestar
 from litestar.types import Scope
 from loguru import logger
 from prometheus_client import CollectorRegistry
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
 from agentctl.config import Settings
+from server.agent.graph import build_agent
+from server.agent.prompts import PromptLibrary
+from server.agent.tools import build_tools
 from server.auth.passwords import PasswordHashing, hashing_threads_for
 from server.auth.revocation import DatabaseRevocationCheck, RedisRevocationCheck, purge_periodically
 from server.auth.service import AuthService
 from server.auth.tokens import token_codec_for
+from server.chat.service import ChatService
 from server.database.embedded import database_url
 from server.database.engine import Database, open_database
 from server.database.migrations import apply_migrations, ensure_schema_current
@@ -41,6 +48,7 @@ class Resources:
     auth: AuthService
     limiter: RateLimiter
     llm: LLMService
+    chat: ChatService
     metrics: CollectorRegistry
     trusted_proxies: list[Network] = field(default_factory=list)
 
@@ -96,6 +104,28 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             metrics.register(BreakerStateCollector(models))
             llm = LLMService(models, settings.llm, observe=model_metrics.record)
 
+            checkpoints = AsyncConnectionPool(
+                url,
+                min_size=max(1, settings.database.pool_min_size),
+                max_size=settings.database.pool_max_size,
+                timeout=settings.database.connect_timeout_seconds,
+                # What AsyncPostgresSaver needs of its connections (setup() ran at migrate time).
+                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+                open=False,
+            )
+            await checkpoints.open()
+            stack.push_async_callback(checkpoints.close)
+            agent = build_agent(
+                llm=llm,
+                tools=build_tools(settings.agent),
+                prompts=PromptLibrary(settings.agent),
+                settings=settings.agent,
+                checkpointer=AsyncPostgresSaver(checkpoints),
+            )
+            chat = ChatService(agent=agent, database=database, settings=settings.agent)
+            listener = asyncio.create_task(chat.listen_for_cancellations())
+            stack.push_async_callback(_cancel, listener)
+
             purger = asyncio.create_task(purge_periodically(settings.auth.revocation_purge_interval_seconds))
             stack.push_async_callback(_cancel, purger)
 
@@ -106,6 +136,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 auth=auth,
                 limiter=limiter,
                 llm=llm,
+                chat=chat,
                 metrics=metrics,
                 trusted_proxies=trusted_networks(settings.server.trusted_proxies),
             )

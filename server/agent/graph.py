@@ -1,0 +1,139 @@
+"""The agent: a LangGraph loop of a chat node (the model, through the model layer) and a tool node.
+
+Everything a turn needs beyond the graph's state (the user's name, memories, the turn's recorder) travels in
+the run's config, so one compiled graph serves every request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from langgraph.graph.state import CompiledStateGraph
+
+from agentctl.config import AgentSettings
+from server.agent.context import input_budget, token_counter_for, trim_history
+from server.agent.prompts import PromptLibrary
+from server.agent.tools import run_tool_calls
+from server.llm.service import CallReport, LLMService, StreamEnd, StreamToken
+
+
+class AgentState(TypedDict):
+    messages: Annotated[list[AnyMessage], add_messages]
+
+
+@dataclass
+class TurnRecorder:
+    """What one turn did, gathered as it runs: model calls, tool calls, the partial answer so far."""
+
+    user_name: str | None = None
+    memories: list[str] = field(default_factory=list)
+    reports: list[CallReport] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    partial: str = ""
+    steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+
+
+def recorder_of(config: RunnableConfig) -> TurnRecorder:
+    return config["configurable"]["turn"]
+
+
+def build_agent(
+    *,
+    llm: LLMService,
+    tools: list[BaseTool],
+    prompts: PromptLibrary,
+    settings: AgentSettings,
+    checkpointer: BaseCheckpointSaver | None,
+) -> CompiledStateGraph:
+    """Compile the graph once per worker."""
+    tools_by_name = {tool.name: tool for tool in tools}
+    chain = llm.registry.chain("chat")
+    # Trim to what every model of the chain can read, so that a fallback never gets a context too long for it.
+    budget = min(input_budget(model.spec) for model in chain)
+    # Small local models cannot call tools; they get none rather than a prompt they would garble.
+    offered_tools = tools if all(model.spec.provider != "local" for model in chain) else []
+    count_tokens: Callable[[list[BaseMessage]], int] = token_counter_for(
+        chain[0].chat,  # type: ignore[arg-type]
+        chain[0].spec,
+        tools=offered_tools,
+    )
+
+    async def chat(state: AgentState, config: RunnableConfig) -> dict[str, list[BaseMessage]]:
+        turn = recorder_of(config)
+        turn.steps += 1
+        system = SystemMessage(await prompts.system_prompt(user_name=turn.user_name, memories=turn.memories))
+        history = trim_history([system, *state["messages"]], max_tokens=budget, count_tokens=count_tokens)
+        write = get_stream_writer()
+        turn.partial = ""
+        message: AIMessage | None = None
+        async for event in llm.stream("chat", history, tools=offered_tools or None):
+            if isinstance(event, StreamToken):
+                if turn.first_token_at is None:
+                    turn.first_token_at = time.perf_counter()
+                turn.partial += event.text
+                write({"type": "token", "content": event.text})
+            elif isinstance(event, StreamEnd):
+                message = event.message
+                turn.reports.append(event.report)
+        assert message is not None
+        return {"messages": [message]}
+
+    async def use_tools(state: AgentState, config: RunnableConfig) -> dict[str, list[BaseMessage]]:
+        turn = recorder_of(config)
+        calls = state["messages"][-1].tool_calls  # type: ignore[union-attr]
+        write = get_stream_writer()
+        for call in calls:
+            write({"type": "tool", "name": call["name"], "arguments": call["args"], "status": "started"})
+        results = await run_tool_calls(calls, tools_by_name)
+        for call, result in zip(calls, results, strict=True):
+            summary = str(result.content)[:300]
+            status = getattr(result, "status", "success")
+            turn.tool_calls.append(
+                {"name": call["name"], "arguments": call["args"], "status": status, "result": summary}
+            )
+            write(
+                {"type": "tool", "name": call["name"], "arguments": call["args"], "status": status, "result": summary}
+            )
+        return {"messages": results}
+
+    async def stop_at_step_limit(state: AgentState) -> dict[str, list[BaseMessage]]:
+        # Every tool call needs its result before the model is called again; these say why there is none.
+        calls = state["messages"][-1].tool_calls  # type: ignore[union-attr]
+        return {
+            "messages": [
+                ToolMessage(
+                    content=f"not run: the turn reached its limit of {settings.max_steps} steps",
+                    tool_call_id=call["id"],
+                    name=call["name"],
+                    status="error",
+                )
+                for call in calls
+            ]
+        }
+
+    def after_chat(state: AgentState, config: RunnableConfig) -> Literal["tools", "stop", "__end__"]:
+        if not getattr(state["messages"][-1], "tool_calls", None):
+            return END
+        return "tools" if recorder_of(config).steps < settings.max_steps else "stop"
+
+    graph = StateGraph(AgentState)
+    graph.add_node("chat", chat)
+    graph.add_node("tools", use_tools)
+    graph.add_node("stop", stop_at_step_limit)
+    graph.add_edge(START, "chat")
+    graph.add_conditional_edges("chat", after_chat, {"tools": "tools", "stop": "stop", END: END})
+    graph.add_edge("stop", END)
+    graph.add_edge("tools", "chat")
+    return graph.compile(checkpointer=checkpointer)

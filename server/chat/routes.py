@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import SecurityRequirement
+from litestar.params import JSONBody
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from server.auth.dependencies import BEARER_SCHEME, provide_session_claims
+from server.auth.tokens import TokenClaims
+from server.chat.schemas import CancelResponse, ChatMessage, ChatRequest, ChatResponse, MessagesResponse
+from server.chat.service import ChatService, TurnEvent
+from server.errors import AppError, InvalidFieldError, problem_responses
+from server.ratelimit.service import RouteClass
+from server.sessions.service import get_owned_session
+
+SESSION_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
+
+
+class TurnFailedError(AppError):
+    status = 502
+    code = "turn-failed"
+    title = "The agent could not answer"
+
+
+def provide_chat_service(state: State) -> ChatService:
+    return state.resources.chat
+
+
+class ChatController(Controller):
+    """The conversation of one session (session token from POST /api/v1/auth/session)."""
+
+    path = "/api/v1/chatbot"
+    tags = ["chat"]
+    security = SESSION_TOKEN
+    dependencies = {
+        "session": Provide(provide_session_claims),
+        "chat": Provide(provide_chat_service, sync_to_thread=False),
+    }
+
+    @post(
+        "/chat",
+        status_code=200,
+        opt={"rate_limit": RouteClass.CHAT},
+        responses=problem_responses(401, 404, 409, 413, 422, 429, 502),
+    )
+    async def chat(
+        self,
+        request: Request,
+        session: NamedDependency[TokenClaims],
+        chat: NamedDependency[ChatService],
+        data: JSONBody[ChatRequest],
+    ) -> ChatResponse:
+        """Send the user's message and wait for the whole answer."""
+        text = await _checked_text(request, session, data)
+        answer, usage, interrupt = "", {}, None
+        async for event in chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text):  # type: ignore[arg-type]
+            if event.kind == "token":
+                answer += event.data["content"]
+            elif event.kind == "interrupt":
+                interrupt = {"question": event.data["question"]}
+            elif event.kind == "usage":
+                usage = event.data["usage"]
+            elif event.kind == "error":
+                raise TurnFailedError(event.data["error"]["detail"], extra={"error_type": event.data["error"]["type"]})
+        content = interrupt["question"] if interrupt and not answer else answer
+        return ChatResponse(messages=[ChatMessage(role="assistant", content=content)], usage=usage, interrupt=interrupt)
+
+    @post(
+        "/chat/stream",
+        status_code=200,
+        opt={"rate_limit": RouteClass.CHAT},
+        responses=problem_responses(401, 404, 409, 413, 422, 429),
+    )
+    async def chat_stream(
+        self,
+        request: Request,
+        session: NamedDependency[TokenClaims],
+        chat: NamedDependency[ChatService],
+        data: JSONBody[ChatRequest],
+    ) -> ServerSentEvent:
+        """Send the user's message and receive the answer as server-sent events: token, tool, interrupt, usage,
+        error, done. Every event's data is JSON with at least content and done."""
+        text = await _checked_text(request, session, data)
+        heartbeat = request.app.state.resources.settings.agent.stream_heartbeat_seconds
+        turn = chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text)  # type: ignore[arg-type]
+        first = await anext(turn)  # a 409 (turn in progress) must be an HTTP error, not an event
+        return ServerSentEvent(_sse(first, turn, heartbeat))
+
+    @get("/messages", responses=problem_responses(401, 404, 429))
+    async def messages(
+        self, session: NamedDependency[TokenClaims], chat: NamedDependency[ChatService]
+    ) -> MessagesResponse:
+        """The session's conversation so far."""
+        await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
+        history = await chat.history(session.session_id)  # type: ignore[arg-type]
+        return MessagesResponse(messages=[ChatMessage(**item) for item in history if item["role"] != "system"])
+
+    @delete("/messages", status_code=204, responses=problem_responses(401, 404, 429))
+    async def clear_messages(self, session: NamedDependency[TokenClaims], chat: NamedDependency[ChatService]) -> None:
+        """Forget the session's conversation, checkpoints included."""
+        await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
+        await chat.clear(session.session_id)  # type: ignore[arg-type]
+
+    @post("/cancel", status_code=200, responses=problem_responses(401, 404, 429))
+    async def cancel(self, session: NamedDependency[TokenClaims], chat: NamedDependency[ChatService]) -> CancelResponse:
+        """Stop the session's running turn; the partial answer stays in the history, marked interrupted."""
+        await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
+        return CancelResponse(cancelled=await chat.cancel(session.session_id))  # type: ignore[arg-type]
+
+
+async def _checked_text(request: Request, session: TokenClaims, data: ChatRequest) -> str:
+    await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
+    limit = request.app.state.resources.settings.agent.message_max_chars
+    text = data.messages[-1].content
+    if len(text) > limit:
+        raise InvalidFieldError("messages", f"a message may have at most {limit} characters, this one has {len(text)}")
+    return text
+
+
+async def _sse(
+    first: TurnEvent, rest: AsyncIterator[TurnEvent], heartbeat: float
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Events as SSE messages; a comment line whenever the stream has been idle for ``heartbeat`` seconds."""
+    yield _message(first)
+    pending = asyncio.ensure_future(anext(rest))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=heartbeat)
+            if not done:
+                yield ServerSentEventMessage(comment="keep-alive")
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            yield _message(event)
+            pending = asyncio.ensure_future(anext(rest))
+    finally:
+        # The client left (or the turn ended): stop waiting, which cancels the turn and keeps its partial answer.
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await pending
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
+def _message(event: TurnEvent) -> ServerSentEventMessage:
+    return ServerSentEventMessage(event=event.kind, data=json.dumps(event.data, ensure_ascii=False))

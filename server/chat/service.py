@@ -1,0 +1,281 @@
+"""Turns: one at a time per session (across workers), run as a task the caller can abandon or cancel,
+streamed as typed events, recorded when they end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
+from loguru import logger
+
+from agentctl.config import AgentSettings
+from server.agent.graph import TurnRecorder
+from server.chat.tables import ChatTurn
+from server.database.engine import Database
+from server.errors import ConflictError
+from server.llm.service import ModelDeadlineError, ModelStreamError, ModelUnavailableError
+
+EventKind = Literal["token", "tool", "interrupt", "usage", "error", "done"]
+_TURN_LOCK_NAMESPACE = 0x61677400  # advisory-lock key space for turns: "agt\\0"
+_CANCEL_CHANNEL = "agentctl_cancel_turn"
+
+
+class TurnInProgressError(ConflictError):
+    code = "turn-in-progress"
+
+    def __init__(self) -> None:
+        super().__init__("this session is already answering a message; wait for it or cancel it")
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    kind: EventKind
+    data: dict[str, Any]
+
+
+@dataclass
+class _RunningTurn:
+    task: asyncio.Task[None]
+    events: asyncio.Queue[TurnEvent | None]
+
+
+class ChatService:
+    def __init__(self, *, agent: CompiledStateGraph, database: Database, settings: AgentSettings) -> None:
+        self._agent = agent
+        self._database = database
+        self._settings = settings
+        self._running: dict[uuid.UUID, _RunningTurn] = {}
+
+    async def run_turn(
+        self, *, owner_id: uuid.UUID, session_id: uuid.UUID, text: str, user_name: str | None = None
+    ) -> AsyncIterator[TurnEvent]:
+        """Events of one turn. The turn runs in its own task: if the caller goes away, the turn is cancelled
+        and what was said so far is kept, marked as interrupted."""
+        lock = await self._take_turn_lock(session_id)
+        turn_id = uuid.uuid4()
+        recorder = TurnRecorder(user_name=user_name)
+        events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+        task = asyncio.create_task(
+            self._run(events, turn_id, owner_id, session_id, text, recorder), name=f"turn-{turn_id}"
+        )
+        running = self._running[session_id] = _RunningTurn(task=task, events=events)
+        try:
+            while (event := await running.events.get()) is not None:
+                yield event
+        finally:
+            if not running.task.done():
+                running.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running.task
+            self._running.pop(session_id, None)
+            await self._release_turn_lock(lock, session_id)
+
+    async def cancel(self, session_id: uuid.UUID) -> bool:
+        """Stop the session's running turn, in whichever worker or replica runs it; True if one was running."""
+        if self._cancel_here(session_id):
+            return True
+        async with self._database.engine.pool.acquire() as connection:
+            key = (_TURN_LOCK_NAMESPACE, _lock_key(session_id))
+            if await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
+                await connection.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+                return False  # nobody holds the turn lock: no turn is running anywhere
+            await connection.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, str(session_id))
+        return True
+
+    async def listen_for_cancellations(self) -> None:
+        """Runs for the worker's lifetime: cancellations asked of other workers arrive by NOTIFY."""
+        while True:
+            try:
+                connection = await asyncpg.connect(self._database.url)
+            except (OSError, asyncpg.PostgresError) as error:
+                logger.warning("cancellation listener cannot connect, retrying: {}", error)
+                await asyncio.sleep(2)
+                continue
+            closed = asyncio.Event()
+            connection.add_termination_listener(lambda _connection, closed=closed: closed.set())
+            try:
+                await connection.add_listener(_CANCEL_CHANNEL, self._on_cancel_notice)
+                await closed.wait()
+                logger.warning("cancellation listener lost its connection; reconnecting")
+            finally:
+                await asyncio.shield(connection.close())
+
+    def _on_cancel_notice(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self._cancel_here(uuid.UUID(payload))
+        except ValueError:
+            logger.warning("ignored a malformed cancellation notice")
+
+    def _cancel_here(self, session_id: uuid.UUID) -> bool:
+        running = self._running.get(session_id)
+        if running is None or running.task.done():
+            return False
+        running.task.cancel()
+        return True
+
+    async def _run(
+        self,
+        events: asyncio.Queue[TurnEvent | None],
+        turn_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        session_id: uuid.UUID,
+        text: str,
+        recorder: TurnRecorder,
+    ) -> None:
+        config: RunnableConfig = {
+            "configurable": {"thread_id": str(session_id), "turn": recorder},
+            "recursion_limit": 2 * self._settings.max_steps + 4,
+        }
+        status, error_type, interrupted_by = "ok", None, None
+        try:
+            state = await self._agent.aget_state(config)
+            resuming = bool(state.interrupts)
+            graph_input = Command(resume=text) if resuming else {"messages": [HumanMessage(text)]}
+            async for mode, chunk in self._agent.astream(graph_input, config, stream_mode=["custom", "updates"]):
+                if mode == "custom":
+                    kind = chunk.pop("type")
+                    await events.put(TurnEvent(kind, {**chunk, "done": False, "content": chunk.get("content", "")}))
+                elif "__interrupt__" in chunk:
+                    question = chunk["__interrupt__"][0].value
+                    status = "awaiting_human"
+                    interrupted_by = question.get("question") if isinstance(question, dict) else str(question)
+                    await events.put(TurnEvent("interrupt", {"content": "", "question": interrupted_by, "done": False}))
+        except asyncio.CancelledError:
+            status = "interrupted"
+            try:
+                await self._keep_partial_answer(config, recorder, status)
+                await self._record(turn_id, owner_id, session_id, text, recorder, status, "cancelled")
+            finally:
+                cancelled = {"error": {"type": "cancelled", "detail": "the turn was cancelled"}, "done": True}
+                events.put_nowait(TurnEvent("error", cancelled))
+                events.put_nowait(None)
+            raise
+        except (ModelStreamError, ModelUnavailableError, ModelDeadlineError) as error:
+            status, error_type = "error", type(error).__name__
+            await self._keep_partial_answer(config, recorder, status)
+            detail = error.detail if hasattr(error, "detail") else str(error)
+            await events.put(TurnEvent("error", {"error": {"type": error_type, "detail": detail}, "done": True}))
+        except Exception as error:
+            logger.opt(exception=error).error("turn {} failed", turn_id)
+            status, error_type = "error", type(error).__name__
+            await events.put(
+                TurnEvent("error", {"error": {"type": "internal-error", "detail": "the turn failed"}, "done": True})
+            )
+        try:
+            turn = await self._record(turn_id, owner_id, session_id, text, recorder, status, error_type)
+            if status != "error":
+                await events.put(TurnEvent("usage", {"content": "", "done": False, "usage": _usage_of(turn)}))
+                await events.put(TurnEvent("done", {"content": "", "done": True, "message_id": str(turn_id)}))
+        finally:
+            await events.put(None)
+
+    async def _keep_partial_answer(self, config: RunnableConfig, recorder: TurnRecorder, status: str) -> None:
+        """What reached the user stays in the history, marked so nobody takes it for a complete answer."""
+        if not recorder.partial:
+            return
+        message = AIMessage(content=recorder.partial, response_metadata={"status": status})
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._agent.aupdate_state(config, {"messages": [message]}, as_node="chat"))
+
+    async def _record(
+        self,
+        turn_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        session_id: uuid.UUID,
+        text: str,
+        recorder: TurnRecorder,
+        status: str,
+        error_type: str | None,
+    ) -> ChatTurn:
+        reports = recorder.reports
+        now = time.perf_counter()
+        turn = ChatTurn(
+            id=turn_id,
+            session=session_id,
+            owner=owner_id,
+            input=text,
+            output=recorder.partial,
+            tool_calls=recorder.tool_calls,
+            model=reports[-1].model if reports else None,
+            fallbacks=[{"model": f.model, "reason": f.reason} for r in reports for f in r.fallbacks],
+            input_tokens=sum(r.usage.input_tokens for r in reports),
+            output_tokens=sum(r.usage.output_tokens for r in reports),
+            cached_tokens=sum(r.usage.cached_tokens for r in reports),
+            cost_usd=sum(r.usage.cost_usd for r in reports),
+            time_to_first_token_ms=(recorder.first_token_at - recorder.started) * 1000
+            if recorder.first_token_at
+            else None,
+            latency_ms=(now - recorder.started) * 1000,
+            status=status,
+            error_type=error_type,
+        )
+        await asyncio.shield(turn.save().run())
+        return turn
+
+    async def _take_turn_lock(self, session_id: uuid.UUID) -> asyncpg.pool.PoolConnectionProxy:
+        """A session-level advisory lock held for the turn: every worker and replica sees it; a crashed
+        worker's connection closes and the lock goes with it."""
+        connection = await self._database.engine.pool.acquire()
+        key = _lock_key(session_id)
+        if not await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", _TURN_LOCK_NAMESPACE, key):
+            await self._database.engine.pool.release(connection)
+            raise TurnInProgressError()
+        return connection
+
+    async def _release_turn_lock(self, connection: asyncpg.pool.PoolConnectionProxy, session_id: uuid.UUID) -> None:
+        try:
+            await asyncio.shield(
+                connection.execute("SELECT pg_advisory_unlock($1, $2)", _TURN_LOCK_NAMESPACE, _lock_key(session_id))
+            )
+        finally:
+            await self._database.engine.pool.release(connection)
+
+    async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
+        state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
+        return [_as_dict(message) for message in state.values.get("messages", [])]
+
+    async def clear(self, session_id: uuid.UUID) -> None:
+        """Forget the conversation, checkpoints included."""
+        checkpointer = self._agent.checkpointer
+        if checkpointer is not None:
+            await checkpointer.adelete_thread(str(session_id))  # type: ignore[union-attr]
+
+
+def _lock_key(session_id: uuid.UUID) -> int:
+    return zlib.crc32(session_id.bytes) - 2**31  # into PostgreSQL's int4 range
+
+
+def _usage_of(turn: ChatTurn) -> dict[str, Any]:
+    return {
+        "input_tokens": turn.input_tokens,
+        "output_tokens": turn.output_tokens,
+        "cached_tokens": turn.cached_tokens,
+        "cost_usd": turn.cost_usd,
+        "model": turn.model,
+    }
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    role = {"human": "user", "ai": "assistant", "tool": "tool", "system": "system"}.get(message.type, message.type)
+    item: dict[str, Any] = {"id": message.id, "role": role, "content": message.text}
+    if isinstance(message, AIMessage):
+        if message.tool_calls:
+            item["tool_calls"] = [{"name": call["name"], "arguments": call["args"]} for call in message.tool_calls]
+        status = message.response_metadata.get("status")
+        if status:
+            item["status"] = status
+    if isinstance(message, ToolMessage):
+        item["name"] = message.name
+        item["status"] = message.status
+    return item

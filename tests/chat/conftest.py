@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.llm.simulator.process import RunningSimulator
+from tests.support import ApiClient, ServeProcess
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[RunningSimulator]:
+    with RunningSimulator() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _healthy_simulator(simulator: RunningSimulator) -> None:
+    simulator.configure({})
+
+
+def serve_with_model(workdir: Path, database_url: str, simulator: RunningSimulator, *args: str) -> ServeProcess:
+    return ServeProcess(
+        workdir,
+        *args,
+        env={
+            "DATABASE_URL": database_url,
+            "AGENTCTL_LLM__BASE_URL": simulator.base_url,
+            "AGENTCTL_LLM__MODEL": "chat-model",
+            "OPENAI_API_KEY": "sim",
+            "AGENTCTL_LLM__MAX_ATTEMPTS": "1",
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def chat_api(
+    tmp_path_factory: pytest.TempPathFactory, migrated_database_url: str, simulator: RunningSimulator
+) -> Iterator[ApiClient]:
+    server = serve_with_model(tmp_path_factory.mktemp("chat"), migrated_database_url, simulator, "--workers", "2")
+    try:
+        server.wait_until_healthy()
+        yield ApiClient(server)
+    finally:
+        server.terminate()
+
+
+class Conversation:
+    """A user with one session, speaking through its session token."""
+
+    def __init__(self, api: ApiClient) -> None:
+        self.api = api
+        _, self.user_token = api.new_user()
+        session = api.request("POST", "/auth/session", token=self.user_token).json()
+        self.session_id = session["session_id"]
+        self.token = session["token"]["access_token"]
+
+    def send(self, text: str) -> httpx.Response:
+        return self.api.request(
+            "POST", "/chatbot/chat", token=self.token, json={"messages": [{"role": "user", "content": text}]}
+        )
+
+    def stream(self, text: str) -> list[tuple[str, dict]]:
+        """(event name, data) of every SSE event of one turn."""
+        events = []
+        with httpx.stream(
+            "POST",
+            f"{self.api.base_url}/chatbot/chat/stream",
+            headers={"Authorization": f"Bearer {self.token}"},
+            json={"messages": [{"role": "user", "content": text}]},
+            timeout=30,
+        ) as response:
+            assert response.status_code == 200, response.read()
+            name = None
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    name = line[len("event: ") :]
+                elif line.startswith("data: "):
+                    events.append((name, json.loads(line[len("data: ") :])))
+        return events
+
+    def history(self) -> list[dict]:
+        response = self.api.request("GET", "/chatbot/messages", token=self.token)
+        assert response.status_code == 200, response.text
+        return response.json()["messages"]
