@@ -115,12 +115,18 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             )
             await checkpoints.open()
             stack.push_async_callback(checkpoints.close)
-            agent = build_agent(
-                llm=llm,
-                tools=build_tools(settings.agent),
-                prompts=PromptLibrary(settings.agent),
-                settings=settings.agent,
-                checkpointer=AsyncPostgresSaver(checkpoints),
+            prompts = PromptLibrary(settings.agent)
+            await prompts.load()  # a missing prompt file stops the start, not the first chat
+            # Compiling loads the tokenizers (~0.4 s): off the event loop.
+            agent = await asyncio.to_thread(
+                partial(
+                    build_agent,
+                    llm=llm,
+                    tools=build_tools(settings.agent),
+                    prompts=prompts,
+                    settings=settings.agent,
+                    checkpointer=AsyncPostgresSaver(checkpoints),
+                )
             )
             chat = ChatService(agent=agent, database=database, settings=settings.agent)
             listener = asyncio.create_task(chat.listen_for_cancellations())

@@ -19,6 +19,7 @@ from server.chat.service import ChatService, TurnEvent
 from server.errors import AppError, InvalidFieldError, problem_responses
 from server.ratelimit.service import RouteClass
 from server.sessions.service import get_owned_session
+from server.users.service import get_user
 
 SESSION_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
 
@@ -58,9 +59,10 @@ class ChatController(Controller):
         data: JSONBody[ChatRequest],
     ) -> ChatResponse:
         """Send the user's message and wait for the whole answer."""
-        text = await _checked_text(request, session, data)
+        text, user_name = await _checked_text(request, session, data)
         answer, usage, interrupt = "", {}, None
-        async for event in chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text):  # type: ignore[arg-type]
+        turn = chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text, user_name=user_name)  # type: ignore[arg-type]
+        async for event in turn:
             if event.kind == "token":
                 answer += event.data["content"]
             elif event.kind == "interrupt":
@@ -87,9 +89,9 @@ class ChatController(Controller):
     ) -> ServerSentEvent:
         """Send the user's message and receive the answer as server-sent events: token, tool, interrupt, usage,
         error, done. Every event's data is JSON with at least content and done."""
-        text = await _checked_text(request, session, data)
+        text, user_name = await _checked_text(request, session, data)
         heartbeat = request.app.state.resources.settings.agent.stream_heartbeat_seconds
-        turn = chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text)  # type: ignore[arg-type]
+        turn = chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text, user_name=user_name)  # type: ignore[arg-type]
         first = await anext(turn)  # a 409 (turn in progress) must be an HTTP error, not an event
         return ServerSentEvent(_sse(first, turn, heartbeat))
 
@@ -115,13 +117,17 @@ class ChatController(Controller):
         return CancelResponse(cancelled=await chat.cancel(session.session_id))  # type: ignore[arg-type]
 
 
-async def _checked_text(request: Request, session: TokenClaims, data: ChatRequest) -> str:
-    await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
+async def _checked_text(request: Request, session: TokenClaims, data: ChatRequest) -> tuple[str, str | None]:
+    """The message to answer and the user's name for the prompt (the two reads run side by side)."""
     limit = request.app.state.resources.settings.agent.message_max_chars
     text = data.messages[-1].content
     if len(text) > limit:
         raise InvalidFieldError("messages", f"a message may have at most {limit} characters, this one has {len(text)}")
-    return text
+    _, user = await asyncio.gather(
+        get_owned_session(owner_id=session.subject, session_id=session.session_id),  # type: ignore[arg-type]
+        get_user(session.subject),
+    )
+    return text, user.username
 
 
 async def _sse(

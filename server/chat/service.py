@@ -23,8 +23,8 @@ from agentctl.config import AgentSettings
 from server.agent.graph import TurnRecorder
 from server.chat.tables import ChatTurn
 from server.database.engine import Database
-from server.errors import ConflictError
-from server.llm.service import ModelDeadlineError, ModelStreamError, ModelUnavailableError
+from server.errors import AppError, ConflictError
+from server.llm.service import ModelStreamError
 
 EventKind = Literal["token", "tool", "interrupt", "usage", "error", "done"]
 _TURN_LOCK_NAMESPACE = 0x61677400  # advisory-lock key space for turns: "agt\\0"
@@ -161,10 +161,11 @@ class ChatService:
                 events.put_nowait(TurnEvent("error", cancelled))
                 events.put_nowait(None)
             raise
-        except (ModelStreamError, ModelUnavailableError, ModelDeadlineError) as error:
+        except (ModelStreamError, AppError) as error:
+            # Model failures, an over-long context: the user learns what happened, and the turn is recorded.
             status, error_type = "error", type(error).__name__
             await self._keep_partial_answer(config, recorder, status)
-            detail = error.detail if hasattr(error, "detail") else str(error)
+            detail = error.detail if isinstance(error, AppError) else str(error)
             await events.put(TurnEvent("error", {"error": {"type": error_type, "detail": detail}, "done": True}))
         except Exception as error:
             logger.opt(exception=error).error("turn {} failed", turn_id)

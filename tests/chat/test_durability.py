@@ -1,0 +1,53 @@
+"""A worker killed mid-turn: the history stays consistent and the session goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from server.llm.simulator.process import RunningSimulator
+from tests.chat.conftest import Conversation, serve_with_model
+from tests.support import ApiClient
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigkill_mid_turn_then_recovery(
+    tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
+) -> None:
+    server = serve_with_model(tmp_path, migrated_database_url, simulator)
+    server.wait_until_healthy()
+    talk = Conversation(ApiClient(server))
+    assert talk.send("a first, complete exchange").status_code == 200
+    simulator.configure({"tokens_per_second": 8, "answer_tokens": 80})
+    events: list = []
+    streaming = threading.Thread(target=lambda: events.extend(_stream_until_cut(talk)))
+    streaming.start()
+    time.sleep(1.2)  # some tokens reached the client
+    server.kill()  # SIGKILL to the whole process group: no shutdown code runs
+    streaming.join(20)
+
+    simulator.configure({})
+    restarted = serve_with_model(tmp_path, migrated_database_url, simulator)
+    try:
+        restarted.wait_until_healthy()
+        talk.api = ApiClient(restarted)
+        history = talk.history()
+        assert history[-1] == {**history[-1], "role": "user", "content": "a story that will be cut short"}
+        assert [message["role"] for message in history] == ["user", "assistant", "user"]  # nothing half-written
+        assert all(message.get("status") is None for message in history)
+        answer = talk.send("are you still there?")
+        assert answer.status_code == 200, answer.text
+        assert talk.history()[-1]["role"] == "assistant"
+    finally:
+        restarted.terminate()
+
+
+def _stream_until_cut(talk: Conversation) -> list:
+    try:
+        return talk.stream("a story that will be cut short")
+    except Exception as error:  # the server died under the stream: that is the point
+        return [("cut", {"error": str(error)})]
