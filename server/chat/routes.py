@@ -61,8 +61,13 @@ class ChatController(Controller):
         """Send the user's message and wait for the whole answer."""
         text, user_name = await _checked_text(request, session, data)
         answer, usage, interrupt = "", {}, None
-        turn = chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text, user_name=user_name)  # type: ignore[arg-type]
-        async for event in turn:
+        turn = await chat.start_turn(
+            owner_id=session.subject,
+            session_id=session.session_id,  # type: ignore[arg-type]
+            text=text,
+            user_name=user_name,
+        )
+        async for event in turn.events():
             if event.kind == "token":
                 answer += event.data["content"]
             elif event.kind == "interrupt":
@@ -91,9 +96,13 @@ class ChatController(Controller):
         error, done. Every event's data is JSON with at least content and done."""
         text, user_name = await _checked_text(request, session, data)
         heartbeat = request.app.state.resources.settings.agent.stream_heartbeat_seconds
-        turn = chat.run_turn(owner_id=session.subject, session_id=session.session_id, text=text, user_name=user_name)  # type: ignore[arg-type]
-        first = await anext(turn)  # a 409 (turn in progress) must be an HTTP error, not an event
-        return ServerSentEvent(_sse(first, turn, heartbeat))
+        turn = await chat.start_turn(  # a turn in progress is a 409 here, before the stream starts
+            owner_id=session.subject,
+            session_id=session.session_id,  # type: ignore[arg-type]
+            text=text,
+            user_name=user_name,
+        )
+        return ServerSentEvent(_sse(turn.events(), heartbeat))
 
     @get("/messages", responses=problem_responses(401, 404, 429))
     async def messages(
@@ -130,11 +139,8 @@ async def _checked_text(request: Request, session: TokenClaims, data: ChatReques
     return text, user.username
 
 
-async def _sse(
-    first: TurnEvent, rest: AsyncIterator[TurnEvent], heartbeat: float
-) -> AsyncIterator[ServerSentEventMessage]:
+async def _sse(rest: AsyncIterator[TurnEvent], heartbeat: float) -> AsyncIterator[ServerSentEventMessage]:
     """Events as SSE messages; a comment line whenever the stream has been idle for ``heartbeat`` seconds."""
-    yield _message(first)
     pending = asyncio.ensure_future(anext(rest))
     try:
         while True:

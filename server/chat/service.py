@@ -44,6 +44,26 @@ class TurnEvent:
     data: dict[str, Any]
 
 
+class Turn:
+    """A running turn, seen from its caller: its events, until the turn ends or the caller stops listening."""
+
+    def __init__(self, task: asyncio.Task[None], events: asyncio.Queue[TurnEvent | None]) -> None:
+        self._task = task
+        self._events = events
+
+    async def events(self) -> AsyncIterator[TurnEvent]:
+        ended = False
+        try:
+            while (event := await self._events.get()) is not None:
+                yield event
+            ended = True
+        finally:
+            if not ended:
+                self._task.cancel()  # the caller left: stop the turn, keep its partial answer
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 @dataclass
 class _RunningTurn:
     task: asyncio.Task[None]
@@ -57,28 +77,39 @@ class ChatService:
         self._settings = settings
         self._running: dict[uuid.UUID, _RunningTurn] = {}
 
-    async def run_turn(
+    async def start_turn(
         self, *, owner_id: uuid.UUID, session_id: uuid.UUID, text: str, user_name: str | None = None
-    ) -> AsyncIterator[TurnEvent]:
-        """Events of one turn. The turn runs in its own task: if the caller goes away, the turn is cancelled
-        and what was said so far is kept, marked as interrupted."""
+    ) -> Turn:
+        """Take the session's turn (TurnInProgressError if another is running) and start it.
+
+        The turn runs in its own task and releases the session itself when it ends; whoever watches its
+        events can stop watching at any time, which cancels it and keeps what was said so far, marked as
+        interrupted."""
         lock = await self._take_turn_lock(session_id)
-        turn_id = uuid.uuid4()
-        recorder = TurnRecorder(user_name=user_name)
         events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+        recorder = TurnRecorder(user_name=user_name)
         task = asyncio.create_task(
-            self._run(events, turn_id, owner_id, session_id, text, recorder), name=f"turn-{turn_id}"
+            self._run_holding(lock, events, uuid.uuid4(), owner_id, session_id, text, recorder),
+            name=f"turn-{session_id}",
         )
-        running = self._running[session_id] = _RunningTurn(task=task, events=events)
+        self._running[session_id] = _RunningTurn(task=task, events=events)
+        return Turn(task, events)
+
+    async def _run_holding(
+        self,
+        lock: asyncpg.pool.PoolConnectionProxy,
+        events: asyncio.Queue[TurnEvent | None],
+        turn_id: uuid.UUID,
+        owner_id: uuid.UUID,
+        session_id: uuid.UUID,
+        text: str,
+        recorder: TurnRecorder,
+    ) -> None:
         try:
-            while (event := await running.events.get()) is not None:
-                yield event
+            await self._run(events, turn_id, owner_id, session_id, text, recorder)
         finally:
-            if not running.task.done():
-                running.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running.task
-            self._running.pop(session_id, None)
+            if (running := self._running.get(session_id)) is not None and running.events is events:
+                del self._running[session_id]
             await self._release_turn_lock(lock, session_id)
 
     async def cancel(self, session_id: uuid.UUID) -> bool:

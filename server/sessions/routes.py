@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
@@ -60,11 +60,16 @@ class SessionController(Controller):
 
     @delete("/session/{session_id:uuid}", status_code=204, responses=problem_responses(401, 404, 429))
     async def delete_session(
-        self, user: NamedDependency[TokenClaims], session_id: FromPath[uuid.UUID], auth: NamedDependency[AuthService]
+        self,
+        user: NamedDependency[TokenClaims],
+        session_id: FromPath[uuid.UUID],
+        auth: NamedDependency[AuthService],
+        request: Request,
     ) -> None:
-        """Delete one of the user's sessions, what belongs to it, and every token issued for it."""
+        """Delete one of the user's sessions, what belongs to it (turns, checkpoints), and every token issued for it."""
         await service.delete_session(owner_id=user.subject, session_id=session_id)
         await auth.revoke_session_tokens(session_id)
+        await request.app.state.resources.chat.clear(session_id)
 
     @post("/session/{session_id:uuid}/token", status_code=200, responses=problem_responses(401, 404, 429))
     async def session_token(

@@ -22,7 +22,9 @@ def _healthy_simulator(simulator: RunningSimulator) -> None:
     simulator.configure({})
 
 
-def serve_with_model(workdir: Path, database_url: str, simulator: RunningSimulator, *args: str) -> ServeProcess:
+def serve_with_model(
+    workdir: Path, database_url: str, simulator: RunningSimulator, *args: str, **env: str
+) -> ServeProcess:
     return ServeProcess(
         workdir,
         *args,
@@ -32,6 +34,7 @@ def serve_with_model(workdir: Path, database_url: str, simulator: RunningSimulat
             "AGENTCTL_LLM__MODEL": "chat-model",
             "OPENAI_API_KEY": "sim",
             "AGENTCTL_LLM__MAX_ATTEMPTS": "1",
+            **env,
         },
     )
 

@@ -166,7 +166,8 @@ def test_cancel_stops_the_turn_on_whichever_worker_runs_it(chat_api: ApiClient, 
         assert (name, data["error"]["type"], data["done"]) == ("error", "cancelled", True)
         history = talk.history()
         assert history[-1]["status"] == "interrupted"
-        assert history[-1]["content"] == "".join(d["content"] for n, d in events if n == "token")
+        # Tokens in flight when the turn stopped may not have reached this client: what it saw is a prefix.
+        assert history[-1]["content"].startswith("".join(d["content"] for n, d in events if n == "token"))
         assert chat_api.request("POST", "/chatbot/cancel", token=talk.token).json() == {"cancelled": False}
     simulator.configure({})
     assert talk.send("and now?").status_code == 200
@@ -193,3 +194,23 @@ def test_turns_are_recorded(chat_api: ApiClient, migrated_database_url: str) -> 
     assert turn["latency_ms"] > 0
     assert turn["time_to_first_token_ms"] is not None
     assert [call["name"] for call in json.loads(turn["tool_calls"])] == ["calculator"]
+
+
+def test_clearing_and_deleting_remove_the_checkpoints(chat_api: ApiClient, migrated_database_url: str) -> None:
+    async def checkpoint_rows(session_id: str) -> int:
+        connection = await asyncpg.connect(migrated_database_url)
+        try:
+            return await connection.fetchval("SELECT count(*) FROM checkpoints WHERE thread_id = $1", session_id)
+        finally:
+            await connection.close()
+
+    talk = Conversation(chat_api)
+    talk.send("something to forget")
+    assert asyncio.run(checkpoint_rows(talk.session_id)) > 0
+    assert chat_api.request("DELETE", "/chatbot/messages", token=talk.token).status_code == 204
+    assert talk.history() == []
+    assert asyncio.run(checkpoint_rows(talk.session_id)) == 0
+
+    talk.send("something else")
+    assert chat_api.request("DELETE", f"/auth/session/{talk.session_id}", token=talk.user_token).status_code == 204
+    assert asyncio.run(checkpoint_rows(talk.session_id)) == 0

@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from server.llm.simulator.process import RunningSimulator
@@ -51,3 +52,26 @@ def _stream_until_cut(talk: Conversation) -> list:
         return talk.stream("a story that will be cut short")
     except Exception as error:  # the server died under the stream: that is the point
         return [("cut", {"error": str(error)})]
+
+
+def test_idle_stream_sends_heartbeats(tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator) -> None:
+    server = serve_with_model(
+        tmp_path, migrated_database_url, simulator, AGENTCTL_AGENT__STREAM_HEARTBEAT_SECONDS="0.2"
+    )
+    try:
+        server.wait_until_healthy()
+        talk = Conversation(ApiClient(server))
+        simulator.configure({"ttft_ms": 1000})
+        with httpx.stream(
+            "POST",
+            f"{talk.api.base_url}/chatbot/chat/stream",
+            headers={"Authorization": f"Bearer {talk.token}"},
+            json={"messages": [{"role": "user", "content": "take your time"}]},
+            timeout=30,
+        ) as response:
+            lines = list(response.iter_lines())
+        assert lines.count(": keep-alive") >= 2  # ~1 s of silence before the first token, 0.2 s apart
+        assert lines.index(": keep-alive") < next(i for i, line in enumerate(lines) if line == "event: token")
+    finally:
+        simulator.configure({})
+        server.terminate()
