@@ -129,6 +129,8 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 )
             )
             chat = ChatService(agent=agent, database=database, settings=settings.agent)
+            await chat.open()
+            stack.push_async_callback(chat.close)
             listener = asyncio.create_task(chat.listen_for_cancellations())
             stack.push_async_callback(_cancel, listener)
 

@@ -23,7 +23,7 @@ from agentctl.config import AgentSettings
 from server.agent.graph import TurnRecorder
 from server.chat.tables import ChatTurn
 from server.database.engine import Database
-from server.errors import AppError, ConflictError
+from server.errors import AppError, ConflictError, ServiceUnavailableError
 from server.llm.service import ModelStreamError
 
 EventKind = Literal["token", "tool", "interrupt", "usage", "error", "done"]
@@ -255,13 +255,31 @@ class ChatService:
         await asyncio.shield(turn.save().run())
         return turn
 
+    async def open(self) -> None:
+        """Turn locks get connections of their own: a turn holds its lock connection while it runs and needs
+        the main pool meanwhile (checks, the turn record), so sharing one pool deadlocked at pool-size turns."""
+        settings = self._database.settings
+        self._lock_pool = await asyncpg.create_pool(
+            self._database.url,
+            min_size=0,
+            max_size=settings.pool_max_size,
+            timeout=settings.connect_timeout_seconds,
+            max_inactive_connection_lifetime=settings.max_idle_seconds,
+        )
+
+    async def close(self) -> None:
+        await self._lock_pool.close()
+
     async def _take_turn_lock(self, session_id: uuid.UUID) -> asyncpg.pool.PoolConnectionProxy:
         """A session-level advisory lock held for the turn: every worker and replica sees it; a crashed
         worker's connection closes and the lock goes with it."""
-        connection = await self._database.engine.pool.acquire()
+        try:
+            connection = await self._lock_pool.acquire(timeout=self._database.settings.connect_timeout_seconds)
+        except TimeoutError:
+            raise ServiceUnavailableError("this worker is answering as many turns as it can; try again") from None
         key = _lock_key(session_id)
         if not await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", _TURN_LOCK_NAMESPACE, key):
-            await self._database.engine.pool.release(connection)
+            await self._lock_pool.release(connection)
             raise TurnInProgressError()
         return connection
 
@@ -271,7 +289,7 @@ class ChatService:
                 connection.execute("SELECT pg_advisory_unlock($1, $2)", _TURN_LOCK_NAMESPACE, _lock_key(session_id))
             )
         finally:
-            await self._database.engine.pool.release(connection)
+            await self._lock_pool.release(connection)
 
     async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
         state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})

@@ -75,3 +75,28 @@ def test_idle_stream_sends_heartbeats(tmp_path: Path, migrated_database_url: str
     finally:
         simulator.configure({})
         server.terminate()
+
+
+def test_more_concurrent_turns_than_pool_connections(
+    tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
+) -> None:
+    """A turn holds its lock connection while it needs others: that must not starve the pool."""
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, AGENTCTL_DATABASE__POOL_MAX_SIZE="3")
+    try:
+        server.wait_until_healthy()
+        api = ApiClient(server)
+        talks = [Conversation(api) for _ in range(6)]
+        simulator.configure({"ttft_ms": 400})
+        results: list[int] = []
+        threads = [
+            threading.Thread(target=lambda talk=talk: results.append(talk.send("together").status_code))
+            for talk in talks
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(results) == [200] * 6
+    finally:
+        simulator.configure({})
+        server.terminate()
