@@ -78,6 +78,7 @@ from run_signup_storm import (  # noqa: E402 (after the path is set)
     _latencies,
     _percentile,
     _process_table,
+    save_and_print,
 )
 
 HOST = "127.0.0.1"
@@ -168,11 +169,7 @@ def main() -> int:
         _delete_redis_keys(key_prefix)
         if not options.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
-    path = Path(f"{base}.json")
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print_report(report)
-    print(f"  report: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
-    return 0 if report["verdict"]["pass"] else 1
+    return save_and_print(report, Path(f"{base}.json"), print_report)
 
 
 def _parse_arguments() -> argparse.Namespace:

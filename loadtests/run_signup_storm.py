@@ -99,10 +99,14 @@ def main() -> int:
         wall_seconds=time.monotonic() - started,
         run_time=run_time,
     )
-    report_path = results_dir / f"{base_name}.json"
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    print_report(report)
-    print(f"  report: {report_path.relative_to(REPO) if report_path.is_relative_to(REPO) else report_path}")
+    return save_and_print(report, results_dir / f"{base_name}.json", print_report)
+
+
+def save_and_print(report: dict[str, Any], path: Path, printer: Callable[[dict[str, Any]], None]) -> int:
+    """Write the report as JSON, print it for people, and return the exit code its verdict asks for."""
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    printer(report)
+    print(f"  report: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return 0 if report["verdict"]["pass"] else 1
 
 
