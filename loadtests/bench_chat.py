@@ -163,13 +163,18 @@ def main() -> int:
             )
         )
     finally:
-        for running in servers:
-            running.kill_if_running()
-        database.stop()
-        _delete_redis_keys(key_prefix)
-        if not options.keep_data:
-            shutil.rmtree(data_dir, ignore_errors=True)
+        release(servers, database, key_prefix, data_dir, keep_data=options.keep_data)
     return save_and_print(report, Path(f"{base}.json"), print_report)
+
+
+def release(servers: list[Any], database: Any, key_prefix: str, data_dir: Path, *, keep_data: bool) -> None:
+    """Whatever happened: servers killed, the database stopped, Redis keys and the data dir removed."""
+    for running in servers:
+        running.kill_if_running()
+    database.stop()
+    _delete_redis_keys(key_prefix)
+    if not keep_data:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _parse_arguments() -> argparse.Namespace:
@@ -250,6 +255,8 @@ class ChatServer(Server):
             # Each turn holds one pool connection (its advisory lock) while it needs another (its record): a
             # worker with as many turns in flight as connections waits forever. Above the clients, it cannot.
             AGENTCTL_DATABASE__POOL_MAX_SIZE=str(self.pool_max_size),
+            # The agent's own overhead; what long-term memory adds is bench_memory.py's to measure.
+            AGENTCTL_MEMORY__ENABLED="false",
         )
         return environ
 

@@ -36,6 +36,7 @@ class TurnRecorder:
     """What one turn did, gathered as it runs: model calls, tool calls, the partial answer so far."""
 
     user_name: str | None = None
+    streaming: bool = True  # a non-streamed turn asks the model for the whole answer at once
     memories: list[str] = field(default_factory=list)
     reports: list[CallReport] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -78,6 +79,15 @@ def build_agent(
         write = get_stream_writer()
         turn.partial = ""
         message: AIMessage | None = None
+        if not turn.streaming:
+            completion = await llm.complete("chat", history, tools=offered_tools or None)
+            message = completion.message
+            turn.reports.append(completion.report)
+            turn.first_token_at = turn.first_token_at or time.perf_counter()
+            turn.partial = message.text
+            if turn.partial:
+                write({"type": "token", "content": turn.partial})
+            return {"messages": [message]}
         async for event in llm.stream("chat", history, tools=offered_tools or None):
             if isinstance(event, StreamToken):
                 if turn.first_token_at is None:

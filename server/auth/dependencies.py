@@ -6,9 +6,8 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.openapi.spec import SecurityRequirement
 
-from server.auth.service import AuthService, bearer_token
+from server.auth.service import AuthService
 from server.auth.tokens import TokenClaims, TokenType
-from server.errors import UnauthorizedError
 
 BEARER_SCHEME = "BearerToken"
 USER_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
@@ -29,7 +28,4 @@ async def provide_session_claims(request: Request) -> TokenClaims:
 
 
 async def _claims(request: Request, expected: TokenType) -> TokenClaims:
-    token = bearer_token(request.scope)
-    if token is None:
-        raise UnauthorizedError("a bearer token is required (Authorization: Bearer <token>)")
-    return await request.app.state.resources.auth.authenticate(token, expected)
+    return await request.app.state.resources.auth.authenticate(request.scope, expected)

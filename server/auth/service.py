@@ -20,6 +20,7 @@ from server.users.service import create_user, find_user_by_email, replace_passwo
 from server.users.tables import User
 
 _BAD_CREDENTIALS = "wrong email or password"
+_CLAIMS_STATE_KEY = "agentctl.bearer_claims"
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,9 @@ class AuthService:
         if claims.family_id is not None:
             await self._revoke_family(claims.family_id)
 
-    async def authenticate(self, token: str, expected: TokenType) -> TokenClaims:
-        """Verify a bearer token of the expected type and that nothing it belongs to is revoked."""
-        claims = self.codec.decode(token, expected)
+    async def authenticate(self, scope: Scope, expected: TokenType) -> TokenClaims:
+        """Verify the request's bearer token: of the expected type, and nothing it belongs to revoked."""
+        claims = self.codec.check_type(self._bearer_claims(scope), expected)
         if await self._revocations.any_revoked(claims.revocable_ids()):
             raise UnauthorizedError("the token has been revoked")
         return claims
@@ -114,15 +115,27 @@ class AuthService:
 
     def bearer_subject(self, scope: Scope) -> str | None:
         """The user id of a well-signed bearer token, for keying rate limits; not an authentication."""
-        token = bearer_token(scope)
-        if token is None:
+        try:
+            return str(self._bearer_claims(scope).subject)
+        except UnauthorizedError:
             return None
-        for token_type in (TokenType.ACCESS, TokenType.SESSION):
+
+    def _bearer_claims(self, scope: Scope) -> TokenClaims:
+        """The bearer token's claims, verified once per request (rate limiting and authentication both ask)."""
+        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        outcome = state.get(_CLAIMS_STATE_KEY)
+        if outcome is None:
+            token = bearer_token(scope)
             try:
-                return str(self.codec.decode(token, token_type).subject)
-            except UnauthorizedError:
-                continue
-        return None
+                if token is None:
+                    raise UnauthorizedError("a bearer token is required (Authorization: Bearer <token>)")
+                outcome = self.codec.decode_any(token)
+            except UnauthorizedError as error:
+                outcome = error
+            state[_CLAIMS_STATE_KEY] = outcome
+        if isinstance(outcome, UnauthorizedError):
+            raise UnauthorizedError(outcome.detail)
+        return outcome
 
     async def _start_family(self, user_id: uuid.UUID) -> TokenPair:
         return await self._issue_pair(user_id, uuid.uuid4())

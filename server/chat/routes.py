@@ -18,8 +18,7 @@ from server.chat.schemas import CancelResponse, ChatMessage, ChatRequest, ChatRe
 from server.chat.service import ChatService, TurnEvent
 from server.errors import AppError, InvalidFieldError, problem_responses
 from server.ratelimit.service import RouteClass
-from server.sessions.service import get_owned_session
-from server.users.service import get_user
+from server.sessions.service import get_owned_session, owner_name_of_session
 
 SESSION_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
 
@@ -49,7 +48,7 @@ class ChatController(Controller):
         "/chat",
         status_code=200,
         opt={"rate_limit": RouteClass.CHAT},
-        responses=problem_responses(401, 404, 409, 413, 422, 429, 502),
+        responses=problem_responses(401, 404, 409, 413, 422, 429, 502, 503, 504),
     )
     async def chat(
         self,
@@ -66,6 +65,7 @@ class ChatController(Controller):
             session_id=session.session_id,  # type: ignore[arg-type]
             text=text,
             user_name=user_name,
+            streaming=False,
         )
         async for event in turn.events():
             if event.kind == "token":
@@ -75,6 +75,8 @@ class ChatController(Controller):
             elif event.kind == "usage":
                 usage = event.data["usage"]
             elif event.kind == "error":
+                if isinstance(event.cause, AppError):
+                    raise event.cause  # its own status: 413 context too long, 503 no model, 504 deadline
                 raise TurnFailedError(event.data["error"]["detail"], extra={"error_type": event.data["error"]["type"]})
         content = interrupt["question"] if interrupt and not answer else answer
         return ChatResponse(messages=[ChatMessage(role="assistant", content=content)], usage=usage, interrupt=interrupt)
@@ -127,16 +129,13 @@ class ChatController(Controller):
 
 
 async def _checked_text(request: Request, session: TokenClaims, data: ChatRequest) -> tuple[str, str | None]:
-    """The message to answer and the user's name for the prompt (the two reads run side by side)."""
+    """The message to answer and, once the session is known to be the caller's, the user's name for the prompt."""
     limit = request.app.state.resources.settings.agent.message_max_chars
     text = data.messages[-1].content
     if len(text) > limit:
         raise InvalidFieldError("messages", f"a message may have at most {limit} characters, this one has {len(text)}")
-    _, user = await asyncio.gather(
-        get_owned_session(owner_id=session.subject, session_id=session.session_id),  # type: ignore[arg-type]
-        get_user(session.subject),
-    )
-    return text, user.username
+    user_name = await owner_name_of_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
+    return text, user_name
 
 
 async def _sse(rest: AsyncIterator[TurnEvent], heartbeat: float) -> AsyncIterator[ServerSentEventMessage]:

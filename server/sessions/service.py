@@ -26,6 +26,18 @@ async def get_owned_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> Ch
     return session
 
 
+async def owner_name_of_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> str | None:
+    """The owner's display name, if the session belongs to them (one query: a turn checks both at once)."""
+    row = (
+        await ChatSession.select(ChatSession.owner.username.as_alias("username"))
+        .where((ChatSession.id == session_id) & (ChatSession.owner == owner_id))
+        .first()
+    )
+    if row is None:
+        raise SessionNotFoundError("no such session")
+    return row["username"]
+
+
 async def list_sessions(*, owner_id: uuid.UUID, limit: int, offset: int) -> tuple[list[ChatSession], int]:
     """A page of the owner's sessions, most recently active first, and how many there are in all."""
     page = (

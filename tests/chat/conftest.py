@@ -34,6 +34,8 @@ def serve_with_model(
             "AGENTCTL_LLM__MODEL": "chat-model",
             "OPENAI_API_KEY": "sim",
             "AGENTCTL_LLM__MAX_ATTEMPTS": "1",
+            # Every test signs up users of its own from one address; sign-up limits are tested elsewhere.
+            "AGENTCTL_RATELIMIT__REGISTER_PER_IP": "1000/hour",
             **env,
         },
     )
@@ -54,9 +56,10 @@ def chat_api(
 class Conversation:
     """A user with one session, speaking through its session token."""
 
-    def __init__(self, api: ApiClient) -> None:
+    def __init__(self, api: ApiClient, *, user_token: str | None = None) -> None:
+        """A new session of the user of ``user_token``, or of a new user."""
         self.api = api
-        _, self.user_token = api.new_user()
+        self.user_token = user_token or api.new_user()[1]
         session = api.request("POST", "/auth/session", token=self.user_token).json()
         self.session_id = session["session_id"]
         self.token = session["token"]["access_token"]

@@ -145,7 +145,7 @@ def test_model_failure_mid_stream_ends_with_an_error_event(chat_api: ApiClient, 
     name, data = events[-1]
     assert name == "error"
     assert data["done"] is True
-    assert data["error"]["type"] == "ModelStreamError"
+    assert data["error"]["type"] == "model-stream-failed"
     assert "done" not in [n for n, _ in events]
 
 
