@@ -317,6 +317,36 @@ class AgentSettings(_Section):
     web_search_max_results: int = Field(default=5, ge=1, le=20, description="Results one web search returns.")
 
 
+class MemorySettings(_Section):
+    enabled: bool = Field(
+        default=True, description="Long-term memory (Mem0 on pgvector): recall before each turn, remember after it."
+    )
+    recall_budget_seconds: float = Field(
+        default=0.3, gt=0, description="Time the memory search before a turn may take; later, the turn goes on without."
+    )
+    recall_limit: int = Field(default=5, ge=1, le=50, description="Memories given to the model per turn, at most.")
+    recall_threshold: float = Field(
+        default=0.1, ge=0, le=1, description="Lowest relevance score (0-1) of a memory worth recalling."
+    )
+    recall_cache_seconds: float = Field(
+        default=30.0, ge=0, description="How long one worker reuses a search's result for the same user and message."
+    )
+    queue_size: int = Field(
+        default=1000, ge=1, description="Turns waiting to be remembered per worker; beyond it new ones are dropped."
+    )
+    writers: int = Field(default=2, ge=1, le=32, description="Turns remembered at once per worker.")
+    drain_seconds: float = Field(
+        default=30.0, ge=0, description="At shutdown, time allowed to finish remembering the turns already queued."
+    )
+    extraction: Literal["auto", "model", "verbatim"] = Field(
+        default="auto",
+        description="model: the memory role's model extracts facts (one call per turn); verbatim: the user's "
+        "messages are stored as they are; auto: model, unless that model is the bundled local one, whose "
+        "context cannot hold Mem0's prompt.",
+    )
+    pool_max_size: int = Field(default=4, ge=1, description="Connections Mem0's own (psycopg) pool opens per worker.")
+
+
 class ObservabilitySettings(_Section):
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level written to the log."
@@ -351,6 +381,7 @@ class Settings(BaseSettings):
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Rate limits.")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Model provider.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent.")
+    memory: MemorySettings = Field(default_factory=MemorySettings, description="Long-term memory.")
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings, description="Logs and metrics.")
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -521,6 +552,18 @@ def export_for_child_processes(values: Mapping[str, Any], *, environ: dict[str, 
         elif isinstance(value, bool):
             value = "true" if value else "false"
         target[variable_name(path)] = str(value)
+
+
+def prepare_mem0_environment(settings: Settings, *, environ: dict[str, str] | None = None) -> Path:
+    """What mem0 reads from the environment at import time, set before that import: no telemetry (it would
+    contact PostHog and GitHub), and its own directory under the data directory rather than ~/.mem0.
+    Returns that directory."""
+    target = os.environ if environ is None else environ
+    directory = settings.data_dir / "mem0"
+    directory.mkdir(parents=True, exist_ok=True)
+    target["MEM0_TELEMETRY"] = "False"
+    target["MEM0_DIR"] = str(directory)
+    return directory
 
 
 def iter_settings(settings: Settings) -> Iterator[tuple[str, str, str, str]]:

@@ -17,6 +17,7 @@ from server.chat.routes import ChatController
 from server.errors import EXCEPTION_HANDLERS
 from server.health.routes import HealthController
 from server.lifespan import build_lifespan
+from server.memory.routes import MemoryController
 from server.observability.logging import configure_logging
 from server.observability.request_id import add_request_id_header, request_context_middleware
 from server.observability.routes import metrics
@@ -45,7 +46,7 @@ def create_app(settings: Settings) -> Litestar:
         else None
     )
     return Litestar(
-        route_handlers=[HealthController, AuthController, SessionController, ChatController, metrics],
+        route_handlers=[HealthController, AuthController, SessionController, ChatController, MemoryController, metrics],
         lifespan=[build_lifespan(settings)],
         dependencies={"auth": Provide(provide_auth_service, sync_to_thread=False)},
         middleware=[request_context_middleware, rate_limit_middleware],

@@ -33,7 +33,9 @@ from server.database.engine import Database, open_database
 from server.database.migrations import apply_migrations, ensure_schema_current
 from server.llm.registry import ModelRegistry
 from server.llm.service import LLMService
-from server.observability.metrics import BreakerStateCollector, ModelMetrics
+from server.memory.collection import memory_dimensions
+from server.memory.service import MemoryService
+from server.observability.metrics import BreakerStateCollector, MemoryMetrics, ModelMetrics
 from server.ratelimit.service import RateLimiter
 from server.security.client_ip import Network, client_ip, trusted_networks
 
@@ -49,6 +51,7 @@ class Resources:
     limiter: RateLimiter
     llm: LLMService
     chat: ChatService
+    memory: MemoryService | None
     metrics: CollectorRegistry
     trusted_proxies: list[Network] = field(default_factory=list)
 
@@ -64,9 +67,10 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             # once, for all workers, and hands them its URL.
             url = await asyncio.to_thread(stack.enter_context, database_url(settings))
             database = await stack.enter_async_context(open_database(url, settings.database))
+            dimensions = memory_dimensions(settings)
             if settings.database.url is None:
-                await apply_migrations(database)
-            await ensure_schema_current(database)
+                await apply_migrations(database, dimensions)
+            await ensure_schema_current(database, dimensions)
 
             redis = None
             if settings.redis.url is not None:
@@ -128,7 +132,13 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                     checkpointer=AsyncPostgresSaver(checkpoints),
                 )
             )
-            chat = ChatService(agent=agent, database=database, settings=settings.agent)
+            memory = None
+            if dimensions is not None:
+                memory = await MemoryService.open(settings, llm, url, MemoryMetrics(metrics))
+                memory.start()
+                # Closed before the model layer and the database it needs, after the server stopped taking turns.
+                stack.push_async_callback(memory.close)
+            chat = ChatService(agent=agent, database=database, settings=settings.agent, memory=memory)
             await chat.open()
             stack.push_async_callback(chat.close)
             listener = asyncio.create_task(chat.listen_for_cancellations())
@@ -145,6 +155,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 limiter=limiter,
                 llm=llm,
                 chat=chat,
+                memory=memory,
                 metrics=metrics,
                 trusted_proxies=trusted_networks(settings.server.trusted_proxies),
             )

@@ -11,6 +11,7 @@ from agentctl.config import Settings, load_settings
 from server.database.embedded import EmbeddedPostgres
 from server.database.engine import Database, open_database
 from server.database.migrations import apply_migrations
+from server.memory.collection import memory_dimensions
 from tests.support import database_url_named, unique_database_name
 
 
@@ -49,8 +50,9 @@ async def migrated_database_url(postgres_server_url: str) -> str:
     finally:
         await admin.close()
     url = database_url_named(postgres_server_url, name)
-    async with open_database(url, Settings().database) as database:
-        await apply_migrations(database)
+    settings = Settings()
+    async with open_database(url, settings.database) as database:
+        await apply_migrations(database, memory_dimensions(settings))
     return url
 
 

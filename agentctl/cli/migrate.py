@@ -41,14 +41,16 @@ def migrate(
 async def _pending(url: str, settings: Settings) -> list[str]:
     from server.database.engine import open_database
     from server.database.migrations import pending_work
+    from server.memory.collection import memory_dimensions
 
     async with open_database(url, settings.database) as database:
-        return (await pending_work(database)).describe()
+        return (await pending_work(database, memory_dimensions(settings))).describe()
 
 
 async def _apply(url: str, settings: Settings) -> list[str]:
     from server.database.engine import open_database
     from server.database.migrations import apply_migrations
+    from server.memory.collection import memory_dimensions
 
     async with open_database(url, settings.database) as database:
-        return await apply_migrations(database)
+        return await apply_migrations(database, memory_dimensions(settings))

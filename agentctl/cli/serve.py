@@ -103,11 +103,13 @@ async def _prepare_schema(url: str, settings: Settings) -> None:
     """The embedded default migrates itself; an external database must already be migrated by the operator."""
     from server.database.engine import open_database
     from server.database.migrations import apply_migrations, ensure_schema_current
+    from server.memory.collection import memory_dimensions
 
+    dimensions = memory_dimensions(settings)
     async with open_database(url, settings.database) as database:
         if settings.uses_embedded_database:
-            await apply_migrations(database)
-        await ensure_schema_current(database)
+            await apply_migrations(database, dimensions)
+        await ensure_schema_current(database, dimensions)
 
 
 def _print_banner(settings: Settings, url: str, models: ModelRegistry) -> None:

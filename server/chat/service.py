@@ -25,10 +25,14 @@ from server.chat.tables import ChatTurn
 from server.database.engine import Database
 from server.errors import AppError, ConflictError, ServiceUnavailableError
 from server.llm.service import ModelStreamError
+from server.memory.service import MemoryService, RememberJob
 
 EventKind = Literal["token", "tool", "interrupt", "usage", "error", "done"]
 _TURN_LOCK_NAMESPACE = 0x61677400  # advisory-lock key space for turns: "agt\\0"
 _CANCEL_CHANNEL = "agentctl_cancel_turn"
+# Error types of error events and turn records, besides the codes of AppErrors.
+_MODEL_STREAM_FAILED = "model-stream-failed"
+_INTERNAL_ERROR = "internal-error"
 
 
 class TurnInProgressError(ConflictError):
@@ -42,6 +46,7 @@ class TurnInProgressError(ConflictError):
 class TurnEvent:
     kind: EventKind
     data: dict[str, Any]
+    cause: BaseException | None = None  # an error event's exception, for a caller that answers with a status
 
 
 class Turn:
@@ -71,14 +76,28 @@ class _RunningTurn:
 
 
 class ChatService:
-    def __init__(self, *, agent: CompiledStateGraph, database: Database, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        *,
+        agent: CompiledStateGraph,
+        database: Database,
+        settings: AgentSettings,
+        memory: MemoryService | None = None,
+    ) -> None:
         self._agent = agent
         self._database = database
         self._settings = settings
+        self._memory = memory
         self._running: dict[uuid.UUID, _RunningTurn] = {}
 
     async def start_turn(
-        self, *, owner_id: uuid.UUID, session_id: uuid.UUID, text: str, user_name: str | None = None
+        self,
+        *,
+        owner_id: uuid.UUID,
+        session_id: uuid.UUID,
+        text: str,
+        user_name: str | None = None,
+        streaming: bool = True,
     ) -> Turn:
         """Take the session's turn (TurnInProgressError if another is running) and start it.
 
@@ -87,7 +106,7 @@ class ChatService:
         interrupted."""
         lock = await self._take_turn_lock(session_id)
         events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
-        recorder = TurnRecorder(user_name=user_name)
+        recorder = TurnRecorder(user_name=user_name, streaming=streaming)
         task = asyncio.create_task(
             self._run_holding(lock, events, uuid.uuid4(), owner_id, session_id, text, recorder),
             name=f"turn-{session_id}",
@@ -108,6 +127,8 @@ class ChatService:
         try:
             await self._run(events, turn_id, owner_id, session_id, text, recorder)
         finally:
+            if self._memory is not None:  # what the user said stands, however the turn ended
+                self._memory.remember(RememberJob(owner_id, session_id, turn_id, text))
             if (running := self._running.get(session_id)) is not None and running.events is events:
                 del self._running[session_id]
             await self._release_turn_lock(lock, session_id)
@@ -170,7 +191,12 @@ class ChatService:
         }
         status, error_type, interrupted_by = "ok", None, None
         try:
-            state = await self._agent.aget_state(config)
+            if self._memory is None:
+                state = await self._agent.aget_state(config)
+            else:  # independent reads, side by side; recall keeps to its own time budget
+                state, recorder.memories = await asyncio.gather(
+                    self._agent.aget_state(config), self._memory.recall(owner_id, text)
+                )
             resuming = bool(state.interrupts)
             graph_input = Command(resume=text) if resuming else {"messages": [HumanMessage(text)]}
             async for mode, chunk in self._agent.astream(graph_input, config, stream_mode=["custom", "updates"]):
@@ -194,15 +220,18 @@ class ChatService:
             raise
         except (ModelStreamError, AppError) as error:
             # Model failures, an over-long context: the user learns what happened, and the turn is recorded.
-            status, error_type = "error", type(error).__name__
+            status = "error"
+            error_type = error.code if isinstance(error, AppError) else _MODEL_STREAM_FAILED
             await self._keep_partial_answer(config, recorder, status)
             detail = error.detail if isinstance(error, AppError) else str(error)
-            await events.put(TurnEvent("error", {"error": {"type": error_type, "detail": detail}, "done": True}))
+            await events.put(
+                TurnEvent("error", {"error": {"type": error_type, "detail": detail}, "done": True}, cause=error)
+            )
         except Exception as error:
             logger.opt(exception=error).error("turn {} failed", turn_id)
-            status, error_type = "error", type(error).__name__
+            status, error_type = "error", _INTERNAL_ERROR
             await events.put(
-                TurnEvent("error", {"error": {"type": "internal-error", "detail": "the turn failed"}, "done": True})
+                TurnEvent("error", {"error": {"type": error_type, "detail": "the turn failed"}, "done": True})
             )
         try:
             turn = await self._record(turn_id, owner_id, session_id, text, recorder, status, error_type)

@@ -1,4 +1,5 @@
-"""Schema upkeep: the vector extension, Piccolo migrations and LangGraph's checkpointer tables.
+"""Schema upkeep: the vector extension, Piccolo migrations, LangGraph's checkpointer tables and the memory
+collection.
 
 Everything here is idempotent and runs under one advisory lock, so that replicas starting together
 cannot migrate twice. The server itself never calls ``apply_migrations`` while serving.
@@ -22,6 +23,7 @@ from psycopg.rows import dict_row
 from server.database.engine import Database
 from server.database.piccolo_app import APP_CONFIG, APP_NAME
 from server.errors import AppError
+from server.memory.collection import collection_dimensions, create_collection, dimensions_mismatch
 
 # pg_advisory_lock key: the bytes of "agentctl" read as a number; any constant shared by all replicas works.
 _MIGRATION_LOCK_KEY = int.from_bytes(b"agentctl", "big") >> 1
@@ -47,6 +49,7 @@ class PendingWork:
     vector_extension: bool = False
     migrations: list[str] = field(default_factory=list)
     checkpointer_versions: list[int] = field(default_factory=list)
+    memory_collection_dimensions: int | None = None  # the collection to create, with its vector size
 
     def describe(self) -> list[str]:
         lines = ["extension: vector"] if self.vector_extension else []
@@ -55,6 +58,8 @@ class PendingWork:
         if versions:
             span = f"{versions[0]}" if len(versions) == 1 else f"{versions[0]}-{versions[-1]}"
             lines.append(f"checkpointer: schema version {span} (LangGraph checkpoint tables)")
+        if self.memory_collection_dimensions is not None:
+            lines.append(f"memory collection: {self.memory_collection_dimensions}-dimension vectors (Mem0)")
         return lines
 
     def __bool__(self) -> bool:
@@ -68,12 +73,16 @@ def known_migrations() -> list[str]:
     return sorted(manager.get_migration_ids(modules))
 
 
-async def pending_work(database: Database) -> PendingWork:
-    """Compare the database with what this version of agentctl expects."""
+async def pending_work(database: Database, memory_dimensions: int | None = None) -> PendingWork:
+    """Compare the database with what this version of agentctl expects (the memory collection only when
+    ``memory_dimensions`` says memory is on, and with what vector size)."""
     pool = database.engine.pool
     async with pool.acquire() as connection:
         has_vector = await connection.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
         checkpointer_version = await _checkpointer_version(connection)
+        existing_dimensions = await collection_dimensions(connection) if memory_dimensions else None
+    if memory_dimensions and existing_dimensions is not None and existing_dimensions != memory_dimensions:
+        raise dimensions_mismatch(existing_dimensions, memory_dimensions)
     applied = (
         set(await Migration.get_migrations_which_ran(app_name=APP_NAME)) if await Migration.table_exists() else set()
     )
@@ -81,12 +90,13 @@ async def pending_work(database: Database) -> PendingWork:
         vector_extension=not has_vector,
         migrations=[name for name in known_migrations() if name not in applied],
         checkpointer_versions=list(range(checkpointer_version + 1, len(AsyncPostgresSaver.MIGRATIONS))),
+        memory_collection_dimensions=memory_dimensions if memory_dimensions and existing_dimensions is None else None,
     )
 
 
-async def ensure_schema_current(database: Database) -> None:
+async def ensure_schema_current(database: Database, memory_dimensions: int | None = None) -> None:
     """Refuse to serve on a schema this version does not expect; the operator runs `agentctl migrate`."""
-    pending = await pending_work(database)
+    pending = await pending_work(database, memory_dimensions)
     if pending:
         raise SchemaOutdatedError(
             f"the database needs {len(pending.describe())} migration step(s) "
@@ -94,18 +104,20 @@ async def ensure_schema_current(database: Database) -> None:
         )
 
 
-async def apply_migrations(database: Database) -> list[str]:
+async def apply_migrations(database: Database, memory_dimensions: int | None = None) -> list[str]:
     """Bring the schema up to date and return what was done (empty when it already was)."""
     async with database.engine.pool.acquire() as lock_connection:
         await _take_migration_lock(lock_connection)
         try:
-            pending = await pending_work(database)
+            pending = await pending_work(database, memory_dimensions)
             if pending.vector_extension:
                 await lock_connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
             if pending.migrations:
                 await _run_piccolo_migrations()
             if pending.checkpointer_versions:
                 await _setup_checkpointer(database.url)
+            if pending.memory_collection_dimensions is not None:
+                await create_collection(lock_connection, pending.memory_collection_dimensions)
             return pending.describe()
         finally:
             await lock_connection.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)

@@ -148,14 +148,18 @@ class LLMService:
         messages: Sequence[BaseMessage],
         *,
         tools: list | None = None,
+        response_format: dict[str, Any] | None = None,
         deadline_seconds: float | None = None,
     ) -> Completion:
-        """One answer from the first model of the role's chain that gives one."""
+        """One answer from the first model of the role's chain that gives one (``response_format``: OpenAI's,
+        such as JSON mode, for the models that take it)."""
         report = CallReport(role=role)
         started = time.perf_counter()
 
         async def ask(model: RegisteredModel, remaining: float) -> AIMessage:
             runnable: Any = model.with_tools(tools) if tools else model.chat
+            if response_format is not None and model.spec.provider != "local":
+                runnable = runnable.bind(response_format=response_format)
             async with asyncio.timeout(remaining):
                 return await runnable.ainvoke(list(messages))
 

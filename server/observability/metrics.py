@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -102,3 +102,30 @@ class BreakerStateCollector(Collector):
         for name, model in self._models.models.items():
             gauge.add_metric([name], _STATE_VALUES[model.breaker.state])
         yield gauge
+
+
+class MemoryMetrics:
+    """Long-term memory: how recalls end (ok, cached, timeout, error) and what became of queued turns."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.recalls = Counter(
+            "agentctl_memory_recalls_total",
+            "Memory searches before a turn, by outcome: ok, cached, timeout (past the budget) or error.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.recall_seconds = Histogram(
+            "agentctl_memory_recall_duration_seconds",
+            "Memory searches that finished within the budget (embedding included).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1),
+            registry=registry,
+        )
+        self.writes = Counter(
+            "agentctl_memory_writes_total",
+            "Turns given to memory after they ended, by outcome: ok, error or dropped (queue full or closing).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "agentctl_memory_queue_depth", "Turns waiting to be remembered in this worker.", registry=registry
+        )

@@ -8,8 +8,8 @@ Answer rules, in order:
 1. The conversation ends with tool results: "Tool results: <name>: <content>; ..." (if those results contain
    ``call:<tool>`` directives and tools are offered, those calls instead, so a test can drive a longer loop).
 2. One of mem0's memory prompts: the JSON mem0 parses, built from the user's own declarative sentences.
-3. The first script rule whose ``match`` is in the last user message: its tool calls (when tools are offered)
-   or its content.
+3. The first script rule whose ``match`` is in the last user message: the system prompt (``echo_system``), its
+   tool calls (when tools are offered) or its content.
 4. Tools are offered and the last user message has ``call:<tool> {json arguments}`` directives: those calls.
 5. Otherwise up to 8 words echoed from the last user message, then filler words picked by a hash of the
    whole conversation: ``answer_tokens`` tokens, cut at max_tokens with finish_reason "length".

@@ -144,6 +144,8 @@ def compose_answer(request: ChatRequest, config: SimulatorConfig) -> Answer:
         return Answer(pieces=_pieces(msgspec.json.encode(memory).decode()))
 
     rule = _first_matching_rule(config.script, last_user_text)
+    if rule is not None and rule.echo_system:
+        return _content_answer(system_text, request, json_mode, limit)
     if tools_allowed:
         calls: list[tuple[str, Any]] = []
         if rule is not None and rule.tool_calls is not None:

@@ -54,16 +54,18 @@ class ScriptRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """First rule whose ``match`` is a substring of the last user message wins.
 
     ``tool_calls`` apply only when the request offers tools (so a memory or title request that happens to
-    contain the text is not answered with a tool call); ``content`` applies always.
+    contain the text is not answered with a tool call); ``content`` applies always; ``echo_system`` answers with
+    the request's system prompt, so a test can see what the model was shown.
     """
 
     match: str
     tool_calls: list[ScriptedToolCall] | None = None
     content: str | None = None
+    echo_system: bool = False
 
     def __post_init__(self) -> None:
-        if self.tool_calls is None and self.content is None:
-            raise SimulatorConfigError(f"script rule matching {self.match!r} needs tool_calls or content")
+        if self.tool_calls is None and self.content is None and not self.echo_system:
+            raise SimulatorConfigError(f"script rule matching {self.match!r} needs tool_calls, content or echo_system")
 
 
 class SimulatorConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,0 +1,65 @@
+"""mem0's model interfaces, answered by the model layer (retries, fallbacks, breakers, metrics) instead of
+mem0's own provider clients.
+
+Imports mem0: import this module only after ``prepare_mem0_environment`` (mem0 reads its telemetry switch at
+import time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from mem0.embeddings.base import EmbeddingBase
+from mem0.llms.base import LLMBase
+
+from server.llm.service import LLMService
+
+T = TypeVar("T")
+# A model call made for mem0 may take this long at most (the model layer's own deadline applies first).
+_CALL_TIMEOUT_SECONDS = 300.0
+
+
+class _OnServerLoop:
+    """mem0 calls its models from worker threads; each call runs on the server's event loop, through the model
+    layer, while the thread waits for it."""
+
+    def __init__(self, llm: LLMService, loop: asyncio.AbstractEventLoop) -> None:
+        self._llm = llm
+        self._loop = loop
+
+    def _call(self, call: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(_CALL_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+
+
+class RegistryEmbedder(_OnServerLoop, EmbeddingBase):
+    """The embedding role's models."""
+
+    def embed(self, text: str, memory_action: str | None = None) -> list[float]:
+        return self._call(self._llm.embed([text])).vectors[0]
+
+    def embed_batch(self, texts: list[str], memory_action: str = "add") -> list[list[float]]:
+        return self._call(self._llm.embed(list(texts))).vectors
+
+
+class RegistryLLM(_OnServerLoop, LLMBase):
+    """The memory role's models."""
+
+    def generate_response(
+        self,
+        messages: list[dict[str, str]],
+        response_format: Any = None,
+        tools: Any = None,
+        tool_choice: str = "auto",
+        **kwargs: Any,
+    ) -> str:
+        converted = [_as_message(message) for message in messages]
+        completion = self._call(self._llm.complete("memory", converted, response_format=response_format))
+        return completion.message.text
+
+
+def _as_message(message: dict[str, str]) -> BaseMessage:
+    kind = {"system": SystemMessage, "assistant": AIMessage}.get(message["role"], HumanMessage)
+    return kind(message["content"])

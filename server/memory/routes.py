@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from litestar import Controller, delete, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, QueryParameter
+
+from server.auth.dependencies import USER_TOKEN, provide_user_claims
+from server.auth.tokens import TokenClaims
+from server.errors import ServiceUnavailableError, problem_responses
+from server.memory.schemas import ForgetAllResponse, Memory, MemoryList
+from server.memory.service import MemoryItem, MemoryService
+from server.security.text import normalize_text
+
+
+def provide_memory_service(state: State) -> MemoryService:
+    if state.resources.memory is None:
+        raise ServiceUnavailableError("long-term memory is off on this server (AGENTCTL_MEMORY__ENABLED)")
+    return state.resources.memory
+
+
+def _memory(item: MemoryItem) -> Memory:
+    return Memory(
+        id=item.id,
+        memory=item.text,
+        session_id=item.session_id,
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+        score=item.score,
+    )
+
+
+class MemoryController(Controller):
+    """What the agent remembers about the signed-in user (user token), across all their sessions."""
+
+    path = "/api/v1/memories"
+    tags = ["memories"]
+    security = USER_TOKEN
+    dependencies = {
+        "user": Provide(provide_user_claims),
+        "memories": Provide(provide_memory_service, sync_to_thread=False),
+    }
+
+    @get("/", responses=problem_responses(401, 422, 429, 503))
+    async def list_memories(
+        self,
+        user: NamedDependency[TokenClaims],
+        memories: NamedDependency[MemoryService],
+        # "query" is a name Litestar keeps for the whole query string: the parameter is renamed here.
+        search_text: Annotated[
+            str, QueryParameter(name="query", max_length=2000, description="Search instead of listing.")
+        ] = "",
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    ) -> MemoryList:
+        """The user's memories, newest first; with ``query``, the most relevant first, each with its score."""
+        query = normalize_text(search_text).strip()
+        if query:
+            items = await memories.search(user.subject, query, limit=limit)
+        else:
+            items = await memories.list(user.subject, limit=limit)
+        return MemoryList(memories=[_memory(item) for item in items])
+
+    @delete("/{memory_id:uuid}", status_code=204, responses=problem_responses(401, 404, 429, 503))
+    async def delete_memory(
+        self,
+        user: NamedDependency[TokenClaims],
+        memories: NamedDependency[MemoryService],
+        memory_id: FromPath[uuid.UUID],
+    ) -> None:
+        """Forget one memory."""
+        await memories.delete(user.subject, memory_id)
+
+    @delete("/", status_code=200, responses=problem_responses(401, 429, 503))
+    async def forget_everything(
+        self, user: NamedDependency[TokenClaims], memories: NamedDependency[MemoryService]
+    ) -> ForgetAllResponse:
+        """Forget everything the agent remembers about the user."""
+        return ForgetAllResponse(deleted=await memories.forget_all(user.subject))

@@ -1,0 +1,296 @@
+"""Long-term memory: Mem0's async memory on the project's PostgreSQL (pgvector), its models from the registry.
+
+Recall runs before a turn under a time budget and is cached briefly; remembering runs after the turn in a
+bounded background queue. Memory never slows a turn beyond its budget and never fails one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cachetools import TTLCache
+from loguru import logger
+from psycopg_pool import ConnectionPool
+
+from agentctl.config import MemorySettings, Settings, prepare_mem0_environment
+from server.errors import NotFoundError
+from server.llm.service import LLMService
+from server.memory.collection import COLLECTION
+from server.observability.metrics import MemoryMetrics
+
+_RECALL_CACHE_ENTRIES = 10_000
+
+
+class MemoryNotFoundError(NotFoundError):
+    code = "memory-not-found"
+
+
+@dataclass(frozen=True)
+class RememberJob:
+    """One finished turn whose user message may hold something worth remembering."""
+
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+    turn_id: uuid.UUID
+    text: str
+
+
+@dataclass(frozen=True)
+class MemoryItem:
+    id: str
+    text: str
+    session_id: str | None
+    created_at: str | None
+    updated_at: str | None
+    score: float | None = None
+
+    @classmethod
+    def of(cls, found: dict[str, Any]) -> MemoryItem:
+        metadata = found.get("metadata") or {}
+        return cls(
+            id=str(found["id"]),
+            text=found.get("memory", ""),
+            session_id=metadata.get("session_id"),
+            created_at=found.get("created_at"),
+            updated_at=found.get("updated_at"),
+            score=found.get("score"),
+        )
+
+
+class MemoryService:
+    def __init__(
+        self,
+        memory: Any,
+        settings: MemorySettings,
+        metrics: MemoryMetrics,
+        *,
+        pool: ConnectionPool,
+        infer: bool,
+        history_path: Path,
+    ) -> None:
+        self._memory = memory
+        self._pool = pool
+        self._settings = settings
+        self._metrics = metrics
+        self._infer = infer
+        self._history_path = history_path
+        self._cache: TTLCache[tuple[str, int, str], list[str]] | None = (
+            TTLCache(maxsize=_RECALL_CACHE_ENTRIES, ttl=settings.recall_cache_seconds)
+            if settings.recall_cache_seconds > 0
+            else None
+        )
+        # A user's generation moves on whenever their memories change, so cached recalls of before go unused.
+        self._generations: defaultdict[str, int] = defaultdict(int)
+        self._queue: asyncio.Queue[RememberJob] = asyncio.Queue(maxsize=settings.queue_size)
+        self._writers: list[asyncio.Task[None]] = []
+        self._accepting = True
+        metrics.queue_depth.set_function(self._queue.qsize)
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, llm: LLMService, database_url: str, metrics: MemoryMetrics
+    ) -> MemoryService:
+        """Mem0 on the migrated collection, with the registry's memory and embedding models."""
+        from server.memory.collection import memory_dimensions
+
+        mem0_dir = prepare_mem0_environment(settings)  # before mem0 is imported: its telemetry reads it then
+        from mem0 import AsyncMemory
+        from mem0.configs.base import MemoryConfig
+
+        from server.memory.adapters import RegistryEmbedder, RegistryLLM
+
+        _keep_mem0_offline()
+        dimensions = memory_dimensions(settings)
+        pool = ConnectionPool(
+            database_url,
+            min_size=0,
+            max_size=settings.memory.pool_max_size,
+            timeout=settings.database.connect_timeout_seconds,
+            max_idle=settings.database.max_idle_seconds,
+            open=False,
+        )
+        await asyncio.to_thread(pool.open)
+        history_path = mem0_dir / "history.db"
+        config = MemoryConfig(
+            vector_store={
+                "provider": "pgvector",
+                "config": {"collection_name": COLLECTION, "embedding_model_dims": dimensions, "connection_pool": pool},
+            },
+            # Placeholders, replaced below: mem0 picks its models from a fixed list of providers, and ours go
+            # through the model layer (retries, fallbacks, breakers, metrics). Building these connects nowhere.
+            llm={"provider": "openai", "config": {"api_key": "unused"}},
+            embedder={"provider": "openai", "config": {"api_key": "unused", "embedding_dims": dimensions}},
+            history_db_path=str(history_path),
+        )
+        memory = await asyncio.to_thread(AsyncMemory, config)
+        loop = asyncio.get_running_loop()
+        memory.llm = RegistryLLM(llm, loop)
+        memory.embedding_model = RegistryEmbedder(llm, loop)
+        chain = llm.registry.chain("memory")
+        infer = settings.memory.extraction == "model" or (
+            settings.memory.extraction == "auto" and all(model.spec.provider != "local" for model in chain)
+        )
+        return cls(memory, settings.memory, metrics, pool=pool, infer=infer, history_path=history_path)
+
+    def start(self) -> None:
+        self._writers = [
+            asyncio.create_task(self._write_forever(), name=f"memory-writer-{number}")
+            for number in range(self._settings.writers)
+        ]
+
+    async def close(self) -> None:
+        """Finish what is queued (within drain_seconds), then stop the writers and close the pool."""
+        self._accepting = False
+        if self._writers:
+            try:
+                async with asyncio.timeout(self._settings.drain_seconds):
+                    await self._queue.join()
+            except TimeoutError:
+                logger.warning("memory: {} turns not remembered: the drain time ran out", self._queue.qsize())
+            for writer in self._writers:
+                writer.cancel()
+            await asyncio.gather(*self._writers, return_exceptions=True)
+        await asyncio.to_thread(self._pool.close)
+
+    # --- recall, before a turn ---
+
+    async def recall(self, user_id: uuid.UUID, text: str) -> list[str]:
+        """The user's memories relevant to ``text``; empty when the search is late or fails (the turn goes on)."""
+        owner = str(user_id)
+        key = (owner, self._generations[owner], text)
+        if self._cache is not None and (cached := self._cache.get(key)) is not None:
+            self._metrics.recalls.labels("cached").inc()
+            return cached
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._settings.recall_budget_seconds):
+                found = await self._memory.search(
+                    text,
+                    filters={"user_id": owner},
+                    top_k=self._settings.recall_limit,
+                    threshold=self._settings.recall_threshold,
+                )
+        except TimeoutError:
+            self._metrics.recalls.labels("timeout").inc()
+            logger.warning("memory recall ran past its {} s budget; the turn goes on without", self._budget)
+            return []
+        except Exception as error:
+            self._metrics.recalls.labels("error").inc()
+            logger.warning("memory recall failed; the turn goes on without: {}: {}", type(error).__name__, error)
+            return []
+        self._metrics.recalls.labels("ok").inc()
+        self._metrics.recall_seconds.observe(time.perf_counter() - started)
+        memories = [item["memory"] for item in found["results"] if item.get("memory")]
+        if self._cache is not None:
+            self._cache[key] = memories
+        return memories
+
+    @property
+    def _budget(self) -> float:
+        return self._settings.recall_budget_seconds
+
+    # --- remember, after a turn ---
+
+    def remember(self, job: RememberJob) -> bool:
+        """Queue the turn for remembering; never waits. False (and counted) when the queue is full or closed."""
+        if not self._accepting:
+            self._metrics.writes.labels("dropped").inc()
+            return False
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self._metrics.writes.labels("dropped").inc()
+            logger.warning("memory queue full ({}): turn {} not remembered", self._queue.maxsize, job.turn_id)
+            return False
+        return True
+
+    async def _write_forever(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self._memory.add(
+                    [{"role": "user", "content": job.text}],
+                    user_id=str(job.user_id),
+                    metadata={"session_id": str(job.session_id), "turn_id": str(job.turn_id)},
+                    infer=self._infer,
+                )
+                self._forget_cached(job.user_id)
+                self._metrics.writes.labels("ok").inc()
+            except Exception as error:
+                self._metrics.writes.labels("error").inc()
+                logger.opt(exception=error).warning("memory: turn {} not remembered", job.turn_id)
+            finally:
+                self._queue.task_done()
+
+    # --- the user's own view ---
+
+    async def list(self, user_id: uuid.UUID, *, limit: int) -> list[MemoryItem]:
+        """The user's memories, newest first."""
+        found = await self._memory.get_all(filters={"user_id": str(user_id)}, top_k=limit)
+        items = [MemoryItem.of(item) for item in found["results"]]
+        return sorted(items, key=lambda item: item.created_at or "", reverse=True)
+
+    async def search(self, user_id: uuid.UUID, query: str, *, limit: int) -> list[MemoryItem]:
+        """The user's memories most relevant to ``query``, best first."""
+        found = await self._memory.search(query, filters={"user_id": str(user_id)}, top_k=limit, threshold=0.0)
+        return [MemoryItem.of(item) for item in found["results"]]
+
+    async def delete(self, user_id: uuid.UUID, memory_id: uuid.UUID) -> None:
+        """Delete one of the user's memories; someone else's is as absent as one that never existed."""
+        found = await self._memory.get(str(memory_id))
+        if found is None or found.get("user_id") != str(user_id):
+            raise MemoryNotFoundError("no such memory")
+        await self._memory.delete(str(memory_id))
+        await self._purge_history(user_id, [str(memory_id)])
+        self._forget_cached(user_id)
+
+    async def forget_all(self, user_id: uuid.UUID) -> int:
+        """Delete every memory of the user, vectors and Mem0's history of them included; how many there were."""
+        owner = str(user_id)
+        ids = await asyncio.to_thread(self._memory_ids_of, owner)
+        await self._memory.delete_all(user_id=owner)
+        await self._purge_history(user_id, ids)
+        self._forget_cached(user_id)
+        return len(ids)
+
+    def _memory_ids_of(self, owner: str) -> list[str]:
+        with self._pool.connection() as connection:
+            rows = connection.execute(
+                f"SELECT id::text FROM {COLLECTION} WHERE payload->>'user_id' = %s", (owner,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    async def _purge_history(self, user_id: uuid.UUID, memory_ids: list[str]) -> None:
+        """Mem0 keeps every memory's past text (and the user's last messages) in its SQLite history, even after a
+        delete; forgetting means those go too (on this host: see the README on replicas)."""
+
+        def purge() -> None:
+            with contextlib.closing(sqlite3.connect(self._history_path, timeout=10)) as connection, connection:
+                connection.executemany("DELETE FROM history WHERE memory_id = ?", [(item,) for item in memory_ids])
+                connection.execute("DELETE FROM messages WHERE session_scope = ?", (f"user_id={user_id}",))
+
+        await asyncio.to_thread(purge)
+
+    def _forget_cached(self, user_id: uuid.UUID) -> None:
+        self._generations[str(user_id)] += 1
+
+
+def _keep_mem0_offline() -> None:
+    """mem0 downloads a spaCy model at first use when spaCy is installed without it; never from a server."""
+    try:
+        import spacy
+    except ImportError:
+        return  # mem0 then works without lemmas and entities
+    if not spacy.util.is_package("en_core_web_sm"):
+        from mem0.utils import spacy_models
+
+        spacy_models._load_failed_full = True
+        spacy_models._load_failed_lemma = True
