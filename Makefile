@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install -e '.[dev,local,loadtest]'
+	$(PIP) install -e '.[dev,local,loadtest,tracing]'
 	touch $(VENV)/.installed $@
 
 ## Set up and serve the API on the embedded database (http://127.0.0.1:8000, docs at /schema).
@@ -34,12 +34,14 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## Local services the tests use: Redis (PostgreSQL is embedded).
+## Local services the tests use: Redis (PostgreSQL is embedded), and promtool for compose/'s alert rules.
 services: | $(BIN)/python
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(REDIS_PORT)), 1)" 2>/dev/null \
 	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
 	     redis-server --daemonize yes --bind 127.0.0.1 --port $(REDIS_PORT) --save '' --appendonly no; \
 	     sleep 0.5; }
+	@command -v promtool >/dev/null \
+	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 
 ## Regenerate the README's configuration table from the settings.
 docs: $(VENV)/.installed

@@ -44,6 +44,9 @@ CONVENTIONAL_VARIABLES: dict[str, tuple[str, ...]] = {
     "DATABASE_URL": ("database", "url"),
     "REDIS_URL": ("redis", "url"),
     "OPENAI_API_KEY": ("llm", "api_key"),
+    "LANGFUSE_PUBLIC_KEY": ("observability", "langfuse_public_key"),
+    "LANGFUSE_SECRET_KEY": ("observability", "langfuse_secret_key"),
+    "LANGFUSE_HOST": ("observability", "langfuse_host"),
 }
 
 
@@ -355,6 +358,37 @@ class ObservabilitySettings(_Section):
         default="auto",
         description="text for people, json for collectors; auto: text in development and test, json elsewhere.",
     )
+    langfuse_public_key: SecretStr | None = Field(
+        default=None, description="Langfuse public key; with the secret key, every turn is traced. LANGFUSE_PUBLIC_KEY."
+    )
+    langfuse_secret_key: SecretStr | None = Field(
+        default=None, description="Langfuse secret key. Also read from LANGFUSE_SECRET_KEY."
+    )
+    langfuse_host: str = Field(
+        default="https://cloud.langfuse.com", description="Langfuse server URL. Also read from LANGFUSE_HOST."
+    )
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return self.langfuse_public_key is not None and self.langfuse_secret_key is not None
+
+
+class EvalSettings(_Section):
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Folder of metric prompt files (<name>.md) for `agentctl eval`; unset: the ones shipped with "
+        "agentctl (prompts/evals).",
+    )
+    concurrency: int = Field(default=8, ge=1, le=256, description="Judge calls `agentctl eval` makes at once.")
+    judge_attempts: int = Field(
+        default=2, ge=1, le=10, description="Tries per judgement when the judge's answer is not valid; then a failure."
+    )
+    judge_max_chars: int = Field(
+        default=8000, ge=100, description="Longest user message and answer shown to the judge; the rest is cut."
+    )
+    gauge_refresh_seconds: float = Field(
+        default=30.0, gt=0, description="How often the server reads the latest evaluation run for its /metrics gauges."
+    )
 
 
 class Settings(BaseSettings):
@@ -383,6 +417,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent.")
     memory: MemorySettings = Field(default_factory=MemorySettings, description="Long-term memory.")
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings, description="Logs and metrics.")
+    evals: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation (LLM as a judge).")
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -563,6 +598,20 @@ def prepare_mem0_environment(settings: Settings, *, environ: dict[str, str] | No
     directory.mkdir(parents=True, exist_ok=True)
     target["MEM0_TELEMETRY"] = "False"
     target["MEM0_DIR"] = str(directory)
+    return directory
+
+
+def prepare_metrics_directory(settings: Settings, *, environ: dict[str, str] | None = None) -> Path:
+    """A fresh directory where every worker of this `agentctl serve` writes its metric samples, so that any
+    worker can answer a scrape for all (prometheus-client's multiprocess mode). It must be named in the
+    environment before prometheus-client is first imported: the workers inherit it. Returns the directory."""
+    import shutil
+
+    target = os.environ if environ is None else environ
+    directory = settings.data_dir / "metrics" / f"serve-{os.getpid()}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    target["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     return directory
 
 

@@ -18,6 +18,7 @@ from server.errors import EXCEPTION_HANDLERS
 from server.health.routes import HealthController
 from server.lifespan import build_lifespan
 from server.memory.routes import MemoryController
+from server.observability.http import http_metrics_middleware
 from server.observability.logging import configure_logging
 from server.observability.request_id import add_request_id_header, request_context_middleware
 from server.observability.routes import metrics
@@ -49,7 +50,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[HealthController, AuthController, SessionController, ChatController, MemoryController, metrics],
         lifespan=[build_lifespan(settings)],
         dependencies={"auth": Provide(provide_auth_service, sync_to_thread=False)},
-        middleware=[request_context_middleware, rate_limit_middleware],
+        # Outermost first: the request context wraps the metrics (so that the access log carries it).
+        middleware=[request_context_middleware, http_metrics_middleware, rate_limit_middleware],
         before_send=[add_request_id_header, security_headers_hook(settings, docs_path=OPENAPI_PATH)],
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=cors,

@@ -14,11 +14,11 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from litestar import Litestar
 from litestar.types import Scope
 from loguru import logger
-from prometheus_client import CollectorRegistry
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from agentctl import __version__
 from agentctl.config import Settings
 from server.agent.graph import build_agent
 from server.agent.prompts import PromptLibrary
@@ -31,11 +31,14 @@ from server.chat.service import ChatService
 from server.database.embedded import database_url
 from server.database.engine import Database, open_database
 from server.database.migrations import apply_migrations, ensure_schema_current
+from server.evaluation.gauges import EvalGauges, refresh_periodically
 from server.llm.registry import ModelRegistry
 from server.llm.service import LLMService
 from server.memory.collection import memory_dimensions
 from server.memory.service import MemoryService
-from server.observability.metrics import BreakerStateCollector, MemoryMetrics, ModelMetrics
+from server.observability.metrics import AppMetrics
+from server.observability.pools import asyncpg_pool_usage, psycopg_pool_usage
+from server.observability.tracing import build_tracer
 from server.ratelimit.service import RateLimiter
 from server.security.client_ip import Network, client_ip, trusted_networks
 
@@ -52,7 +55,7 @@ class Resources:
     llm: LLMService
     chat: ChatService
     memory: MemoryService | None
-    metrics: CollectorRegistry
+    metrics: AppMetrics
     trusted_proxies: list[Network] = field(default_factory=list)
 
     def client_ip(self, scope: Scope) -> str:
@@ -81,7 +84,9 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 )
                 stack.push_async_callback(redis.aclose)
 
-            limiter = RateLimiter(settings)
+            metrics = AppMetrics()
+            stack.callback(metrics.worker_stopped)  # runs last: this worker's live gauges leave the scrape
+            limiter = RateLimiter(settings, rejections=metrics.ratelimit.rejections)
             revocations = (
                 RedisRevocationCheck(redis, settings.redis.key_prefix)
                 if redis is not None
@@ -103,10 +108,10 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 # Stops a running generation and frees the weights; otherwise exit waits for queued ones.
                 stack.push_async_callback(asyncio.to_thread, close_local_models)
                 await models.warm_up_local_models()
-            metrics = CollectorRegistry()
-            model_metrics = ModelMetrics(metrics)
-            metrics.register(BreakerStateCollector(models))
-            llm = LLMService(models, settings.llm, observe=model_metrics.record)
+            for name, model in models.models.items():
+                model.breaker.on_change = metrics.model.circuit_changed(name)
+            metrics.before_scrape(partial(_notice_breakers, models))
+            llm = LLMService(models, settings.llm, observe=metrics.model.record)
 
             checkpoints = AsyncConnectionPool(
                 url,
@@ -119,6 +124,8 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             )
             await checkpoints.open()
             stack.push_async_callback(checkpoints.close)
+            metrics.pools.watch("main", partial(asyncpg_pool_usage, database.engine.pool))
+            metrics.pools.watch("checkpoints", partial(psycopg_pool_usage, checkpoints))
             prompts = PromptLibrary(settings.agent)
             await prompts.load()  # a missing prompt file stops the start, not the first chat
             # Compiling loads the tokenizers (~0.4 s): off the event loop.
@@ -134,18 +141,41 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             )
             memory = None
             if dimensions is not None:
-                memory = await MemoryService.open(settings, llm, url, MemoryMetrics(metrics))
+                memory = await MemoryService.open(settings, llm, url, metrics.memory)
+                metrics.pools.watch("memory", memory.pool_usage)
                 memory.start()
                 # Closed before the model layer and the database it needs, after the server stopped taking turns.
                 stack.push_async_callback(memory.close)
-            chat = ChatService(agent=agent, database=database, settings=settings.agent, memory=memory)
+            # Langfuse's SDK loads and starts its export threads only when its keys are set: off the event loop.
+            tracer = await asyncio.to_thread(
+                partial(build_tracer, settings.observability, environment=settings.env, release=__version__)
+            )
+            if tracer is not None:
+                stack.push_async_callback(tracer.close)  # after the last turn ended: its trace is sent too
+            chat = ChatService(
+                agent=agent,
+                database=database,
+                settings=settings.agent,
+                memory=memory,
+                metrics=metrics.chat,
+                tracer=tracer,
+            )
             await chat.open()
             stack.push_async_callback(chat.close)
+            metrics.pools.watch("turn_locks", chat.lock_pool_usage)
+            sampler = asyncio.create_task(_sample_pools(metrics, _POOL_SAMPLE_SECONDS))
+            stack.push_async_callback(_cancel, sampler)
             listener = asyncio.create_task(chat.listen_for_cancellations())
             stack.push_async_callback(_cancel, listener)
 
             purger = asyncio.create_task(purge_periodically(settings.auth.revocation_purge_interval_seconds))
             stack.push_async_callback(_cancel, purger)
+            # The latest `agentctl eval` run, as gauges on /metrics (read from eval_runs, whoever ran it).
+            eval_gauges = EvalGauges(metrics.registry)
+            eval_refresher = asyncio.create_task(
+                refresh_periodically(eval_gauges, settings.evals.gauge_refresh_seconds)
+            )
+            stack.push_async_callback(_cancel, eval_refresher)
 
             app.state.resources = Resources(
                 settings=settings,
@@ -168,6 +198,21 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             logger.info("worker draining: closing connections")
 
     return lifespan
+
+
+_POOL_SAMPLE_SECONDS = 2.0
+
+
+def _notice_breakers(models: ModelRegistry) -> None:
+    for model in models.models.values():
+        model.breaker.notice_state()
+
+
+async def _sample_pools(metrics: AppMetrics, every_seconds: float) -> None:
+    """Pool gauges stay fresh in every worker, not only in the one answering scrapes."""
+    while True:
+        metrics.pools.sample()
+        await asyncio.sleep(every_seconds)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -73,5 +73,5 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _no_developer_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests see only the agentctl variables they set themselves; DATABASE_URL is read once, above."""
     for key in list(os.environ):
-        if key.startswith("AGENTCTL_") or key in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY"):
+        if key.startswith(("AGENTCTL_", "LANGFUSE_")) or key in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY"):
             monkeypatch.delenv(key)

@@ -45,7 +45,8 @@ def clean_environment(**extra: str) -> dict[str, str]:
     environ = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith("AGENTCTL_") and key not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY")
+        if not key.startswith(("AGENTCTL_", "LANGFUSE_"))
+        and key not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "PROMETHEUS_MULTIPROC_DIR")
     }
     environ.update(extra)
     return environ

@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 
 from agentctl import __version__
 from agentctl.cli import config as config_commands
+from agentctl.cli import eval as eval_commands
 from agentctl.cli import llm as llm_commands
 from agentctl.cli import migrate as migrate_commands
 from agentctl.cli import models as models_commands
@@ -47,6 +48,7 @@ app.command(name="migrate")(migrate_commands.migrate)
 app.command(name="models")(models_commands.models)
 app.add_typer(config_commands.app, name="config")
 app.add_typer(llm_commands.app, name="llm")
+app.add_typer(eval_commands.app, name="eval")
 
 
 def _print_version(value: bool) -> None:

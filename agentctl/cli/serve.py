@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,8 +13,14 @@ from rich.console import Console
 
 import agentctl
 from agentctl import __version__
-from agentctl.cli.context import settings_of, state_of
-from agentctl.config import Settings, SettingsError, export_for_child_processes, redact_url
+from agentctl.cli.context import CliState, settings_of, state_of
+from agentctl.config import (
+    Settings,
+    SettingsError,
+    export_for_child_processes,
+    prepare_metrics_directory,
+    redact_url,
+)
 
 if TYPE_CHECKING:
     from server.llm.registry import ModelRegistry
@@ -33,12 +40,6 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the API. SIGTERM drains in-flight requests, closes pools and exits 0."""
-    import uvicorn
-
-    from server.database.embedded import database_url
-    from server.llm.registry import ModelRegistry
-    from server.observability.logging import configure_logging
-
     state = state_of(ctx)
     for path, value, flag in (
         ("server.host", host, "--host"),
@@ -48,6 +49,21 @@ def serve(
     ):
         state.add_flag(path, value, flag)
     settings = settings_of(ctx)
+    # First, before anything imports prometheus-client: one worker or many, /metrics speaks for all of them.
+    metrics_directory = prepare_metrics_directory(settings)
+    try:
+        _serve(state, settings)
+    finally:
+        shutil.rmtree(metrics_directory, ignore_errors=True)
+
+
+def _serve(state: CliState, settings: Settings) -> None:
+    import uvicorn
+
+    from server.database.embedded import database_url
+    from server.llm.registry import ModelRegistry
+    from server.observability.logging import configure_logging
+
     problems = settings.production_problems()
     if settings.server.reload and settings.server.workers > 1:
         problems.append("--reload restarts a single process: use it without --workers")
@@ -76,6 +92,7 @@ def serve(
             reload_dirs=_source_dirs() if settings.server.reload else None,
             timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
             log_config=None,
+            access_log=False,  # agentctl logs each request itself, with its request id and caller
             server_header=False,
             proxy_headers=False,  # X-Forwarded-For is read by agentctl, from configured trusted proxies only
         )
@@ -120,6 +137,18 @@ def _print_banner(settings: Settings, url: str, models: ModelRegistry) -> None:
     else:
         database = redact_url(url)
     workers = f"{server.workers} worker{'s' if server.workers != 1 else ''}"
+    if settings.effective_log_format == "json":  # collectors read every line as JSON: the banner is a log line
+        from loguru import logger
+
+        logger.bind(listening=base, workers=server.workers, database=database).info(
+            "agentctl {} ({}) listening on {} ({}); model {}",
+            __version__,
+            settings.env,
+            base,
+            workers,
+            models.describe_role("chat"),
+        )
+        return
     console = Console(highlight=False)
     console.print(f"[bold]agentctl {__version__}[/bold] ({settings.env})")
     console.print(f"  listening  {base}  ({workers}{', reload' if server.reload else ''})")

@@ -8,6 +8,7 @@ from litestar.openapi.spec import SecurityRequirement
 
 from server.auth.service import AuthService
 from server.auth.tokens import TokenClaims, TokenType
+from server.observability.request_id import bind_caller
 
 BEARER_SCHEME = "BearerToken"
 USER_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
@@ -28,4 +29,6 @@ async def provide_session_claims(request: Request) -> TokenClaims:
 
 
 async def _claims(request: Request, expected: TokenType) -> TokenClaims:
-    return await request.app.state.resources.auth.authenticate(request.scope, expected)
+    claims = await request.app.state.resources.auth.authenticate(request.scope, expected)
+    bind_caller(request.scope, claims.subject, claims.session_id)
+    return claims

@@ -11,6 +11,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import JSONBody
 from litestar.response import ServerSentEvent, ServerSentEventMessage
+from prometheus_client import Gauge
 
 from server.auth.dependencies import BEARER_SCHEME, provide_session_claims
 from server.auth.tokens import TokenClaims
@@ -94,8 +95,8 @@ class ChatController(Controller):
         chat: NamedDependency[ChatService],
         data: JSONBody[ChatRequest],
     ) -> ServerSentEvent:
-        """Send the user's message and receive the answer as server-sent events: token, tool, interrupt, usage,
-        error, done. Every event's data is JSON with at least content and done."""
+        """Send the user's message and receive the answer as server-sent events: memory (what was recalled),
+        token, tool, interrupt, usage, error, done. Every event's data is JSON with at least content and done."""
         text, user_name = await _checked_text(request, session, data)
         heartbeat = request.app.state.resources.settings.agent.stream_heartbeat_seconds
         turn = await chat.start_turn(  # a turn in progress is a 409 here, before the stream starts
@@ -104,7 +105,8 @@ class ChatController(Controller):
             text=text,
             user_name=user_name,
         )
-        return ServerSentEvent(_sse(turn.events(), heartbeat))
+        streams_open = request.app.state.resources.metrics.http.streams_open
+        return ServerSentEvent(_sse(turn.events(), heartbeat, streams_open))
 
     @get("/messages", responses=problem_responses(401, 404, 429))
     async def messages(
@@ -138,9 +140,12 @@ async def _checked_text(request: Request, session: TokenClaims, data: ChatReques
     return text, user_name
 
 
-async def _sse(rest: AsyncIterator[TurnEvent], heartbeat: float) -> AsyncIterator[ServerSentEventMessage]:
+async def _sse(
+    rest: AsyncIterator[TurnEvent], heartbeat: float, streams_open: Gauge
+) -> AsyncIterator[ServerSentEventMessage]:
     """Events as SSE messages; a comment line whenever the stream has been idle for ``heartbeat`` seconds."""
     pending = asyncio.ensure_future(anext(rest))
+    streams_open.inc()
     try:
         while True:
             done, _ = await asyncio.wait({pending}, timeout=heartbeat)
@@ -155,6 +160,7 @@ async def _sse(rest: AsyncIterator[TurnEvent], heartbeat: float) -> AsyncIterato
             pending = asyncio.ensure_future(anext(rest))
     finally:
         # The client left (or the turn ended): stop waiting, which cancels the turn and keeps its partial answer.
+        streams_open.dec()
         pending.cancel()
         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
             await pending

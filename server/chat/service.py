@@ -26,8 +26,11 @@ from server.database.engine import Database
 from server.errors import AppError, ConflictError, ServiceUnavailableError
 from server.llm.service import ModelStreamError
 from server.memory.service import MemoryService, RememberJob
+from server.observability.metrics import ChatMetrics
+from server.observability.pools import asyncpg_pool_usage
+from server.observability.tracing import TurnTrace, TurnTracer
 
-EventKind = Literal["token", "tool", "interrupt", "usage", "error", "done"]
+EventKind = Literal["memory", "token", "tool", "interrupt", "usage", "error", "done"]
 _TURN_LOCK_NAMESPACE = 0x61677400  # advisory-lock key space for turns: "agt\\0"
 _CANCEL_CHANNEL = "agentctl_cancel_turn"
 # Error types of error events and turn records, besides the codes of AppErrors.
@@ -83,11 +86,15 @@ class ChatService:
         database: Database,
         settings: AgentSettings,
         memory: MemoryService | None = None,
+        metrics: ChatMetrics | None = None,
+        tracer: TurnTracer | None = None,
     ) -> None:
         self._agent = agent
         self._database = database
         self._settings = settings
         self._memory = memory
+        self._metrics = metrics
+        self._tracer = tracer
         self._running: dict[uuid.UUID, _RunningTurn] = {}
 
     async def start_turn(
@@ -124,9 +131,17 @@ class ChatService:
         text: str,
         recorder: TurnRecorder,
     ) -> None:
+        # Opened and finished in this task: the trace's root is the task's current span meanwhile.
+        trace = (
+            self._tracer.start_turn(user_id=owner_id, session_id=session_id, turn_id=turn_id, input_text=text)
+            if self._tracer is not None
+            else TurnTrace()
+        )
         try:
-            await self._run(events, turn_id, owner_id, session_id, text, recorder)
+            await self._run(events, turn_id, owner_id, session_id, text, recorder, trace)
         finally:
+            # Normally finished by _record with the turn's outcome; this only ends a trace _record never reached.
+            trace.finish(output=recorder.partial, status="error", error_type=_INTERNAL_ERROR)
             if self._memory is not None:  # what the user said stands, however the turn ended
                 self._memory.remember(RememberJob(owner_id, session_id, turn_id, text))
             if (running := self._running.get(session_id)) is not None and running.events is events:
@@ -184,10 +199,12 @@ class ChatService:
         session_id: uuid.UUID,
         text: str,
         recorder: TurnRecorder,
+        trace: TurnTrace,
     ) -> None:
         config: RunnableConfig = {
             "configurable": {"thread_id": str(session_id), "turn": recorder},
             "recursion_limit": 2 * self._settings.max_steps + 4,
+            "callbacks": trace.callbacks,  # Langfuse's handler when tracing, else none
         }
         status, error_type, interrupted_by = "ok", None, None
         try:
@@ -197,6 +214,8 @@ class ChatService:
                 state, recorder.memories = await asyncio.gather(
                     self._agent.aget_state(config), self._memory.recall(owner_id, text)
                 )
+            if recorder.memories:  # the user sees what the agent was reminded of, before its answer
+                await events.put(TurnEvent("memory", {"content": "", "done": False, "memories": recorder.memories}))
             resuming = bool(state.interrupts)
             graph_input = Command(resume=text) if resuming else {"messages": [HumanMessage(text)]}
             async for mode, chunk in self._agent.astream(graph_input, config, stream_mode=["custom", "updates"]):
@@ -212,7 +231,7 @@ class ChatService:
             status = "interrupted"
             try:
                 await self._keep_partial_answer(config, recorder, status)
-                await self._record(turn_id, owner_id, session_id, text, recorder, status, "cancelled")
+                await self._record(turn_id, owner_id, session_id, text, recorder, trace, status, "cancelled")
             finally:
                 cancelled = {"error": {"type": "cancelled", "detail": "the turn was cancelled"}, "done": True}
                 events.put_nowait(TurnEvent("error", cancelled))
@@ -234,7 +253,7 @@ class ChatService:
                 TurnEvent("error", {"error": {"type": error_type, "detail": "the turn failed"}, "done": True})
             )
         try:
-            turn = await self._record(turn_id, owner_id, session_id, text, recorder, status, error_type)
+            turn = await self._record(turn_id, owner_id, session_id, text, recorder, trace, status, error_type)
             if status != "error":
                 await events.put(TurnEvent("usage", {"content": "", "done": False, "usage": _usage_of(turn)}))
                 await events.put(TurnEvent("done", {"content": "", "done": True, "message_id": str(turn_id)}))
@@ -256,6 +275,7 @@ class ChatService:
         session_id: uuid.UUID,
         text: str,
         recorder: TurnRecorder,
+        trace: TurnTrace,
         status: str,
         error_type: str | None,
     ) -> ChatTurn:
@@ -280,8 +300,15 @@ class ChatService:
             latency_ms=(now - recorder.started) * 1000,
             status=status,
             error_type=error_type,
+            trace_id=trace.trace_id,
         )
+        trace.finish(output=recorder.partial, status=status, error_type=error_type)
         await asyncio.shield(turn.save().run())
+        if self._metrics is not None:
+            self._metrics.turns.labels(status).inc()
+            self._metrics.duration.observe(turn.latency_ms / 1000)
+            if turn.time_to_first_token_ms is not None:
+                self._metrics.time_to_first_token.observe(turn.time_to_first_token_ms / 1000)
         return turn
 
     async def open(self) -> None:
@@ -298,6 +325,9 @@ class ChatService:
 
     async def close(self) -> None:
         await self._lock_pool.close()
+
+    def lock_pool_usage(self) -> tuple[int, int]:
+        return asyncpg_pool_usage(self._lock_pool)
 
     async def _take_turn_lock(self, session_id: uuid.UUID) -> asyncpg.pool.PoolConnectionProxy:
         """A session-level advisory lock held for the turn: every worker and replica sees it; a crashed

@@ -5,6 +5,7 @@ from piccolo.conf.apps import AppConfig
 from agentctl.resources import migrations_dir
 from server.auth.tables import RefreshToken, RevokedToken
 from server.chat.tables import ChatTurn
+from server.evaluation.tables import EvalRun, EvalScore
 from server.sessions.tables import ChatSession
 from server.users.tables import User
 
@@ -13,7 +14,7 @@ APP_NAME = "agentctl"
 APP_CONFIG = AppConfig(
     app_name=APP_NAME,
     migrations_folder_path=str(migrations_dir()),
-    table_classes=[User, ChatSession, RefreshToken, RevokedToken, ChatTurn],
+    table_classes=[User, ChatSession, RefreshToken, RevokedToken, ChatTurn, EvalRun, EvalScore],
     migration_dependencies=[],
     commands=[],
 )

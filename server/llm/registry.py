@@ -36,6 +36,8 @@ class RegisteredModel:
     breaker: CircuitBreaker
     chat: BaseChatModel | None = None
     embeddings: Embeddings | None = None
+    # Where background embedding work goes when it would otherwise compete with requests (local models).
+    background_embeddings: Embeddings | None = None
     _bound: dict[tuple[str, ...], object] = field(default_factory=dict)
 
     def with_tools(self, tools: list) -> object:
@@ -188,6 +190,7 @@ def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.Asy
 
         if spec.kind == "embedding":
             model.embeddings = local.LocalEmbeddings()
+            model.background_embeddings = local.LocalEmbeddings(lane="background")
         else:
             model.chat = local.LocalChatModel(
                 n_ctx=spec.context_window,

@@ -40,6 +40,17 @@ class CircuitBreaker:
         self._failures: deque[float] = deque()
         self._opened_at: float | None = None
         self._probe_in_flight = False
+        # Told of every state change it notices (metrics); open → half-open is noticed at the next call.
+        self.on_change: Callable[[BreakerState], None] | None = None
+        self._reported = BreakerState.CLOSED
+
+    def notice_state(self) -> None:
+        """Tell on_change if the state changed since last told (open turns half-open by time alone)."""
+        state = self.state
+        if state is not self._reported:
+            self._reported = state
+            if self.on_change is not None:
+                self.on_change(state)
 
     @property
     def state(self) -> BreakerState:
@@ -52,6 +63,7 @@ class CircuitBreaker:
     def try_acquire(self) -> bool:
         """Whether a call may go to this model now. In half-open state only one caller gets through."""
         state = self.state
+        self.notice_state()
         if state is BreakerState.CLOSED:
             return True
         if state is BreakerState.HALF_OPEN and not self._probe_in_flight:
@@ -66,18 +78,21 @@ class CircuitBreaker:
             self._failures.clear()
             self._opened_at = None
             self._probe_in_flight = False
+            self.notice_state()
 
     def record_failure(self) -> None:
         now = self._clock()
         if self._probe_in_flight or self.state is not BreakerState.CLOSED:
             self._opened_at = now  # the probe failed: open again for a full period
             self._probe_in_flight = False
+            self.notice_state()
             return
         self._failures.append(now)
         while self._failures and now - self._failures[0] > self._window:
             self._failures.popleft()
         if len(self._failures) >= self._threshold:
             self._opened_at = now
+            self.notice_state()
             self._failures.clear()
 
     def release_probe(self) -> None:

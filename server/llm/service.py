@@ -234,14 +234,26 @@ class LLMService:
         self._observe(report, "ok")
         yield StreamEnd(message=message, report=report)
 
-    async def embed(self, texts: list[str], *, deadline_seconds: float | None = None) -> Embedded:
+    async def embed(
+        self,
+        texts: list[str],
+        *,
+        query: bool = False,
+        background: bool = False,
+        deadline_seconds: float | None = None,
+    ) -> Embedded:
+        """Vectors of ``texts``: as search queries (``query``; e5-style models embed those differently) or as
+        documents; ``background`` work keeps off the lane requests use, where the model has one."""
         report = CallReport(role="embedding")
         started = time.perf_counter()
 
         async def embed_with(model: RegisteredModel, remaining: float) -> list[list[float]]:
-            assert model.embeddings is not None
+            embeddings = (background and model.background_embeddings) or model.embeddings
+            assert embeddings is not None
             async with asyncio.timeout(remaining):
-                return await model.embeddings.aembed_documents(texts)
+                if query:
+                    return list(await asyncio.gather(*(embeddings.aembed_query(text) for text in texts)))
+                return await embeddings.aembed_documents(texts)
 
         with self._observed(report):
             vectors, model = await self._resilient("embedding", report, embed_with, deadline_seconds)

@@ -8,9 +8,11 @@ import time).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from cachetools import TTLCache
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from mem0.embeddings.base import EmbeddingBase
 from mem0.llms.base import LLMBase
@@ -24,24 +26,56 @@ _CALL_TIMEOUT_SECONDS = 300.0
 
 class _OnServerLoop:
     """mem0 calls its models from worker threads; each call runs on the server's event loop, through the model
-    layer, while the thread waits for it."""
+    layer, while the thread waits for it. ``background``: work for the memory writers, which must not delay
+    the searches turns wait for."""
 
-    def __init__(self, llm: LLMService, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, llm: LLMService, loop: asyncio.AbstractEventLoop, *, background: bool) -> None:
         self._llm = llm
         self._loop = loop
+        self._background = background
 
     def _call(self, call: Awaitable[T]) -> T:
         return asyncio.run_coroutine_threadsafe(call, self._loop).result(_CALL_TIMEOUT_SECONDS)  # type: ignore[arg-type]
 
 
+class QueryVectors:
+    """Recent search-query vectors, shared by both Mem0 instances: a turn's message is embedded as a query for
+    the recall before the turn and again by Mem0's addition after it, to find the memories it may update."""
+
+    def __init__(self, size: int = 1024, seconds: float = 600.0) -> None:
+        self._vectors: TTLCache[str, list[float]] = TTLCache(maxsize=size, ttl=seconds)
+        self._lock = threading.Lock()  # Mem0 calls from its worker threads
+
+    def get(self, text: str) -> list[float] | None:
+        with self._lock:
+            return self._vectors.get(text)
+
+    def put(self, text: str, vector: list[float]) -> None:
+        with self._lock:
+            self._vectors[text] = vector
+
+
 class RegistryEmbedder(_OnServerLoop, EmbeddingBase):
     """The embedding role's models."""
 
+    def __init__(
+        self, llm: LLMService, loop: asyncio.AbstractEventLoop, *, background: bool, queries: QueryVectors
+    ) -> None:
+        super().__init__(llm, loop, background=background)
+        self._queries = queries
+
     def embed(self, text: str, memory_action: str | None = None) -> list[float]:
-        return self._call(self._llm.embed([text])).vectors[0]
+        query = memory_action == "search"
+        if query and (known := self._queries.get(text)) is not None:
+            return known
+        vector = self._call(self._llm.embed([text], query=query, background=self._background)).vectors[0]
+        if query:
+            self._queries.put(text, vector)
+        return vector
 
     def embed_batch(self, texts: list[str], memory_action: str = "add") -> list[list[float]]:
-        return self._call(self._llm.embed(list(texts))).vectors
+        embedded = self._llm.embed(list(texts), query=memory_action == "search", background=self._background)
+        return self._call(embedded).vectors
 
 
 class RegistryLLM(_OnServerLoop, LLMBase):

@@ -25,6 +25,7 @@ from server.errors import NotFoundError
 from server.llm.service import LLMService
 from server.memory.collection import COLLECTION
 from server.observability.metrics import MemoryMetrics
+from server.observability.pools import psycopg_pool_usage
 
 _RECALL_CACHE_ENTRIES = 10_000
 
@@ -69,6 +70,7 @@ class MemoryService:
     def __init__(
         self,
         memory: Any,
+        writer_memory: Any,
         settings: MemorySettings,
         metrics: MemoryMetrics,
         *,
@@ -76,7 +78,8 @@ class MemoryService:
         infer: bool,
         history_path: Path,
     ) -> None:
-        self._memory = memory
+        self._memory = memory  # searches and the user's requests
+        self._writer_memory = writer_memory  # the background writers, with models on their own lane
         self._pool = pool
         self._settings = settings
         self._metrics = metrics
@@ -92,7 +95,7 @@ class MemoryService:
         self._queue: asyncio.Queue[RememberJob] = asyncio.Queue(maxsize=settings.queue_size)
         self._writers: list[asyncio.Task[None]] = []
         self._accepting = True
-        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.queue_capacity.set(settings.queue_size)
 
     @classmethod
     async def open(
@@ -105,7 +108,7 @@ class MemoryService:
         from mem0 import AsyncMemory
         from mem0.configs.base import MemoryConfig
 
-        from server.memory.adapters import RegistryEmbedder, RegistryLLM
+        from server.memory.adapters import QueryVectors, RegistryEmbedder, RegistryLLM
 
         _keep_mem0_offline()
         dimensions = memory_dimensions(settings)
@@ -130,15 +133,21 @@ class MemoryService:
             embedder={"provider": "openai", "config": {"api_key": "unused", "embedding_dims": dimensions}},
             history_db_path=str(history_path),
         )
-        memory = await asyncio.to_thread(AsyncMemory, config)
         loop = asyncio.get_running_loop()
-        memory.llm = RegistryLLM(llm, loop)
-        memory.embedding_model = RegistryEmbedder(llm, loop)
+        # Two Mem0 instances on one pool and one history file: one answers turns and users, one writes in the
+        # background, so that a turn's search never waits behind an addition's embeddings.
+        memories = []
+        queries = QueryVectors()
+        for background in (False, True):
+            memory = await asyncio.to_thread(AsyncMemory, config)
+            memory.llm = RegistryLLM(llm, loop, background=background)
+            memory.embedding_model = RegistryEmbedder(llm, loop, background=background, queries=queries)
+            memories.append(memory)
         chain = llm.registry.chain("memory")
         infer = settings.memory.extraction == "model" or (
             settings.memory.extraction == "auto" and all(model.spec.provider != "local" for model in chain)
         )
-        return cls(memory, settings.memory, metrics, pool=pool, infer=infer, history_path=history_path)
+        return cls(*memories, settings.memory, metrics, pool=pool, infer=infer, history_path=history_path)
 
     def start(self) -> None:
         self._writers = [
@@ -159,6 +168,9 @@ class MemoryService:
                 writer.cancel()
             await asyncio.gather(*self._writers, return_exceptions=True)
         await asyncio.to_thread(self._pool.close)
+
+    def pool_usage(self) -> tuple[int, int]:
+        return psycopg_pool_usage(self._pool)
 
     # --- recall, before a turn ---
 
@@ -210,13 +222,15 @@ class MemoryService:
             self._metrics.writes.labels("dropped").inc()
             logger.warning("memory queue full ({}): turn {} not remembered", self._queue.maxsize, job.turn_id)
             return False
+        self._metrics.queue_depth.inc()
         return True
 
     async def _write_forever(self) -> None:
         while True:
             job = await self._queue.get()
+            self._metrics.queue_depth.dec()
             try:
-                await self._memory.add(
+                await self._writer_memory.add(
                     [{"role": "user", "content": job.text}],
                     user_id=str(job.user_id),
                     metadata={"session_id": str(job.session_id), "turn_id": str(job.turn_id)},
@@ -284,13 +298,18 @@ class MemoryService:
 
 
 def _keep_mem0_offline() -> None:
-    """mem0 downloads a spaCy model at first use when spaCy is installed without it; never from a server."""
-    try:
-        import spacy
-    except ImportError:
-        return  # mem0 then works without lemmas and entities
-    if not spacy.util.is_package("en_core_web_sm"):
-        from mem0.utils import spacy_models
+    """mem0 lemmatizes and extracts entities with spaCy when it can; with spaCy installed but not its English
+    model, it would download that model on first use. Without both, mem0 searches by vectors and plain-text
+    keywords; say so once here rather than let it warn on every worker's first search."""
+    import importlib.util
 
-        spacy_models._load_failed_full = True
-        spacy_models._load_failed_lemma = True
+    from mem0.utils import spacy_models
+
+    if importlib.util.find_spec("spacy") is not None:
+        import spacy
+
+        if spacy.util.is_package("en_core_web_sm"):
+            return
+    spacy_models._load_failed_full = True
+    spacy_models._load_failed_lemma = True
+    logger.debug("memory: spaCy with en_core_web_sm is not installed; no lemmas or entities in memory search")

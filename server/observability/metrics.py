@@ -1,27 +1,66 @@
-"""Prometheus metrics of the model layer, exposed at GET /metrics.
+"""Prometheus metrics, exposed at GET /metrics, correct with any number of workers.
 
-Circuit-breaker state is read from the breakers at scrape time (a collector), so it is never stale.
+Under `agentctl serve` every worker writes its samples to files in a directory shared by the workers
+(prometheus-client's multiprocess mode, switched on by ``prepare_metrics_directory`` before prometheus-client
+is imported), and a scrape, whichever worker answers it, reads all of them: counters and histograms are summed,
+gauges of live workers are summed (in flight, open streams, pools, queues) or maxed (circuit state: open in any
+worker). Without that directory (tests building the app in process) a worker reports its own registry.
+
+One set of metrics per app rather than module globals, so that tests can build apps side by side.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 
-from server.llm.registry import ModelRegistry
 from server.llm.resilience import BreakerState
 from server.llm.service import CallReport
 
-_LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30)
-_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+_MODEL_LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30)
+_HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_TURN_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_RECALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1)
+CIRCUIT_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+def multiprocess_mode() -> bool:
+    """Whether this process writes its samples for a shared scrape (decided when prometheus-client loaded)."""
+    return values.ValueClass is not values.MutexValue
+
+
+class HttpMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "agentctl_http_requests_total",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "agentctl_http_request_duration_seconds",
+            "HTTP request duration by method and route template (a stream: until its last byte).",
+            ["method", "route"],
+            buckets=_HTTP_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "agentctl_http_requests_in_flight",
+            "HTTP requests being answered.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.streams_open = Gauge(
+            "agentctl_sse_streams_open",
+            "Server-sent event streams open (chat answers being streamed).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
 
 
 class ModelMetrics:
-    """One set per app (not module globals), so tests can build apps side by side."""
-
     def __init__(self, registry: CollectorRegistry) -> None:
         self.calls = Counter(
             "agentctl_model_calls_total",
@@ -54,15 +93,22 @@ class ModelMetrics:
             "agentctl_model_call_duration_seconds",
             "Whole model calls, retries and fallbacks included.",
             ["model", "role"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=_MODEL_LATENCY_BUCKETS,
             registry=registry,
         )
         self.time_to_first_token = Histogram(
             "agentctl_model_time_to_first_token_seconds",
             "Streaming calls: time until the first token.",
             ["model", "role"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=_MODEL_LATENCY_BUCKETS,
             registry=registry,
+        )
+        self.circuit_state = Gauge(
+            "agentctl_model_circuit_state",
+            "Circuit breaker per model: 0 closed, 1 half-open, 2 open (the worst of the workers).",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="livemax",
         )
 
     def record(self, report: CallReport, outcome: str) -> None:
@@ -88,20 +134,53 @@ class ModelMetrics:
         if report.time_to_first_token_seconds is not None:
             self.time_to_first_token.labels(model, report.role).observe(report.time_to_first_token_seconds)
 
+    def circuit_changed(self, model: str) -> Callable[[BreakerState], None]:
+        """The callback a model's breaker calls when its state changes."""
+        gauge = self.circuit_state.labels(model)
+        gauge.set(0)
+        return lambda state: gauge.set(CIRCUIT_STATE_VALUES[state])
 
-class BreakerStateCollector(Collector):
-    def __init__(self, models: ModelRegistry) -> None:
-        self._models = models
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily(
-            "agentctl_model_circuit_state",
-            "Circuit breaker per model: 0 closed, 1 half-open, 2 open.",
-            labels=["model"],
+class RateLimitMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rejections = Counter(
+            "agentctl_ratelimit_rejections_total",
+            "Requests refused (429) by rate-limit class.",
+            ["route_class"],
+            registry=registry,
         )
-        for name, model in self._models.models.items():
-            gauge.add_metric([name], _STATE_VALUES[model.breaker.state])
-        yield gauge
+
+
+class PoolMetrics:
+    """Connection pools, sampled: every few seconds by each worker, and by the worker answering a scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.in_use = Gauge(
+            "agentctl_db_pool_connections_in_use",
+            "Database connections lent out, by pool (main, turn_locks, checkpoints, memory).",
+            ["pool"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.waiting = Gauge(
+            "agentctl_db_pool_waiting",
+            "Callers waiting for a database connection, by pool.",
+            ["pool"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._samplers: dict[str, Callable[[], tuple[int, int]]] = {}
+
+    def watch(self, pool: str, sample: Callable[[], tuple[int, int]]) -> None:
+        """``sample`` returns (in use, waiting) for the pool now."""
+        self._samplers[pool] = sample
+        self.sample()
+
+    def sample(self) -> None:
+        for pool, sample in self._samplers.items():
+            in_use, waiting = sample()
+            self.in_use.labels(pool).set(in_use)
+            self.waiting.labels(pool).set(waiting)
 
 
 class MemoryMetrics:
@@ -117,7 +196,7 @@ class MemoryMetrics:
         self.recall_seconds = Histogram(
             "agentctl_memory_recall_duration_seconds",
             "Memory searches that finished within the budget (embedding included).",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1),
+            buckets=_RECALL_BUCKETS,
             registry=registry,
         )
         self.writes = Counter(
@@ -127,5 +206,70 @@ class MemoryMetrics:
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "agentctl_memory_queue_depth", "Turns waiting to be remembered in this worker.", registry=registry
+            "agentctl_memory_queue_depth",
+            "Turns waiting to be remembered.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
+        self.queue_capacity = Gauge(
+            "agentctl_memory_queue_capacity",
+            "Turns that may wait to be remembered (depth / capacity: saturation).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+
+class ChatMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.turns = Counter(
+            "agentctl_chat_turns_total",
+            "Chat turns by how they ended: ok, error, interrupted or awaiting_human.",
+            ["status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "agentctl_chat_turn_duration_seconds",
+            "Chat turns from taking the session to the turn's record.",
+            buckets=_TURN_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token = Histogram(
+            "agentctl_chat_time_to_first_token_seconds",
+            "Chat turns: time until the first token of the answer.",
+            buckets=_TURN_LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+class AppMetrics:
+    """Every metric of one app, on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.http = HttpMetrics(self.registry)
+        self.model = ModelMetrics(self.registry)
+        self.ratelimit = RateLimitMetrics(self.registry)
+        self.pools = PoolMetrics(self.registry)
+        self.memory = MemoryMetrics(self.registry)
+        self.chat = ChatMetrics(self.registry)
+        self._before_scrape: list[Callable[[], None]] = [self.pools.sample]
+
+    def before_scrape(self, refresh: Callable[[], None]) -> None:
+        """Run ``refresh`` (sampling some state into gauges) whenever this worker answers a scrape."""
+        self._before_scrape.append(refresh)
+
+    def exposition(self) -> bytes:
+        """What a scrape returns: every worker's samples in multiprocess mode, else this registry's."""
+        for refresh in self._before_scrape:
+            refresh()
+        if not multiprocess_mode():
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+
+    @staticmethod
+    def worker_stopped() -> None:
+        """Drop this worker's live gauges from the shared directory (its counters stay in the totals)."""
+        if multiprocess_mode():
+            multiprocess.mark_process_dead(os.getpid())

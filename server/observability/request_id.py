@@ -18,6 +18,28 @@ _ACCEPTABLE_INCOMING_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SCOPE_KEY = "agentctl.request_id"
 
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+# Who the request acts for, once its token is verified; log lines of the request (and of a turn it starts,
+# which copies the context) carry them.
+current_user_id: ContextVar[str | None] = ContextVar("current_user_id", default=None)
+current_session_id: ContextVar[str | None] = ContextVar("current_session_id", default=None)
+
+
+_CALLER_KEY = "agentctl.caller"
+
+
+def bind_caller(scope: Scope, user_id: object, session_id: object | None) -> None:
+    """Once the request's token is verified: its log lines name the caller. Kept on the scope too, for the
+    access log written outside the handler's context."""
+    caller = (str(user_id), str(session_id) if session_id is not None else None)
+    current_user_id.set(caller[0])
+    current_session_id.set(caller[1])
+    scope.setdefault("state", {})[_CALLER_KEY] = caller  # type: ignore[typeddict-item]
+
+
+def caller_of(scope: Scope) -> dict[str, str]:
+    """user_id and session_id of the request's verified token, as far as known (for binding to a log line)."""
+    user_id, session_id = scope.get("state", {}).get(_CALLER_KEY, (None, None))  # type: ignore[call-overload]
+    return {key: value for key, value in (("user_id", user_id), ("session_id", session_id)) if value is not None}
 
 
 def request_id_of(scope: Scope) -> str:
@@ -51,10 +73,15 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        token = current_request_id.set(request_id_of(scope))
+        tokens = (
+            current_request_id.set(request_id_of(scope)),
+            current_user_id.set(None),
+            current_session_id.set(None),
+        )
         try:
             await app(scope, receive, send)
         finally:
-            current_request_id.reset(token)
+            for variable, token in zip((current_request_id, current_user_id, current_session_id), tokens, strict=True):
+                variable.reset(token)  # type: ignore[attr-defined]
 
     return middleware

@@ -12,6 +12,7 @@ from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from loguru import logger
+from prometheus_client import Counter
 
 from agentctl.config import Settings
 from server.errors import RateLimitedError, ServiceUnavailableError
@@ -53,9 +54,10 @@ class LimitDecision:
 class RateLimiter:
     """One limiter per worker; with Redis every worker and replica counts in the same windows."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, rejections: Counter | None = None) -> None:
         config = settings.ratelimit
         self.enabled = config.enabled
+        self._rejections = rejections
         self._fail_open = config.on_storage_error == "allow"
         self._limits = {
             RouteClass.REGISTER: limits.parse(config.register_per_ip),
@@ -86,6 +88,8 @@ class RateLimiter:
             stats = await self._strategy.get_window_stats(item, route_class.value, key)
         except limits.errors.StorageError as error:
             return self._storage_failed(item, error)
+        if not allowed and self._rejections is not None:
+            self._rejections.labels(route_class.value).inc()
         return LimitDecision(
             allowed=allowed,
             limit=item.amount,

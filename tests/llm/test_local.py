@@ -20,6 +20,7 @@ from langchain_core.exceptions import ContextOverflowError
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, trim_messages
 
 from server.llm.local import (
+    BACKGROUND_NICENESS,
     LocalChatModel,
     LocalContextOverflowError,
     LocalEmbeddings,
@@ -371,3 +372,19 @@ def test_translations_are_closer_than_unrelated_sentences(embeddings: LocalEmbed
     assert cosine(english, german) > cosine(english, unrelated) + 0.05
     assert cosine(english, portuguese) > cosine(english, unrelated) + 0.05
     assert cosine(german, portuguese) > cosine(german, unrelated) + 0.05
+
+
+@needs_embeddings
+def test_background_embeddings_run_on_their_own_lower_priority_thread(embeddings: LocalEmbeddings) -> None:
+    import os
+    import threading
+
+    def niceness_of_this_thread(_model: object) -> tuple[int, int]:
+        return threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    background = LocalEmbeddings(lane="background")
+    interactive_thread, interactive_nice = embeddings._runtime().submit(niceness_of_this_thread).result()
+    background_thread, background_nice = background._runtime().submit(niceness_of_this_thread).result()
+    assert background_thread != interactive_thread
+    assert background_nice == interactive_nice + BACKGROUND_NICENESS
+    assert background.embed_query("same model") == embeddings.embed_query("same model")

@@ -568,7 +568,9 @@ def test_command_options_config_file_and_script_file(tmp_path: Path) -> None:
     assert (effective["seed"], effective["ttft_ms"]) == (9, 1)
     faults = effective["faults"]["*"]
     assert (faults["rate_429"], faults["rate_500"], faults["timeout_seconds"]) == (0.25, 0.5, 3)
-    assert effective["script"] == [{"match": "ping", "tool_calls": None, "content": "pong", "echo_system": False}]
+    assert effective["script"] == [
+        {"match": "ping", "tool_calls": None, "content": "pong", "echo_system": False, "verbatim": False}
+    ]
     assert answer.status_code in (200, 429, 500)
     assert exit_code == 0
     assert simulator.output().startswith(f"LLM simulator listening on {simulator.url} ")

@@ -156,7 +156,7 @@ def compose_answer(request: ChatRequest, config: SimulatorConfig) -> Answer:
         if calls:
             return _tool_call_answer(calls, digest)
     if rule is not None and rule.content is not None:
-        return _content_answer(rule.content, request, json_mode, limit)
+        return _content_answer(rule.content, request, json_mode and not rule.verbatim, limit)
     return _content_answer(_generated_text(last_user_text, digest, config.answer_tokens), request, json_mode, limit)
 
 

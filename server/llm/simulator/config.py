@@ -55,13 +55,15 @@ class ScriptRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     ``tool_calls`` apply only when the request offers tools (so a memory or title request that happens to
     contain the text is not answered with a tool call); ``content`` applies always; ``echo_system`` answers with
-    the request's system prompt, so a test can see what the model was shown.
+    the request's system prompt, so a test can see what the model was shown. ``verbatim`` sends ``content`` as it
+    is even in JSON mode, like a model that breaks JSON mode (text, cut-off JSON).
     """
 
     match: str
     tool_calls: list[ScriptedToolCall] | None = None
     content: str | None = None
     echo_system: bool = False
+    verbatim: bool = False
 
     def __post_init__(self) -> None:
         if self.tool_calls is None and self.content is None and not self.echo_system:
