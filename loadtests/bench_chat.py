@@ -15,8 +15,8 @@ What it does, in order:
    the user's message) from the request body, so each model call is paired with the turn that made it.
 2. Starts `agentctl serve --workers 2` on DATABASE_URL, AGENTCTL_ENV=test, Redis db 15 under a unique key prefix,
    with the rate limits raised (one user per client sends far more than the defaults allow; limiting stays on, in
-   Redis, so every request still pays for its checks) and the database pool raised to 32 connections per worker
-   (at the default 10, a worker with 10 turns in flight deadlocks: see the README).
+   Redis, so every request still pays for its checks); the database pool at its default size (10 per worker:
+   16 turns in flight on one worker once deadlocked it, fixed since; `--pool-max-size` changes it).
 3. Registers one user per client, creates the sessions up front (one turn at a time per session is enforced),
    and drives `POST /api/v1/chatbot/chat` from this process: a minimal HTTP/1.1 client on asyncio (uvloop), a
    new loopback connection per request so both workers share the load. Phases: warm-up; GET /health (the floor
@@ -190,9 +190,9 @@ def _parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--pool-max-size",
         type=int,
-        default=32,
-        help="AGENTCTL_DATABASE__POOL_MAX_SIZE of the server (default setting: 10; see the README: a worker "
-        "with as many turns in flight as pool connections deadlocks).",
+        default=10,
+        help="AGENTCTL_DATABASE__POOL_MAX_SIZE of the server (the setting's default, 10: fewer connections than "
+        "clients, which once deadlocked a worker; see the README).",
     )
     parser.add_argument("--target-p50-ms", type=float, default=10.0, help="Target for the server's own p50.")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="Skip the py-spy profile.")
@@ -252,8 +252,7 @@ class ChatServer(Server):
             AGENTCTL_RATELIMIT__CHAT=RAISED_LIMIT,
             AGENTCTL_RATELIMIT__DEFAULT=RAISED_LIMIT,
             AGENTCTL_RATELIMIT__REGISTER_PER_IP=RAISED_LIMIT,
-            # Each turn holds one pool connection (its advisory lock) while it needs another (its record): a
-            # worker with as many turns in flight as connections waits forever. Above the clients, it cannot.
+            # Turn locks have a pool of their own; the main pool may be smaller than the turns in flight.
             AGENTCTL_DATABASE__POOL_MAX_SIZE=str(self.pool_max_size),
             # The agent's own overhead; what long-term memory adds is bench_memory.py's to measure.
             AGENTCTL_MEMORY__ENABLED="false",

@@ -177,11 +177,27 @@ def main() -> int:
                 server.start()
                 server.wait_until_ready(timeout=120)
                 report["chat"][label] = asyncio.run(measure_chat(options, server.base_url, chat_users, label))
+                if memory_on:  # how many recalls kept to their time budget, by the server's own count
+                    report["chat"][label]["recalls_by_outcome"] = recalls_by_outcome(server.base_url)
                 report["chat"][label]["exit_code_after_sigterm"] = server.stop()
         report["verdict"] = verdict(report, options)
     finally:
         release(servers, database, key_prefix, data_dir, keep_data=options.keep_data)
     return save_and_print(report, Path(f"{base}.json"), print_report)
+
+
+def recalls_by_outcome(base_url: str) -> dict[str, float]:
+    """agentctl_memory_recalls_total by outcome, summed over the workers, from the server's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    exposition = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "agentctl_memory_recalls_total"
+    }
 
 
 def _parse_arguments() -> argparse.Namespace:
