@@ -34,7 +34,8 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## Local services the tests use: Redis (PostgreSQL is embedded), and promtool for compose/'s alert rules.
+## Local services the tests use: Redis (PostgreSQL is embedded), promtool for compose/'s alert rules, and tmux,
+## the terminal the interactive `agentctl chat` tests type into.
 services: | $(BIN)/python
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(REDIS_PORT)), 1)" 2>/dev/null \
 	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
@@ -42,6 +43,8 @@ services: | $(BIN)/python
 	     sleep 0.5; }
 	@command -v promtool >/dev/null \
 	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
+	@command -v tmux >/dev/null \
+	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends tmux; }
 
 ## Regenerate the README's configuration table from the settings.
 docs: $(VENV)/.installed

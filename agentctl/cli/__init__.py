@@ -8,6 +8,7 @@ import typer
 from typer.core import TyperGroup
 
 from agentctl import __version__
+from agentctl.cli import chat as chat_commands
 from agentctl.cli import config as config_commands
 from agentctl.cli import eval as eval_commands
 from agentctl.cli import llm as llm_commands
@@ -46,6 +47,7 @@ app = typer.Typer(
 app.command(name="serve")(serve_commands.serve)
 app.command(name="migrate")(migrate_commands.migrate)
 app.command(name="models")(models_commands.models)
+app.command(name="chat")(chat_commands.chat)
 app.add_typer(config_commands.app, name="config")
 app.add_typer(llm_commands.app, name="llm")
 app.add_typer(eval_commands.app, name="eval")

@@ -1,0 +1,277 @@
+"""`agentctl chat` as people use it: in a real terminal (tmux) and from scripts, against a real server whose
+model is the simulator."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agentctl.cli.chat_client import ChatClient, Profile, TokenStore
+from server.llm.simulator.process import RunningSimulator
+from tests.cli.conftest import ChatUser
+from tests.cli.terminal import Terminal
+from tests.support import free_port
+
+pytestmark = pytest.mark.slow
+
+# An answer this slow is still being written when the test presses Ctrl-C (300 tokens at 10 per second).
+SLOW_ANSWER = {"tokens_per_second": 10, "answer_tokens": 300}
+PROMPT = r"\n+>$"  # the prompt, waiting, on the last line
+USAGE_LINE = r"· \d+ in \+ \d+ out tokens"
+CODE_ANSWER = "Here it is:\n\n```python\nprint(sum(range(10)))\n```\n\nDone."
+
+
+def open_terminal(user: ChatUser, terminals: list[Terminal], *args: str) -> Terminal:
+    terminal = user.terminal(*args)
+    terminals.append(terminal)
+    return terminal
+
+
+def sign_in(terminal: Terminal, user: ChatUser, password: str) -> None:
+    terminal.wait_for("Email:$")
+    terminal.type(user.email)
+    terminal.wait_for("Password:$")
+    terminal.type(password)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], expected: str) -> None:
+    """Failed with one plain line on stderr saying ``expected``, and no traceback."""
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("agentctl: "), done.stderr
+    assert expected in done.stderr, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_first_use_signs_up_streams_an_answer_and_manages_sessions(
+    user: ChatUser, terminals: list[Terminal], simulator: RunningSimulator
+) -> None:
+    terminal = open_terminal(user, terminals, "--usage")
+    sign_in(terminal, user, user.password)
+    terminal.wait_for(r"Create a new account for .*\? \[y/N\]$")
+    terminal.type("y")
+    terminal.wait_for("Repeat the password:$")
+    terminal.type(user.password)
+    terminal.wait_for(r"Your name \(optional.*:$")
+    terminal.type("Ada")
+    screen = terminal.wait_for(PROMPT)
+    assert user.password not in screen  # never echoed
+    assert "account created" in screen
+    assert "session (unnamed)" in screen
+    assert stat.S_IMODE(user.token_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(user.config_dir.stat().st_mode) == 0o700
+    assert _stored(user).email == user.email
+
+    simulator.configure({"tokens_per_second": 15, "answer_tokens": 40})
+    mark = terminal.mark()
+    terminal.type("Tell me about **lighthouses**")
+    # Streamed: the first words are on the screen while the rest is still coming.
+    while_streaming = terminal.wait_for(r"Tell me about lighthouses \w+", after=mark)
+    assert not re.search(USAGE_LINE, while_streaming)
+    answered = terminal.wait_for(USAGE_LINE + r".*" + PROMPT, after=mark)
+    assert "**" not in answered.split("\n", 1)[1]  # rendered as Markdown, not shown as typed
+
+    mark = terminal.mark()
+    terminal.type("/new")
+    terminal.wait_for(r"new session \(unnamed\) [0-9a-f]{8} · new" + PROMPT, after=mark)
+    mark = terminal.mark()
+    terminal.type("/sessions")
+    table = terminal.wait_for(r"/switch <#, id or name> continues one" + PROMPT, after=mark)
+    rows = [line for line in table.splitlines() if line.strip()[:1] in ("●", "1", "2")]
+    assert len(rows) == 2, table
+    assert rows[0].startswith("●")  # the new one, current, most recent first
+    assert "(unnamed)" in rows[0]
+    assert "Tell me about **lighthouses**" in rows[1]  # named after its first message
+
+    mark = terminal.mark()
+    terminal.type("/switch 2")
+    terminal.wait_for(
+        r"switched to Tell me about \*\*lighthouses\*\* [0-9a-f]{8} · 2 messages so far.*" + PROMPT, after=mark
+    )
+    terminal.type("/rename Lighthouses")
+    terminal.wait_for("renamed to Lighthouses" + PROMPT, after=mark)
+    terminal.type("/history")
+    terminal.wait_for(r"> Tell me about \*\*lighthouses\*\*\nTell me about lighthouses \w+[\s\S]*" + PROMPT, after=mark)
+
+    mark = terminal.mark()
+    terminal.press("Up")  # input history: the last line comes back
+    terminal.wait_for(r"^ /history$", after=mark)
+    terminal.press("C-u")
+    terminal.type("/quit")
+    assert terminal.exit_status() == 0
+    names = [item["name"] for item in user.api.request("GET", "/auth/sessions", token=_access(user)).json()["items"]]
+    assert names == ["Lighthouses", ""]
+
+
+def test_ctrl_c_stops_an_answer_and_the_server_lets_go_of_the_session(
+    user: ChatUser, terminals: list[Terminal], simulator: RunningSimulator
+) -> None:
+    user.signed_in()
+    terminal = open_terminal(user, terminals)
+    terminal.wait_for(PROMPT)
+    simulator.configure(SLOW_ANSWER)
+    mark = terminal.mark()
+    terminal.type("Write me a very long story")
+    terminal.wait_for(r"Write me a very long story \w+ \w+", after=mark)
+    terminal.press("C-c")
+    terminal.wait_for(r"· cancelled\n" + PROMPT, after=mark)
+    assert "/api/v1/chatbot/cancel" in user.api.server.output()  # told, not merely hung up on
+
+    simulator.configure({})
+    mark = terminal.mark()
+    terminal.type("And now a short one")  # the session is free again: no "busy"
+    answer = terminal.wait_for(r"And now a short one \w+[\s\S]*" + PROMPT, after=mark)
+    assert "busy" not in answer
+    history = user.api.request("GET", "/chatbot/messages", token=_session_token(user)).json()["messages"]
+    assert [(m["role"], m.get("status")) for m in history][:2] == [("user", None), ("assistant", "interrupted")]
+
+    terminal.press("C-c")  # at an empty prompt: leaves
+    assert terminal.exit_status() == 0
+
+
+def test_code_blocks_tool_calls_and_a_question_from_the_agent(
+    user: ChatUser, terminals: list[Terminal], simulator: RunningSimulator
+) -> None:
+    user.signed_in()
+    simulator.configure({"script": [{"match": "show me code", "content": CODE_ANSWER}]})
+    terminal = open_terminal(user, terminals)
+    terminal.wait_for(PROMPT)
+    mark = terminal.mark()
+    terminal.type("show me code")
+    shown = terminal.wait_for(r"print\(sum\(range\(10\)\)\)[\s\S]*Done\." + PROMPT, after=mark)
+    assert "```" not in shown  # a rendered code block, not the fences
+
+    mark = terminal.mark()
+    terminal.type('call:ask_human {"question": "Which city?"}')
+    asked = terminal.wait_for(r"\? Which city\?\n+answer>$", after=mark)
+    assert '⚙ ask_human {"question": "Which city?"}' in asked  # the tool call, as a side line
+    terminal.type("Lisbon")
+    terminal.wait_for(r"↳ ask_human: Lisbon\n[\s\S]*Tool results: ask_human: Lisbon[\s\S]*" + PROMPT, after=mark)
+    terminal.press("C-d")
+    assert terminal.exit_status() == 0
+
+
+def test_a_wrong_password_and_then_a_rate_limit_end_with_one_line(user: ChatUser, terminals: list[Terminal]) -> None:
+    user.register()
+    terminal = open_terminal(user, terminals)
+    sign_in(terminal, user, "not the password 1")
+    terminal.wait_for(r"wrong password, or no account .*\n.*\[y/N\]$")
+    mark = terminal.mark()
+    terminal.type("n")  # asked once; the next attempts only ask for the password again
+    for _ in range(2):
+        terminal.wait_for("Password:$", after=mark)
+        mark = terminal.mark()
+        terminal.type("still not it 1")
+    assert terminal.exit_status() == 1
+    screen = terminal.wait_for(r"agentctl: wrong email or password\n")
+    assert "Traceback" not in screen
+    assert screen.count("[y/N]") == 1
+
+    for _ in range(2):  # the fourth and fifth attempts of the minute for this email: the next one is refused
+        user.api.request("POST", "/auth/login", json={"email": user.email, "password": "guess 1"})
+    terminal = open_terminal(user, terminals)
+    sign_in(terminal, user, user.password)
+    assert terminal.exit_status() == 1
+    screen = terminal.wait_for(r"agentctl: rate limited by the server: try again in \d+ s\n")
+    assert "Traceback" not in screen
+    assert not user.token_file.exists()
+
+
+def test_one_message_from_an_option_a_pipe_or_as_json(user: ChatUser) -> None:
+    user.signed_in()
+    done = user.run("-m", "Describe **the sea**")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Describe **the sea** ")  # the text as written: Markdown is for terminals
+    assert done.stdout.endswith(".\n")
+    assert done.stderr == ""
+
+    done = user.run(stdin="A question from a pipe\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("A question from a pipe ")
+
+    done = user.run("--json", "-m", 'call:calculator {"expression": "6*7"}')
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert "calculator: 42" in answer["answer"]
+    assert [(call["name"], call["result"]) for call in answer["tool_calls"]] == [("calculator", "42")]
+    assert answer["usage"]["output_tokens"] > 0
+    assert answer["latency_ms"] > 0
+    # All three went on in the same session: the last one used.
+    assert answer["session_name"] == "Describe **the sea**"
+    assert answer["session_id"] == _stored(user).last_session_id
+
+    refresh_token = _stored(user).refresh_token
+    done = user.run("--logout")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"signed out of {user.server_url}\n"
+    assert user.stored() is None
+    assert user.api.request("POST", "/auth/refresh", json={"refresh_token": refresh_token}).status_code == 401
+
+
+def test_memory_use_shows_as_a_side_line(user: ChatUser) -> None:
+    user.signed_in()
+    assert user.run("-m", "I live in Lisbon.").returncode == 0
+    deadline = time.monotonic() + 20
+    while not user.api.request("GET", "/memories", token=_access(user)).json()["memories"]:
+        assert time.monotonic() < deadline, "the memory was never written"
+        time.sleep(0.2)
+    done = user.run("-m", "Where do I live? Lisbon")
+    assert done.returncode == 0, done.stderr
+    assert "· recalled 1 memory: I live in Lisbon." in done.stderr
+
+
+def test_errors_are_one_line_and_a_non_zero_exit(user: ChatUser, busy_session: str) -> None:
+    one_line_error(user.run("-m", "hello", "--server", f"http://127.0.0.1:{free_port()}"), "cannot reach")
+    one_line_error(user.run("-m", "hello", "--session", busy_session), "is busy answering another message")
+    done = user.run("-m", "hello", "--session", busy_session, "--json")
+    one_line_error(done, "busy")
+    assert json.loads(done.stdout)["error"]["type"] == "turn-in-progress"
+
+
+def test_an_expired_access_token_is_renewed_and_saved(user: ChatUser) -> None:
+    before = user.signed_in(access_token="expired", access_expires_at="2000-01-01T00:00:00+00:00")
+    done = user.run("-m", "hello again")
+    assert done.returncode == 0, done.stderr
+    after = _stored(user)
+    assert after.email == user.email
+    assert after.access_token != "expired"
+    assert after.refresh_token != before.refresh_token
+    assert after.access_expires_at > time.strftime("%Y-%m-%dT%H:%M:%S")
+    # Refresh tokens are single-use: the old one is spent, the saved one works.
+    spent = user.api.request("POST", "/auth/refresh", json={"refresh_token": before.refresh_token})
+    assert spent.status_code == 401
+    assert stat.S_IMODE(user.token_file.stat().st_mode) == 0o600
+
+
+@pytest.fixture
+def busy_session(user: ChatUser, simulator: RunningSimulator) -> Iterator[str]:
+    """The id of a session of the signed-in user, in the middle of a slow answer to another client."""
+    user.signed_in()
+    simulator.configure(SLOW_ANSWER)
+    with ChatClient(user.server_url, TokenStore(user.config_dir)) as other_client:
+        session = other_client.new_session()
+        with other_client.stream_turn("a long answer please") as events:
+            next(events)  # the first token: the turn holds the session until this client hangs up
+            yield session.id
+
+
+def _stored(user: ChatUser) -> Profile:
+    profile = user.stored()
+    assert profile is not None, "not signed in"
+    return profile
+
+
+def _access(user: ChatUser) -> str:
+    return _stored(user).access_token
+
+
+def _session_token(user: ChatUser) -> str:
+    profile = _stored(user)
+    issued = user.api.request("POST", f"/auth/session/{profile.last_session_id}/token", token=profile.access_token)
+    return issued.json()["token"]["access_token"]
