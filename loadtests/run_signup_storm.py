@@ -198,11 +198,9 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def environment(self) -> dict[str, str]:
-        environ = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith("AGENTCTL_") and key not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY")
-        }
+        from agentctl.cli.loadtest import environment_without_settings
+
+        environ = environment_without_settings()
         environ.update(
             AGENTCTL_ENV="test",
             AGENTCTL_DATA_DIR=str(self.data_dir),
@@ -217,18 +215,9 @@ class Server:
         return environ
 
     def start(self) -> None:
-        log = self.log_path.open("wb")
-        command = [sys.executable, "-m", "agentctl", "serve", "--workers", str(self.workers), "--port", str(self.port)]
-        # cwd is the data dir so that no .env of the repository changes the settings under test.
-        self.process = subprocess.Popen(
-            command,
-            cwd=self.data_dir,
-            env=self.environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        from agentctl.cli.loadtest import start_serve
+
+        self.process = start_serve(self.data_dir, self.port, self.workers, self.environment(), self.log_path)
 
     def wait_until_ready(self, timeout: float) -> None:
         assert self.process is not None

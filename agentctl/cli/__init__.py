@@ -12,6 +12,7 @@ from agentctl.cli import chat as chat_commands
 from agentctl.cli import config as config_commands
 from agentctl.cli import eval as eval_commands
 from agentctl.cli import llm as llm_commands
+from agentctl.cli import loadtest as loadtest_commands
 from agentctl.cli import migrate as migrate_commands
 from agentctl.cli import models as models_commands
 from agentctl.cli import serve as serve_commands
@@ -48,6 +49,7 @@ app.command(name="serve")(serve_commands.serve)
 app.command(name="migrate")(migrate_commands.migrate)
 app.command(name="models")(models_commands.models)
 app.command(name="chat")(chat_commands.chat)
+app.command(name="loadtest", cls=loadtest_commands.LoadTestCommand)(loadtest_commands.loadtest)
 app.add_typer(config_commands.app, name="config")
 app.add_typer(llm_commands.app, name="llm")
 app.add_typer(eval_commands.app, name="eval")

@@ -1,0 +1,333 @@
+"""How many users one deployment holds: `agentctl loadtest --simulate` in three set-ups, with their targets.
+
+    .venv/bin/python loadtests/bench_loadtest.py overhead     [--no-profile]
+    .venv/bin/python loadtests/bench_loadtest.py concurrency
+    .venv/bin/python loadtests/bench_loadtest.py soak
+
+- overhead: the simulator answers instantly, `serve --workers 2`, 50 users with no think time, 60 s.
+  Targets: at least 150 turns/s, turn p99 under 100 ms, on this 2-core machine, load generator included.
+  With the profile (default on), py-spy samples the busiest server worker for 20 s in the middle of the run.
+- concurrency: 1,500 users spawned at 50/s, the simulator at 300 ms to first token and 100 tokens/s, 3 minutes.
+  Targets: 100% success apart from deliberate 429s, p99 time to first token under 1 s; memory at start and end.
+- soak: 30 minutes at moderate load (50 users, 1-3 s think time, 100 ms to first token). Reports memory growth
+  per hour (a line fitted to the server's RSS after the first tenth) and error drift (error rate in the last
+  third of the run against the first).
+
+Every option of a mode can be reduced for a trial (--users, --duration, ...). The run itself is `agentctl
+loadtest` (its report and Locust's HTML in its own folder under loadtests/results/); this script adds the
+machine's CPU use, the profile and the mode's verdict, and writes results/bench-loadtest-<mode>-<time>.json.
+Long-term memory is off unless --memory: these measure the chat path (bench_memory.py measures memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+LOADTESTS = Path(__file__).resolve().parent
+REPO = LOADTESTS.parent
+sys.path.insert(0, str(REPO))
+
+# Shared with the other benchmarks: CPU from /proc, the report's JSON, and the profile's categories.
+from bench_chat import THREAD_WAITING, _frame_name, _read_collapsed, _work_frames, categorize  # noqa: E402
+from run_signup_storm import _busy_cpu_seconds, _descendants, _process_table, save_and_print  # noqa: E402
+
+RAISED = "100000000/hour"
+MODES: dict[str, dict[str, Any]] = {
+    "overhead": {
+        "users": 50, "spawn_rate": 50, "duration": "60s", "ttft": 0, "tps": 0, "processes": 0,
+        "think_time": "0", "weights": {"chat": 1, "stream": 1, "history": 0, "new_session": 0.05},
+        # 50 users with no think time send far more than 100 chats a minute each: the limits are not the subject.
+        "server_env": {"AGENTCTL_RATELIMIT__CHAT": RAISED, "AGENTCTL_RATELIMIT__DEFAULT": RAISED},
+    },
+    "concurrency": {
+        "users": 1500, "spawn_rate": 50, "duration": "3m", "ttft": 300, "tps": 100, "processes": 1,
+        "think_time": "15-45", "weights": {"chat": 3, "stream": 6, "history": 1, "new_session": 0.2},
+        "server_env": {},  # the production limits: their 429s are the deliberate ones
+    },
+    "soak": {
+        "users": 50, "spawn_rate": 5, "duration": "30m", "ttft": 100, "tps": 100, "processes": 0,
+        "think_time": "1-3", "weights": {"chat": 3, "stream": 6, "history": 1, "new_session": 0.2},
+        "server_env": {"AGENTCTL_RATELIMIT__CHAT": RAISED, "AGENTCTL_RATELIMIT__DEFAULT": RAISED},
+    },
+}  # fmt: skip
+TURNS = ("POST /api/v1/chatbot/chat", "POST /api/v1/chatbot/chat/stream")
+
+
+def main() -> int:
+    options = _parse_arguments()
+    mode = MODES[options.mode]
+    stamp = datetime.datetime.now(tz=datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    results_dir = Path(options.results_dir).resolve()
+    runs_dir = results_dir / f"bench-loadtest-{options.mode}-{stamp}"
+    command = _loadtest_command(options, mode, runs_dir)
+    print(f"{options.mode}: {' '.join(command[2:])}", flush=True)
+    load_before = [round(value, 2) for value in os.getloadavg()]
+    busy_before, began = _busy_cpu_seconds(), time.monotonic()
+    process = subprocess.Popen(command, cwd=REPO, start_new_session=True)
+    profile: dict[str, Any] = {}
+    try:
+        if options.mode == "overhead" and options.profile:
+            profile = profile_busiest_worker(runs_dir, options.profile_after, options.profile_seconds)
+        exit_code = process.wait()
+    finally:
+        if process.poll() is None:  # interrupted: the CLI tears its server down on SIGTERM
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+    wall = time.monotonic() - began
+    busy = _busy_cpu_seconds() - busy_before
+    reports = sorted(runs_dir.glob("loadtest-*/report.json"))
+    if not reports:
+        print(f"agentctl loadtest wrote no report (exit {exit_code})")
+        return 1
+    run = json.loads(reports[-1].read_text())
+    cores = os.cpu_count() or 1
+    summary = {
+        "benchmark": f"agentctl loadtest: {options.mode}",
+        "command": " ".join(command[2:]),
+        "date": run["date"],
+        "machine": {
+            "cores": cores,
+            "load_average_before": load_before,
+            "busy_percent_of_all_cores_during_run": round(100 * busy / (wall * cores), 1),
+        },
+        "loadtest_exit_code": exit_code,
+        "loadtest_report": str(reports[-1]),
+        "results": MODE_RESULTS[options.mode](run, options),
+        "profile": profile,
+    }
+    summary["verdict"] = {"checks": summary["results"].pop("checks"), "pass": False}
+    summary["verdict"]["pass"] = all(summary["verdict"]["checks"].values())
+    return save_and_print(summary, results_dir / f"bench-loadtest-{options.mode}-{stamp}.json", print_summary)
+
+
+def _parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=sorted(MODES))
+    for name in ("users", "spawn_rate", "duration", "ttft", "tps", "processes", "think_time"):
+        parser.add_argument(f"--{name.replace('_', '-')}", default=None, help="Override the mode's value.")
+    parser.add_argument("--server-workers", type=int, default=2, help="Worker processes of the server.")
+    parser.add_argument("--memory", action="store_true", help="Keep long-term memory on (off by default).")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="overhead: skip py-spy.")
+    parser.add_argument("--profile-after", type=float, default=20.0, help="Seconds into the run py-spy starts.")
+    parser.add_argument("--profile-seconds", type=int, default=20, help="How long py-spy samples.")
+    parser.add_argument("--results-dir", default=str(LOADTESTS / "results"), help="Where the reports go.")
+    options = parser.parse_args()
+    for name in ("users", "spawn_rate", "duration", "ttft", "tps", "processes", "think_time"):
+        if getattr(options, name) is None:
+            setattr(options, name, MODES[options.mode][name])
+    return options
+
+
+def _loadtest_command(options: argparse.Namespace, mode: dict[str, Any], runs_dir: Path) -> list[str]:
+    server_env = {**mode["server_env"], **({} if options.memory else {"AGENTCTL_MEMORY__ENABLED": "false"})}
+    scenario = ["--think-time", str(options.think_time)]
+    for action, weight in mode["weights"].items():
+        scenario += [f"--{action.replace('_', '-')}-weight", str(weight)]
+    return [
+        sys.executable, "-m", "agentctl", "loadtest", "--simulate",
+        "--users", str(options.users), "--spawn-rate", str(options.spawn_rate), "--duration", str(options.duration),
+        "--ttft", str(options.ttft), "--tps", str(options.tps), "--processes", str(options.processes),
+        "--server-workers", str(options.server_workers), "--results-dir", str(runs_dir),
+        *(item for name, value in server_env.items() for item in ("--server-env", f"{name}={value}")),
+        "--", *scenario,
+    ]  # fmt: skip
+
+
+# --- the mode's results --------------------------------------------------------------------------------------
+
+
+def _endpoint(run: dict[str, Any], name: str) -> dict[str, Any]:
+    return next((entry for entry in run["requests"]["endpoints"] if entry["name"] == name), {})
+
+
+def _turn_p99(run: dict[str, Any]) -> float | None:
+    values = [_endpoint(run, name).get("latency_ms", {}).get("p99") for name in TURNS]
+    return max((value for value in values if value is not None), default=None)
+
+
+def overhead_results(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
+    total = run["requests"]["total"]
+    turn_p99 = _turn_p99(run)
+    return {
+        "turns_per_second": total["turns_per_second"],
+        "turns": total["turns"],
+        "turn_latency_ms": {name: _endpoint(run, name).get("latency_ms") for name in TURNS},
+        "success_percent": total["success_percent"],
+        "cpu_seconds": {"locust": run["load_generator"]["cpu_seconds"], **run["server"].get("cpu_seconds", {})},
+        "server_counters": run["server"]["counter_deltas"],
+        "checks": {
+            "at least 150 turns/s": (total["turns_per_second"] or 0) >= 150,
+            "turn p99 < 100 ms": turn_p99 is not None and turn_p99 < 100,
+        },
+    }
+
+
+def concurrency_results(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
+    total = run["requests"]["total"]
+    failures_by_cause: collections.Counter[str] = collections.Counter()
+    for endpoint in run["requests"]["endpoints"]:
+        failures_by_cause.update(endpoint["failures_by_cause"])
+    failures_by_cause.update(run["requests"]["late_failures_by_cause"])
+    deliberate = sum(count for cause, count in failures_by_cause.items() if cause.startswith("HTTP 429"))
+    other = total["failures"] - deliberate
+    ttft = run["requests"]["time_to_first_token_ms"]
+    ttft_p99 = max((entry["p99"] for entry in ttft if entry["p99"] is not None), default=None)
+    return {
+        "requests": total["requests"],
+        "failures_apart_from_429": other,
+        "deliberate_429s": deliberate,
+        "success_percent_apart_from_429": round(100 * (1 - other / total["requests"]), 3)
+        if total["requests"]
+        else None,
+        "failures_by_cause": dict(failures_by_cause.most_common()),
+        "time_to_first_token_ms": ttft,
+        "turns_per_second": total["turns_per_second"],
+        "server_memory_mb": {key: run["server"].get("memory_mb", {}).get(key) for key in ("start", "end")},
+        "server_counters": run["server"]["counter_deltas"],
+        "checks": {
+            "100% success apart from 429s": total["requests"] > 0 and other == 0,
+            "p99 time to first token < 1 s": ttft_p99 is not None and ttft_p99 < 1000,
+        },
+    }
+
+
+def soak_results(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
+    samples = run["server"].get("memory_mb", {}).get("samples", [])
+    settled = samples[len(samples) // 10 :]
+    growth = _slope(settled) * 3600 if len(settled) >= 3 else None
+    history = _error_history(Path(run["files"]["csv_prefix"] + "_stats_history.csv"))
+    third = len(history) // 3
+    first = _error_percent(history[:third])
+    last = _error_percent(history[-third:]) if third else None
+    return {
+        "memory_mb": {"start": samples[0][1] if samples else None, "end": samples[-1][1] if samples else None},
+        "memory_growth_mb_per_hour": None if growth is None else round(growth, 1),
+        "error_percent_first_third": first,
+        "error_percent_last_third": last,
+        "success_percent": run["requests"]["total"]["success_percent"],
+        "turns_per_second": run["requests"]["total"]["turns_per_second"],
+        "checks": {
+            "no error drift (last third's error rate not above the first's + 0.1 point)": first is not None
+            and last is not None
+            and last <= first + 0.1,
+            "memory measured": growth is not None,
+        },
+    }
+
+
+MODE_RESULTS = {"overhead": overhead_results, "concurrency": concurrency_results, "soak": soak_results}
+
+
+def _slope(points: list[list[float]]) -> float:
+    """Least-squares slope of (seconds, MB) points: MB per second."""
+    count = len(points)
+    mean_x = sum(x for x, _ in points) / count
+    mean_y = sum(y for _, y in points) / count
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+
+
+def _error_history(path: Path) -> list[tuple[float, float]]:
+    """(requests/s, failures/s) of each second of the run, from Locust's aggregated stats history."""
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as file:
+        return [
+            (float(row["Requests/s"] or 0), float(row["Failures/s"] or 0))
+            for row in csv.DictReader(file)
+            if row["Name"] == "Aggregated"
+        ]
+
+
+def _error_percent(rows: list[tuple[float, float]]) -> float | None:
+    requests = sum(rate for rate, _ in rows)
+    return round(100 * sum(failures for _, failures in rows) / requests, 3) if requests else None
+
+
+# --- the profile ---------------------------------------------------------------------------------------------
+
+
+def profile_busiest_worker(runs_dir: Path, after: float, seconds: int) -> dict[str, Any]:
+    """py-spy on the server worker that used the most CPU, ``after`` seconds into the run, for ``seconds``."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        return {"skipped": "py-spy is not installed (.venv/bin/pip install py-spy)"}
+    deadline = time.monotonic() + 180
+    pid_files: list[Path] = []
+    while not pid_files and time.monotonic() < deadline:
+        pid_files = list(runs_dir.glob("loadtest-*/server.pid"))
+        time.sleep(0.5)
+    if not pid_files:
+        return {"skipped": "the server's pid never appeared"}
+    serve = int(pid_files[0].read_text())
+    time.sleep(after)
+    table = _process_table()
+    workers = [pid for pid in _descendants(table, serve) if pid != serve and "python" in table[pid][1]]
+    if not workers:
+        return {"skipped": "no worker process found"}
+    busiest = max(workers, key=lambda pid: table[pid][2])
+    path = pid_files[0].parent / "pyspy-worker.txt"
+    rate = 200
+    done = subprocess.run(
+        [pyspy, "record", "--pid", str(busiest), "--rate", str(rate), "--duration", str(seconds), "--nonblocking",
+         "--format", "raw", "--full-filenames", "--nolineno", "-o", str(path)],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )  # fmt: skip
+    samples = _read_collapsed(path)
+    by_category: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    for stack, count in samples.items():
+        by_category[categorize(stack)] += count
+        frames = _work_frames(stack)
+        if frames and not frames[-1].startswith("_worker ("):
+            leaves[_frame_name(frames[-1])] += count
+    parked = by_category.pop(THREAD_WAITING, 0)
+    active = (sum(samples.values()) - parked) or 1
+    return {
+        "worker_pid": busiest,
+        "seconds": seconds,
+        "rate": rate,
+        "samples": active,
+        "collapsed_stacks": str(path),
+        "py_spy_exit_code": done.returncode,
+        "categories": [
+            {"category": name, "percent": round(100 * count / active, 1)} for name, count in by_category.most_common()
+        ],
+        "top_leaves": [{"frame": name, "percent": round(100 * n / active, 1)} for name, n in leaves.most_common(15)],
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print()
+    print(f"  {summary['benchmark']}: {summary['command']}")
+    machine = summary["machine"]
+    print(
+        f"  machine: {machine['cores']} cores, load average before {machine['load_average_before']}, "
+        f"{machine['busy_percent_of_all_cores_during_run']}% busy during the run"
+    )
+    for name, value in summary["results"].items():
+        print(f"  {name}: {json.dumps(value)}")
+    for category in summary["profile"].get("categories", [])[:12]:
+        print(f"  profile {category['percent']:5.1f}%  {category['category']}")
+    for leaf in summary["profile"].get("top_leaves", [])[:8]:
+        print(f"  leaf    {leaf['percent']:5.1f}%  {leaf['frame']}")
+    if "skipped" in summary["profile"]:
+        print(f"  profile skipped: {summary['profile']['skipped']}")
+    for check, passed in summary["verdict"]["checks"].items():
+        print(f"  [{'PASS' if passed else 'FAIL'}] {check}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Chat scenario: users sign up, open a session and chat (streamed and not), read history, start new sessions.
+
+Run it with `agentctl loadtest` (the default scenario), or by hand, as a subprocess — never import Locust
+into agentctl's own process (gevent's monkey-patching stalls asyncio's threads)::
+
+    python -m locust -f loadtests/chat_scenario.py --headless -u 20 -r 5 -t 60s --host http://127.0.0.1:8000
+
+Each user registers once, logs in and opens a session, then loops: pick an action by weight, do it, think.
+A streamed turn is read to its last event; its time to first token is its own Locust entry (request type
+``TTFT``), so Locust aggregates it across worker processes like any request. The scenario's options are
+Locust custom arguments (shown by ``--help``; workers receive the master's), also settable as environment
+variables ``LOCUST_CHAT_WEIGHT`` etc. ``--agentctl-summary PATH`` writes the failures by cause at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from typing import Any
+
+from locust import FastHttpUser, events, task
+from locust.env import Environment
+
+API = "/api/v1"
+REGISTER = "POST /api/v1/auth/register"
+LOGIN = "POST /api/v1/auth/login"
+SESSION = "POST /api/v1/auth/session"
+CHAT = "POST /api/v1/chatbot/chat"
+STREAM = "POST /api/v1/chatbot/chat/stream"
+HISTORY = "GET /api/v1/chatbot/messages"
+TTFT = "TTFT"  # the request type of the time-to-first-token entries
+PASSWORD = "Load-test-password-7"
+ACTIONS = ("chat", "stream", "history", "new_session")
+_WORDS = ("what", "should", "I", "cook", "tonight", "with", "rice", "beans", "and", "a", "few", "tomatoes",
+          "please", "explain", "the", "steps", "then", "suggest", "a", "dessert")  # fmt: skip
+_run_id = uuid.uuid4().hex[:8]
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    for action, default in zip(ACTIONS, (3, 6, 1, 0.2), strict=True):
+        parser.add_argument(
+            f"--{action.replace('_', '-')}-weight",
+            type=float,
+            default=default,
+            env_var=f"LOCUST_{action.upper()}_WEIGHT",
+            help=f"Relative weight of the {action.replace('_', ' ')} action (default {default}).",
+        )
+    parser.add_argument(
+        "--message-words",
+        default="5-40",
+        env_var="LOCUST_MESSAGE_WORDS",
+        help="Words per user message: N or MIN-MAX (default 5-40).",
+    )
+    parser.add_argument(
+        "--think-time",
+        default="1-3",
+        env_var="LOCUST_THINK_TIME",
+        help="Seconds a user waits between actions: S or MIN-MAX (default 1-3; 0 for none).",
+    )
+    parser.add_argument(
+        "--agentctl-summary",
+        default="",
+        include_in_web_ui=False,
+        help="Write the failures by cause, as JSON, to this file when Locust quits (master or standalone).",
+    )
+
+
+def _span(text: str) -> tuple[float, float]:
+    """'3' -> (3, 3); '1-3' -> (1, 3)."""
+    low, _, high = str(text).partition("-")
+    return float(low), float(high or low)
+
+
+@events.test_start.add_listener
+def _check_options(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None:
+        return
+    _span(options.message_words)
+    _span(options.think_time)
+    if sum(getattr(options, f"{action}_weight") for action in ACTIONS) <= 0:
+        raise ValueError("the action weights add up to zero")
+
+
+_workers_seen = 0
+_environment: Environment | None = None
+
+
+@events.init.add_listener
+def _keep_environment(environment: Environment, **_: Any) -> None:
+    global _environment
+    _environment = environment
+
+
+@events.spawning_complete.add_listener
+def _count_workers(**_: Any) -> None:
+    from locust.runners import MasterRunner
+
+    global _workers_seen
+    if _environment is not None and isinstance(_environment.runner, MasterRunner):
+        _workers_seen = max(_workers_seen, _environment.runner.worker_count)
+
+
+@events.quitting.add_listener
+def _write_summary(environment: Environment, **_: Any) -> None:
+    """Failures by cause (exact, unlike the CSV written every second) and how many workers took part."""
+    from locust.runners import WorkerRunner
+
+    options = environment.parsed_options
+    if options is None or not options.agentctl_summary or isinstance(environment.runner, WorkerRunner):
+        return
+    errors = [
+        {"method": error.method, "name": error.name, "error": str(error.error), "occurrences": error.occurrences}
+        for error in environment.stats.errors.values()
+    ]
+    with open(options.agentctl_summary, "w", encoding="utf-8") as file:
+        json.dump({"run_id": _run_id, "workers": _workers_seen, "errors": errors}, file)
+
+
+class ChatUser(FastHttpUser):
+    """One person using the agent: signs up once, then chats in a session, now and then in a new one."""
+
+    session_token = ""
+    user_token = ""
+
+    def wait_time(self) -> float:
+        low, high = _span(self.environment.parsed_options.think_time)
+        return random.uniform(low, high)
+
+    def on_start(self) -> None:
+        email = f"load-{_run_id}-{uuid.uuid4().hex[:12]}@example.com"
+        body = {"email": email, "password": PASSWORD}
+        if self._json_call("POST", "/auth/register", REGISTER, 201, body=body) is None:
+            self.stop()
+            return
+        login = self._json_call("POST", "/auth/login", LOGIN, 200, body=body)
+        if login is None:
+            self.stop()
+            return
+        self.user_token = login["access_token"]
+        self.new_session()
+
+    @task
+    def act(self) -> None:
+        options = self.environment.parsed_options
+        if not self.session_token:
+            self.new_session()
+            return
+        weights = [getattr(options, f"{action}_weight") for action in ACTIONS]
+        getattr(self, random.choices(ACTIONS, weights)[0])()
+
+    def new_session(self) -> None:
+        answer = self._json_call("POST", "/auth/session", SESSION, 201, token=self.user_token)
+        self.session_token = answer["token"]["access_token"] if answer else ""
+
+    def chat(self) -> None:
+        answer = self._json_call("POST", "/chatbot/chat", CHAT, 200, body=self._message(), token=self.session_token)
+        if answer is not None and not answer.get("messages"):
+            self._report_late_failure(CHAT, "answer without messages")
+
+    def history(self) -> None:
+        self._json_call("GET", "/chatbot/messages", HISTORY, 200, token=self.session_token)
+
+    def stream(self) -> None:
+        """A streamed turn, read to its last event; its time to first token goes to its own entry."""
+        began = time.perf_counter()
+        first_token_ms: float | None = None
+        with self.client.request(
+            "POST",
+            f"{API}/chatbot/chat/stream",
+            name=STREAM,
+            json=self._message(),
+            headers={"Authorization": f"Bearer {self.session_token}", "Accept": "text/event-stream"},
+            stream=True,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(_http_failure(response))
+                return
+            event, error, done = "", "", False
+            try:
+                for line in _lines(response):
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        if event == "token" and first_token_ms is None:
+                            first_token_ms = (time.perf_counter() - began) * 1000
+                        elif event == "error":
+                            error = _error_detail(line[5:])
+                        elif event == "done":
+                            done = True
+            except Exception as failure:  # a connection cut mid-stream is a result to count, not a crash
+                error = f"stream cut: {type(failure).__name__}"
+            # Locust timed only the response head; a streamed turn lasts until its last event.
+            response.request_meta["response_time"] = (time.perf_counter() - began) * 1000
+            if error:
+                response.failure(error if error.startswith("stream cut") else f"error event: {error}")
+            elif not done:
+                response.failure("stream ended without a done event")
+            elif first_token_ms is None:
+                response.failure("stream without a token event")
+            else:
+                response.success()
+        if first_token_ms is not None:
+            self.environment.events.request.fire(
+                request_type=TTFT,
+                name=STREAM,
+                response_time=first_token_ms,
+                response_length=0,
+                exception=None,
+                context={},
+            )
+
+    def _message(self) -> dict[str, Any]:
+        low, high = _span(self.environment.parsed_options.message_words)
+        count = random.randint(int(low), max(int(low), int(high)))
+        text = " ".join(random.choices(_WORDS, k=max(1, count)))
+        return {"messages": [{"role": "user", "content": text}]}
+
+    def _json_call(
+        self, method: str, path: str, name: str, expected: int, *, body: Any = None, token: str = ""
+    ) -> dict[str, Any] | None:
+        """One JSON request; a wrong status or a body that is not JSON is a failure, and None."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with self.client.request(
+            method, f"{API}{path}", name=name, json=body, headers=headers, catch_response=True
+        ) as response:
+            if response.status_code != expected:
+                response.failure(_http_failure(response))
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                response.failure("the body is not JSON")
+                return None
+
+    def _report_late_failure(self, name: str, reason: str) -> None:
+        self.environment.events.request.fire(
+            request_type="CHECK", name=name, response_time=0, response_length=0, exception=Exception(reason)
+        )
+
+
+def _lines(response: Any) -> Any:
+    """The lines of a streamed body, as they arrive."""
+    buffer = ""
+    for chunk in response.iter_content(chunk_size=4096):
+        buffer += chunk if isinstance(chunk, str) else chunk.decode("utf-8", "replace")
+        while "\n" in buffer:
+            line, buffer = buffer.split("\n", 1)
+            yield line.rstrip("\r")
+    if buffer:
+        yield buffer
+
+
+def _http_failure(response: Any) -> str:
+    """A failure's cause: its status (or connection error), and the problem+json code when there is one."""
+    if not response.status_code:
+        error = getattr(response, "error", None)
+        return f"connection: {type(error).__name__ if error else 'no response'}"
+    try:
+        code = str(response.json().get("type", "")).rpartition(":")[2]  # urn:agentctl:problem:<code>
+    except Exception:
+        code = ""
+    return f"HTTP {response.status_code}" + (f" {code}" if code else "")
+
+
+def _error_detail(data: str) -> str:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return data.strip()[:100]
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("type") or error.get("code") or error.get("detail"))[:100]
+    return str(parsed)[:100]
