@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,17 +20,16 @@ from loguru import logger
 
 from agentctl.config import AgentSettings
 from server.agent.graph import TurnRecorder
+from server.chat.locks import SessionBusyError, TurnLocks, turn_lock_key
 from server.chat.tables import ChatTurn
 from server.database.engine import Database
-from server.errors import AppError, ConflictError, ServiceUnavailableError
+from server.errors import AppError, ConflictError
 from server.llm.service import ModelStreamError
 from server.memory.service import MemoryService, RememberJob
 from server.observability.metrics import ChatMetrics
-from server.observability.pools import asyncpg_pool_usage
 from server.observability.tracing import TurnTrace, TurnTracer
 
 EventKind = Literal["memory", "token", "tool", "interrupt", "usage", "error", "done"]
-_TURN_LOCK_NAMESPACE = 0x61677400  # advisory-lock key space for turns: "agt\\0"
 _CANCEL_CHANNEL = "agentctl_cancel_turn"
 # Error types of error events and turn records, besides the codes of AppErrors.
 _MODEL_STREAM_FAILED = "model-stream-failed"
@@ -111,11 +109,14 @@ class ChatService:
         The turn runs in its own task and releases the session itself when it ends; whoever watches its
         events can stop watching at any time, which cancels it and keeps what was said so far, marked as
         interrupted."""
-        lock = await self._take_turn_lock(session_id)
+        try:
+            await self._locks.take(session_id)
+        except SessionBusyError:
+            raise TurnInProgressError() from None
         events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
         recorder = TurnRecorder(user_name=user_name, streaming=streaming)
         task = asyncio.create_task(
-            self._run_holding(lock, events, uuid.uuid4(), owner_id, session_id, text, recorder),
+            self._run_holding(events, uuid.uuid4(), owner_id, session_id, text, recorder),
             name=f"turn-{session_id}",
         )
         self._running[session_id] = _RunningTurn(task=task, events=events)
@@ -123,7 +124,6 @@ class ChatService:
 
     async def _run_holding(
         self,
-        lock: asyncpg.pool.PoolConnectionProxy,
         events: asyncio.Queue[TurnEvent | None],
         turn_id: uuid.UUID,
         owner_id: uuid.UUID,
@@ -146,14 +146,14 @@ class ChatService:
                 self._memory.remember(RememberJob(owner_id, session_id, turn_id, text))
             if (running := self._running.get(session_id)) is not None and running.events is events:
                 del self._running[session_id]
-            await self._release_turn_lock(lock, session_id)
+            await self._locks.release(session_id)
 
     async def cancel(self, session_id: uuid.UUID) -> bool:
         """Stop the session's running turn, in whichever worker or replica runs it; True if one was running."""
         if self._cancel_here(session_id):
             return True
         async with self._database.engine.pool.acquire() as connection:
-            key = (_TURN_LOCK_NAMESPACE, _lock_key(session_id))
+            key = turn_lock_key(session_id)
             if await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
                 await connection.execute("SELECT pg_advisory_unlock($1, $2)", *key)
                 return False  # nobody holds the turn lock: no turn is running anywhere
@@ -312,43 +312,14 @@ class ChatService:
         return turn
 
     async def open(self) -> None:
-        """Turn locks get connections of their own: a turn holds its lock connection while it runs and needs
-        the main pool meanwhile (checks, the turn record), so sharing one pool deadlocked at pool-size turns."""
-        settings = self._database.settings
-        self._lock_pool = await asyncpg.create_pool(
-            self._database.url,
-            min_size=0,
-            max_size=settings.pool_max_size,
-            timeout=settings.connect_timeout_seconds,
-            max_inactive_connection_lifetime=settings.max_idle_seconds,
-        )
+        self._locks = TurnLocks(self._database.url, self._database.settings)
+        await self._locks.open()
 
     async def close(self) -> None:
-        await self._lock_pool.close()
+        await self._locks.close()
 
     def lock_pool_usage(self) -> tuple[int, int]:
-        return asyncpg_pool_usage(self._lock_pool)
-
-    async def _take_turn_lock(self, session_id: uuid.UUID) -> asyncpg.pool.PoolConnectionProxy:
-        """A session-level advisory lock held for the turn: every worker and replica sees it; a crashed
-        worker's connection closes and the lock goes with it."""
-        try:
-            connection = await self._lock_pool.acquire(timeout=self._database.settings.connect_timeout_seconds)
-        except TimeoutError:
-            raise ServiceUnavailableError("this worker is answering as many turns as it can; try again") from None
-        key = _lock_key(session_id)
-        if not await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", _TURN_LOCK_NAMESPACE, key):
-            await self._lock_pool.release(connection)
-            raise TurnInProgressError()
-        return connection
-
-    async def _release_turn_lock(self, connection: asyncpg.pool.PoolConnectionProxy, session_id: uuid.UUID) -> None:
-        try:
-            await asyncio.shield(
-                connection.execute("SELECT pg_advisory_unlock($1, $2)", _TURN_LOCK_NAMESPACE, _lock_key(session_id))
-            )
-        finally:
-            await self._lock_pool.release(connection)
+        return self._locks.usage()
 
     async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
         state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
@@ -359,10 +330,6 @@ class ChatService:
         checkpointer = self._agent.checkpointer
         if checkpointer is not None:
             await checkpointer.adelete_thread(str(session_id))  # type: ignore[union-attr]
-
-
-def _lock_key(session_id: uuid.UUID) -> int:
-    return zlib.crc32(session_id.bytes) - 2**31  # into PostgreSQL's int4 range
 
 
 def _usage_of(turn: ChatTurn) -> dict[str, Any]:
