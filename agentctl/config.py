@@ -573,6 +573,16 @@ def _resolve_model_keys(merged: dict[str, Any], sources: dict[str, str], variabl
             sources[f"llm.models.{name}.api_key"] = f"environment {spec['api_key_env']}"
 
 
+def environment_without_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` less every variable agentctl reads as a setting: a process started for a test or a load test is
+    configured by its starter alone, not by whatever the caller's shell exports."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if not key.startswith(ENV_PREFIX) and key not in CONVENTIONAL_VARIABLES
+    }
+
+
 def export_for_child_processes(values: Mapping[str, Any], *, environ: dict[str, str] | None = None) -> None:
     """Write nested setting values as AGENTCTL_ variables so that worker processes resolve the same settings."""
     target = os.environ if environ is None else environ

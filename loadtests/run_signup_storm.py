@@ -198,9 +198,9 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     def environment(self) -> dict[str, str]:
-        from agentctl.cli.loadtest import environment_without_settings
+        from agentctl.config import environment_without_settings
 
-        environ = environment_without_settings()
+        environ = environment_without_settings(os.environ)
         environ.update(
             AGENTCTL_ENV="test",
             AGENTCTL_DATA_DIR=str(self.data_dir),

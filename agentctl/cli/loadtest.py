@@ -30,6 +30,8 @@ import httpx
 import typer
 from typer.core import TyperCommand
 
+from agentctl.config import environment_without_settings
+
 DEFAULT_SCENARIO = "chat"
 SCENARIO_FILES = {"chat": "chat_scenario.py"}
 # One IP sends every sign-up and login of a load test; the production limits (10 sign-ups an hour) would
@@ -265,7 +267,7 @@ class SimulatedDeployment:
 
     def environment(self) -> dict[str, str]:
         """This process's environment without agentctl's settings, then the simulator, raised limits, extras."""
-        environ = environment_without_settings()
+        environ = environment_without_settings(os.environ)
         environ.update(
             AGENTCTL_DATA_DIR=str(self.data_dir),
             AGENTCTL_LLM__BASE_URL=self.model_url,
@@ -337,16 +339,6 @@ def start_serve(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def environment_without_settings() -> dict[str, str]:
-    """This process's environment less every variable agentctl reads as a setting: a server started for a load
-    test must be configured by the test alone, not by whatever the caller's shell exports."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("AGENTCTL_") and key not in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY")
-    }
 
 
 def _process_tree(root: int) -> set[int]:
