@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 # An answer this slow is still being written when the test presses Ctrl-C (300 tokens at 10 per second).
 SLOW_ANSWER = {"tokens_per_second": 10, "answer_tokens": 300}
 PROMPT = r"\n+>$"  # the prompt, waiting, on the last line
+ANYTHING = r"[\s\S]*"  # across lines
 USAGE_LINE = r"· \d+ in \+ \d+ out tokens"
 CODE_ANSWER = "Here it is:\n\n```python\nprint(sum(range(10)))\n```\n\nDone."
 
@@ -275,3 +276,54 @@ def _session_token(user: ChatUser) -> str:
     profile = _stored(user)
     issued = user.api.request("POST", f"/auth/session/{profile.last_session_id}/token", token=profile.access_token)
     return issued.json()["token"]["access_token"]
+
+
+def test_memory_forget_clear_and_help_at_the_prompt(user: ChatUser, terminals: list[Terminal]) -> None:
+    user.signed_in()
+    for fact in ("I live in Lisbon.", "My cat is called Miso."):
+        assert user.run("-m", fact).returncode == 0
+    deadline = time.monotonic() + 20
+    while len(user.api.request("GET", "/memories", token=_access(user)).json()["memories"]) < 2:
+        assert time.monotonic() < deadline, "the memories were never written"
+        time.sleep(0.2)
+
+    terminal = open_terminal(user, terminals)
+    terminal.wait_for(PROMPT)
+    mark = terminal.mark()
+    terminal.type("/help")
+    helped = terminal.wait_for(r"/quit" + ANYTHING + PROMPT, after=mark)
+    for command in ("/new", "/sessions", "/switch", "/rename", "/history", "/memory", "/forget", "/clear"):
+        assert command in helped
+
+    mark = terminal.mark()
+    terminal.type("/memory")
+    listed = terminal.wait_for(r"/forget <id> forgets one" + ANYTHING + PROMPT, after=mark)
+    assert "Lisbon" in listed
+    assert "Miso" in listed
+    memories = user.api.request("GET", "/memories", token=_access(user)).json()["memories"]
+    lisbon = next(item for item in memories if "Lisbon" in item["memory"])
+
+    mark = terminal.mark()
+    terminal.type(f"/forget {lisbon['id'][:8]}")
+    terminal.wait_for(f"forgot {lisbon['id'][:8]}" + ANYTHING + PROMPT, after=mark)
+    remaining = user.api.request("GET", "/memories", token=_access(user)).json()["memories"]
+    assert [item["memory"] for item in remaining] == ["My cat is called Miso."]
+
+    mark = terminal.mark()
+    terminal.type("/forget all")
+    terminal.wait_for(r"Forget everything .*\[y/N\]\s*$", after=mark)
+    terminal.type("y")
+    terminal.wait_for(r"forgot 1 memory" + ANYTHING + PROMPT, after=mark)
+    assert user.api.request("GET", "/memories", token=_access(user)).json()["memories"] == []
+
+    terminal.type("remember this exchange")
+    mark = terminal.mark()
+    terminal.wait_for(PROMPT, after=mark)
+    session_token = _session_token(user)
+    assert user.api.request("GET", "/chatbot/messages", token=session_token).json()["messages"]
+    mark = terminal.mark()
+    terminal.type("/clear")
+    terminal.wait_for(r"conversation is forgotten" + ANYTHING + PROMPT, after=mark)
+    assert user.api.request("GET", "/chatbot/messages", token=session_token).json()["messages"] == []
+    terminal.type("/quit")
+    assert terminal.exit_status() == 0
