@@ -15,7 +15,6 @@ from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMe
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
@@ -44,6 +43,9 @@ class TurnRecorder:
     steps: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
+    # Where token and tool events go as they happen: the turn's own event queue. Handing them over directly
+    # rather than through LangGraph's custom stream saves a hop of its stream machinery per token.
+    emit: Callable[[dict[str, Any]], None] = field(default=lambda _event: None)
 
 
 def recorder_of(config: RunnableConfig) -> TurnRecorder:
@@ -76,7 +78,7 @@ def build_agent(
         turn.steps += 1
         system = SystemMessage(await prompts.system_prompt(user_name=turn.user_name, memories=turn.memories))
         history = trim_history([system, *state["messages"]], max_tokens=budget, count_tokens=count_tokens)
-        write = get_stream_writer()
+        write = turn.emit
         turn.partial = ""
         message: AIMessage | None = None
         if not turn.streaming:
@@ -103,7 +105,7 @@ def build_agent(
     async def use_tools(state: AgentState, config: RunnableConfig) -> dict[str, list[BaseMessage]]:
         turn = recorder_of(config)
         calls = state["messages"][-1].tool_calls  # type: ignore[union-attr]
-        write = get_stream_writer()
+        write = turn.emit
         for call in calls:
             write({"type": "tool", "name": call["name"], "arguments": call["args"], "status": "started"})
         results = await run_tool_calls(calls, tools_by_name)

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import asyncpg
@@ -218,11 +219,9 @@ class ChatService:
                 await events.put(TurnEvent("memory", {"content": "", "done": False, "memories": recorder.memories}))
             resuming = bool(state.interrupts)
             graph_input = Command(resume=text) if resuming else {"messages": [HumanMessage(text)]}
-            async for mode, chunk in self._agent.astream(graph_input, config, stream_mode=["custom", "updates"]):
-                if mode == "custom":
-                    kind = chunk.pop("type")
-                    await events.put(TurnEvent(kind, {**chunk, "done": False, "content": chunk.get("content", "")}))
-                elif "__interrupt__" in chunk:
+            recorder.emit = partial(_put_event, events)
+            async for chunk in self._agent.astream(graph_input, config, stream_mode="updates"):
+                if "__interrupt__" in chunk:
                     question = chunk["__interrupt__"][0].value
                     status = "awaiting_human"
                     interrupted_by = question.get("question") if isinstance(question, dict) else str(question)
@@ -330,6 +329,12 @@ class ChatService:
         checkpointer = self._agent.checkpointer
         if checkpointer is not None:
             await checkpointer.adelete_thread(str(session_id))  # type: ignore[union-attr]
+
+
+def _put_event(events: asyncio.Queue[TurnEvent | None], event: dict[str, Any]) -> None:
+    """A token or tool event of the graph, into the turn's queue (unbounded: put_nowait never fails)."""
+    kind = event.pop("type")
+    events.put_nowait(TurnEvent(kind, {**event, "done": False, "content": event.get("content", "")}))
 
 
 def _usage_of(turn: ChatTurn) -> dict[str, Any]:
