@@ -314,7 +314,7 @@ class AgentSettings(_Section):
     max_steps: int = Field(default=8, ge=1, le=50, description="Model calls one turn may make (tool loops included).")
     message_max_chars: int = Field(default=10_000, ge=1, description="Longest user message accepted.")
     stream_heartbeat_seconds: float = Field(
-        default=15.0, gt=0, description="An idle SSE stream sends a comment this often, so proxies keep it open."
+        default=15.0, gt=0, description="An SSE stream sends a comment this often, so proxies never see it idle."
     )
     web_search_timeout_seconds: float = Field(default=8.0, gt=0, description="Time one web search may take.")
     web_search_max_results: int = Field(default=5, ge=1, le=20, description="Results one web search returns.")

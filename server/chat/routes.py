@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -106,7 +104,7 @@ class ChatController(Controller):
             user_name=user_name,
         )
         streams_open = request.app.state.resources.metrics.http.streams_open
-        return ServerSentEvent(_sse(turn.events(), heartbeat, streams_open))
+        return ServerSentEvent(_sse(turn.events(heartbeat), streams_open))
 
     @get("/messages", responses=problem_responses(401, 404, 429))
     async def messages(
@@ -140,31 +138,19 @@ async def _checked_text(request: Request, session: TokenClaims, data: ChatReques
     return text, user_name
 
 
-async def _sse(
-    rest: AsyncIterator[TurnEvent], heartbeat: float, streams_open: Gauge
-) -> AsyncIterator[ServerSentEventMessage]:
-    """Events as SSE messages; a comment line whenever the stream has been idle for ``heartbeat`` seconds."""
-    pending = asyncio.ensure_future(anext(rest))
+async def _sse(events: AsyncIterator[TurnEvent], streams_open: Gauge) -> AsyncIterator[ServerSentEventMessage]:
+    """Events as SSE messages, heartbeats as comment lines."""
     streams_open.inc()
     try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=heartbeat)
-            if not done:
-                yield ServerSentEventMessage(comment="keep-alive")
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                return
-            yield _message(event)
-            pending = asyncio.ensure_future(anext(rest))
+        async for event in events:
+            yield _KEEP_ALIVE if event.kind == "heartbeat" else _message(event)
     finally:
-        # The client left (or the turn ended): stop waiting, which cancels the turn and keeps its partial answer.
+        # The client left (or the turn ended): closing the events cancels the turn and keeps its partial answer.
         streams_open.dec()
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-            await pending
-        await rest.aclose()  # type: ignore[attr-defined]
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+_KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive")
 
 
 def _message(event: TurnEvent) -> ServerSentEventMessage:

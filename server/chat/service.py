@@ -30,7 +30,7 @@ from server.memory.service import MemoryService, RememberJob
 from server.observability.metrics import ChatMetrics
 from server.observability.tracing import TurnTrace, TurnTracer
 
-EventKind = Literal["memory", "token", "tool", "interrupt", "usage", "error", "done"]
+EventKind = Literal["memory", "token", "tool", "interrupt", "usage", "error", "done", "heartbeat"]
 _CANCEL_CHANNEL = "agentctl_cancel_turn"
 # Error types of error events and turn records, besides the codes of AppErrors.
 _MODEL_STREAM_FAILED = "model-stream-failed"
@@ -58,17 +58,45 @@ class Turn:
         self._task = task
         self._events = events
 
-    async def events(self) -> AsyncIterator[TurnEvent]:
+    async def events(self, heartbeat_seconds: float | None = None) -> AsyncIterator[TurnEvent]:
+        """The turn's events; with ``heartbeat_seconds``, a heartbeat event that often too, for streams that
+        must not look idle to proxies. A timer puts it in the queue: a per-event timeout would cost a task and a
+        wait for every token."""
         ended = False
+        beat = None if heartbeat_seconds is None else self._beat_every(heartbeat_seconds)
         try:
             while (event := await self._events.get()) is not None:
                 yield event
             ended = True
         finally:
+            if beat is not None:
+                beat.cancel()
             if not ended:
                 self._task.cancel()  # the caller left: stop the turn, keep its partial answer
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def _beat_every(self, seconds: float) -> _Heartbeat:
+        return _Heartbeat(self._events, seconds)
+
+
+class _Heartbeat:
+    """Puts a heartbeat event into a turn's queue every ``seconds`` until cancelled."""
+
+    def __init__(self, events: asyncio.Queue[TurnEvent | None], seconds: float) -> None:
+        self._events = events
+        self._seconds = seconds
+        self._handle = asyncio.get_running_loop().call_later(seconds, self._beat)
+
+    def _beat(self) -> None:
+        self._events.put_nowait(_HEARTBEAT)
+        self._handle = asyncio.get_running_loop().call_later(self._seconds, self._beat)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+_HEARTBEAT = TurnEvent("heartbeat", {})
 
 
 @dataclass
