@@ -12,6 +12,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from agentctl.config import AuthSettings, Settings
 from server.errors import AppError
+from server.threads import lower_thread_priority
 
 
 class WeakPasswordError(AppError):
@@ -45,11 +46,15 @@ class PasswordHashing:
 
     A hash costs ~20 ms of CPU. On the shared default pool a burst of sign-ups ran a dozen hashes at once
     on two cores and starved the event loops (health probes slowed to 50 ms); a pool sized to this worker's
-    share of the cores queues the burst instead and keeps the loop answering within a few ms.
+    share of the cores queues the burst instead and keeps the loop answering within a few ms. Its threads also
+    run at a lower priority: 1,500 users signing up at 50/s kept both cores hashing for a minute, and chat turns
+    waited behind them (time to first token p99 12 s, `bench_loadtest.py concurrency`).
     """
 
     def __init__(self, settings: AuthSettings, *, threads: int = 1) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="argon2", initializer=lower_thread_priority
+        )
         self._hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost,
             memory_cost=settings.argon2_memory_kib,

@@ -13,7 +13,6 @@ import codecs
 import contextlib
 import functools
 import importlib.util
-import os
 import queue
 import threading
 import time
@@ -43,6 +42,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
 from loguru import logger
+
+from server.threads import BACKGROUND_NICENESS, lower_thread_priority
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -393,7 +394,7 @@ class _E5Runtime:
     def __init__(self, n_threads: int, *, niceness: int = 0) -> None:
         self.n_threads = n_threads
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="e5", initializer=_lower_priority, initargs=(niceness,)
+            max_workers=1, thread_name_prefix="e5", initializer=lower_thread_priority, initargs=(niceness,)
         )
         self._model: E5 | None = None
         self.load_seconds: float | None = None
@@ -424,7 +425,6 @@ _registry_lock = threading.Lock()
 _vocabulary_lock = threading.Lock()  # apart: loading a vocabulary takes ~70 ms, registry look-ups take none
 _llama_runtimes: dict[tuple[Path, int, int], _LlamaRuntime] = {}
 _e5_runtimes: dict[tuple[int, str], _E5Runtime] = {}
-BACKGROUND_NICENESS = 10
 _vocabularies: dict[Path, _ChatVocabulary] = {}
 
 
@@ -453,13 +453,6 @@ def _e5_runtime_for(n_threads: int, lane: str) -> _E5Runtime:
             niceness = BACKGROUND_NICENESS if lane == "background" else 0
             runtime = _e5_runtimes[(n_threads, lane)] = _E5Runtime(n_threads, niceness=niceness)
         return runtime
-
-
-def _lower_priority(niceness: int) -> None:
-    """Background work yields the CPU to requests: Linux schedules each thread with its own nice value."""
-    if niceness and hasattr(os, "setpriority"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
 
 
 def _chat_turns(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
 import hmac
+import os
+import threading
 import uuid
 
 import jwt
@@ -33,6 +36,7 @@ from server.errors import ServiceUnavailableError, UnauthorizedError
 from server.ratelimit.service import RateLimiter, RouteClass
 from server.security.client_ip import client_ip, trusted_networks
 from server.security.text import normalize_email, normalize_text
+from server.threads import BACKGROUND_NICENESS
 from server.users.service import create_user
 from server.users.tables import User
 from tests.support import NO_MODEL_SETTINGS, b64url_json, unique_email
@@ -267,3 +271,17 @@ async def test_production_sends_hsts(migrated_database_url: str) -> None:
     async with AsyncTestClient(create_app(settings)) as client:
         response = await client.get("/health")
     assert response.headers["strict-transport-security"].startswith("max-age=")
+
+
+async def test_password_hashing_runs_below_the_event_loops_priority() -> None:
+    """A sign-up storm's hashing yields the CPU to the event loop: its thread runs BACKGROUND_NICENESS lower."""
+    hashing = PasswordHashing(Settings().auth)
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        hashing_thread = await asyncio.get_running_loop().run_in_executor(
+            hashing._pool, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        )
+        assert hashing_thread == own + BACKGROUND_NICENESS
+        assert hashing.needs_rehash(await hashing.hash("a long enough password 1")) is False
+    finally:
+        hashing.close()

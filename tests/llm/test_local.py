@@ -20,7 +20,6 @@ from langchain_core.exceptions import ContextOverflowError
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, trim_messages
 
 from server.llm.local import (
-    BACKGROUND_NICENESS,
     LocalChatModel,
     LocalContextOverflowError,
     LocalEmbeddings,
@@ -30,6 +29,7 @@ from server.llm.local import (
     local_chat_available,
     local_embeddings_available,
 )
+from server.threads import BACKGROUND_NICENESS
 
 if not local_chat_available():
     pytest.skip("the local extra is not installed: pip install -e '.[local]'", allow_module_level=True)
