@@ -183,8 +183,8 @@ class ChatService:
             return True
         async with self._database.engine.pool.acquire() as connection:
             key = turn_lock_key(session_id)
-            if await connection.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
-                await connection.execute("SELECT pg_advisory_unlock($1, $2)", *key)
+            if await connection.fetchval("SELECT pg_try_advisory_lock($1)", *key):
+                await connection.execute("SELECT pg_advisory_unlock($1)", *key)
                 return False  # nobody holds the turn lock: no turn is running anywhere
             await connection.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, str(session_id))
         return True
