@@ -221,6 +221,20 @@ def _migrate(url: str, data_dir: Path) -> None:
 # --- the server ---------------------------------------------------------------------------------------------
 
 
+def simulated_chat_environment(database_url: str, model_url: str) -> dict[str, str]:
+    """A benchmark server's database, its simulated chat model, and chat limits raised: a handful of users send
+    far more turns than the defaults allow (100 chats a minute per user), and the server, not the limiter, is
+    what is measured. Limiting stays on: every request still pays for its check."""
+    return {
+        "DATABASE_URL": database_url,
+        "AGENTCTL_LLM__BASE_URL": model_url,
+        "AGENTCTL_LLM__MODEL": "chat-model",
+        "OPENAI_API_KEY": "sim",
+        "AGENTCTL_RATELIMIT__CHAT": RAISED_LIMIT,
+        "AGENTCTL_RATELIMIT__DEFAULT": RAISED_LIMIT,
+    }
+
+
 class ChatServer(Server):
     """The sign-up storm's server, on the benchmark's database and model, with the chat limits raised too."""
 
@@ -243,14 +257,7 @@ class ChatServer(Server):
     def environment(self) -> dict[str, str]:
         environ = super().environment()
         environ.update(
-            DATABASE_URL=self.database_url,
-            AGENTCTL_LLM__BASE_URL=self.model_url,
-            AGENTCTL_LLM__MODEL="chat-model",
-            OPENAI_API_KEY="sim",
-            # 16 clients at ~100 turns/s from few users; the defaults (100 chats/minute per user, 1000 other
-            # requests/hour) would refuse the benchmark long before the server is the limit.
-            AGENTCTL_RATELIMIT__CHAT=RAISED_LIMIT,
-            AGENTCTL_RATELIMIT__DEFAULT=RAISED_LIMIT,
+            simulated_chat_environment(self.database_url, self.model_url),
             AGENTCTL_RATELIMIT__REGISTER_PER_IP=RAISED_LIMIT,
             # Turn locks have a pool of their own; the main pool may be smaller than the turns in flight.
             AGENTCTL_DATABASE__POOL_MAX_SIZE=str(self.pool_max_size),

@@ -39,7 +39,7 @@ LOADTESTS = Path(__file__).resolve().parent
 REPO = LOADTESTS.parent
 sys.path.insert(0, str(REPO))
 
-from bench_chat import RAISED_LIMIT, _migrate, release  # noqa: E402 (after the path is set)
+from bench_chat import _migrate, release, simulated_chat_environment  # noqa: E402 (after the path is set)
 from run_signup_storm import Server, _percentile, save_and_print  # noqa: E402
 
 PASSWORD = "correct horse 1 battery"
@@ -229,12 +229,7 @@ class MemoryServer(Server):
     def environment(self) -> dict[str, str]:
         environ = super().environment()
         environ.update(
-            DATABASE_URL=self.database_url,
-            AGENTCTL_LLM__BASE_URL=self.model_url,
-            AGENTCTL_LLM__MODEL="chat-model",
-            OPENAI_API_KEY="sim",
-            AGENTCTL_RATELIMIT__CHAT=RAISED_LIMIT,
-            AGENTCTL_RATELIMIT__DEFAULT=RAISED_LIMIT,
+            simulated_chat_environment(self.database_url, self.model_url),
             AGENTCTL_MEMORY__ENABLED="true" if self.memory_on else "false",
             # Every turn searches: no cached recall hides the cost being measured.
             AGENTCTL_MEMORY__RECALL_CACHE_SECONDS="0",

@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -179,19 +178,15 @@ def _spread(values: list[float]) -> dict[str, float]:
 # --- the server ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Server:
     """`agentctl serve` in its own session, on a fresh embedded database, with limits raised for the storm."""
 
     def __init__(self, data_dir: Path, workers: int, key_prefix: str, log_path: Path) -> None:
         self.data_dir = data_dir
         self.workers = workers
-        self.port = _free_port()
+        from agentctl.cli.loadtest import free_loopback_port
+
+        self.port = free_loopback_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.key_prefix = key_prefix

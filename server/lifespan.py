@@ -162,7 +162,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             )
             await chat.open()
             stack.push_async_callback(chat.close)
-            metrics.pools.watch("turn_locks", chat.lock_pool_usage)
+            metrics.pools.watch("turn_locks", chat.lock_connection_usage)
             sampler = asyncio.create_task(_sample_pools(metrics, _POOL_SAMPLE_SECONDS))
             stack.push_async_callback(_cancel, sampler)
             listener = asyncio.create_task(chat.listen_for_cancellations())

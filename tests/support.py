@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+
+from agentctl.cli.loadtest import free_loopback_port as free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,12 +33,6 @@ def unique_database_name() -> str:
 def b64url_json(data: dict) -> str:
     """A JWT segment: base64url of the JSON, unpadded."""
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def clean_environment(**extra: str) -> dict[str, str]:

@@ -213,7 +213,8 @@ def _new_run_folder(results_dir: Path) -> Path:
     raise _usage_error(f"--results-dir: cannot create a run folder in {results_dir}")
 
 
-def _free_port() -> int:
+def free_loopback_port() -> int:
+    """A port nothing listens on at the moment, for a server or a Locust master started on loopback."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -246,7 +247,7 @@ class SimulatedDeployment:
         self.simulator_args = ["--ttft-ms", f"{ttft_ms:g}", "--tokens-per-second", f"{tokens_per_second:g}"]
         self.workers = workers
         self.extra_environment = environment
-        self.port = _free_port()
+        self.port = free_loopback_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.model_url = ""
         self.data_dir = Path(tempfile.mkdtemp(prefix="agentctl-loadtest-", dir="/tmp"))
@@ -414,7 +415,7 @@ class LoadTestRun:
             main += ["--agentctl-summary", str(self.folder / "scenario-summary.json")]
         if not self.processes:
             return [[*main, *self.extra_arguments]]
-        master_port = _free_port()
+        master_port = free_loopback_port()
         master = [
             *main,
             "--master",

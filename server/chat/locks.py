@@ -43,6 +43,7 @@ class TurnLocks:
         self._claimed: set[tuple[int]] = set()  # turns of this worker, granted or being asked for
         self._granted: set[tuple[int]] = set()  # what PostgreSQL holds for this worker
         self._waiting = 0
+        self._releases: set[asyncio.Future[None]] = set()  # kept referenced until done
 
     async def open(self) -> None:
         async with self._guard:
@@ -78,7 +79,9 @@ class TurnLocks:
         self._granted.add(key)
 
     async def release(self, session_id: uuid.UUID) -> None:
-        key = turn_lock_key(session_id)
+        await self._release(turn_lock_key(session_id))
+
+    async def _release(self, key: tuple[int]) -> None:
         try:
             if key in self._granted:
                 await asyncio.shield(self._query("SELECT pg_advisory_unlock($1)", key))
@@ -90,20 +93,12 @@ class TurnLocks:
             self._claimed.discard(key)
 
     def _abandon(self, key: tuple[int], attempt: asyncio.Future[bool]) -> None:
+        """The taker was cancelled while PostgreSQL answered: give back whatever it granted."""
         if not attempt.cancelled() and attempt.exception() is None and attempt.result():
             self._granted.add(key)
-            task = asyncio.ensure_future(self._release_key(key))
-            task.add_done_callback(lambda _: None)
+            self._releases.add(task := asyncio.ensure_future(self._release(key)))
+            task.add_done_callback(self._releases.discard)
         else:
-            self._claimed.discard(key)
-
-    async def _release_key(self, key: tuple[int]) -> None:
-        try:
-            await self._query("SELECT pg_advisory_unlock($1)", key)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            pass
-        finally:
-            self._granted.discard(key)
             self._claimed.discard(key)
 
     async def _query(self, sql: str, key: tuple[int]) -> bool:

@@ -63,7 +63,7 @@ class Turn:
         must not look idle to proxies. A timer puts it in the queue: a per-event timeout would cost a task and a
         wait for every token."""
         ended = False
-        beat = None if heartbeat_seconds is None else self._beat_every(heartbeat_seconds)
+        beat = None if heartbeat_seconds is None else _Heartbeat(self._events, heartbeat_seconds)
         try:
             while (event := await self._events.get()) is not None:
                 yield event
@@ -75,9 +75,6 @@ class Turn:
                 self._task.cancel()  # the caller left: stop the turn, keep its partial answer
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-    def _beat_every(self, seconds: float) -> _Heartbeat:
-        return _Heartbeat(self._events, seconds)
 
 
 class _Heartbeat:
@@ -345,7 +342,7 @@ class ChatService:
     async def close(self) -> None:
         await self._locks.close()
 
-    def lock_pool_usage(self) -> tuple[int, int]:
+    def lock_connection_usage(self) -> tuple[int, int]:
         return self._locks.usage()
 
     async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
