@@ -183,6 +183,35 @@ def _pass_through_chat_model() -> type:
     return ChatOpenAIPassThrough
 
 
+@functools.cache
+def _quickly_parsing_client() -> type:
+    import openai
+    import pydantic
+    from openai._models import validate_type
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    validated_first = (ChatCompletion, ChatCompletionChunk)
+
+    class QuicklyParsingAsyncOpenAI(openai.AsyncOpenAI):
+        """The openai SDK's async client, building chat responses with pydantic's compiled validator.
+
+        By default the SDK builds them with its own lenient pure-Python constructor: measured here at 144 us per
+        streamed chunk (a streamed answer is one per token) and 197 us per completion, against 4.5 and 9 us
+        validated; it was a third of a streamed turn's CPU. A response the schema rejects (an OpenAI-compatible
+        server that leaves out a field) still gets the lenient constructor, so nothing that worked before fails.
+        (Embeddings arrive base64-encoded, which the lenient constructor handles cheaply: left to it.)"""
+
+        def _process_response_data(self, *, data: object, cast_to: type, response: Any) -> Any:
+            if cast_to in validated_first:
+                try:
+                    return validate_type(type_=cast_to, value=data)
+                except pydantic.ValidationError:
+                    pass
+            return super()._process_response_data(data=data, cast_to=cast_to, response=response)
+
+    return QuicklyParsingAsyncOpenAI
+
+
 def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.AsyncClient) -> None:
     spec = model.spec
     if spec.provider == "local":
@@ -215,6 +244,9 @@ def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.Asy
             http_async_client=http,
         )
         return
+    client = _quickly_parsing_client()(
+        base_url=spec.base_url, api_key=api_key, timeout=spec.timeout_seconds, max_retries=0, http_client=http
+    )
     model.chat = _pass_through_chat_model()(
         model=spec.model_id,
         base_url=spec.base_url,
@@ -226,4 +258,6 @@ def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.Asy
         max_retries=0,  # retries, backoff and fallback are ours (server.llm.service)
         stream_usage=True,
         http_async_client=http,
+        async_client=client.chat.completions,
+        root_async_client=client,
     )

@@ -6,14 +6,18 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from langchain_core.messages import HumanMessage
 from litestar.testing import AsyncTestClient
+from openai import _base_client as openai_base_client
+from openai.types import CreateEmbeddingResponse
 from typer.testing import CliRunner
 
 from agentctl.cli import app
-from agentctl.config import Settings, load_settings
+from agentctl.config import LLMSettings, ModelSpec, Settings, load_settings
 from server.app import create_app
+from server.llm.registry import ModelRegistry, _build_client
 from server.llm.simulator.process import RunningSimulator
 
 runner = CliRunner()
@@ -203,3 +207,69 @@ async def test_with_no_key_the_bundled_local_model_answers_through_the_layer() -
     embedded = await service.embed(["a sentence to embed"])
     assert len(embedded.vectors[0]) == 384
     await registry.aclose()
+
+
+def _remote_models(base_url: str) -> ModelRegistry:
+    settings = LLMSettings(api_key="test-key")
+    models = {
+        "chat": ModelSpec(model_id="chat-model", base_url=base_url),
+        "vectors": ModelSpec(model_id="embed-model", kind="embedding", base_url=base_url, embedding_dims=384),
+    }
+    return ModelRegistry(settings, models, {"chat": ["chat"], "embedding": ["vectors"]})
+
+
+async def test_model_responses_are_validated_not_built_field_by_field(
+    simulator: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The openai SDK's lenient constructor costs ~30x its compiled validation per streamed chunk; conforming
+    chat responses (streamed chunks, completions) must never reach it."""
+    lenient_builds: list[type] = []
+    original = openai_base_client.construct_type
+
+    def counting(*, type_: type, value: object) -> object:
+        lenient_builds.append(type_)
+        return original(type_=type_, value=value)
+
+    monkeypatch.setattr(openai_base_client, "construct_type", counting)
+    registry = _remote_models(f"{simulator.base_url}")
+    try:
+        chat, vectors = registry.models["chat"], registry.models["vectors"]
+        assert chat.chat is not None
+        assert vectors.embeddings is not None
+        chunks = [chunk async for chunk in chat.chat.astream([HumanMessage("hello there")])]
+        whole = await chat.chat.ainvoke([HumanMessage("hello there")])
+        vector = await vectors.embeddings.aembed_query("hello there")
+    finally:
+        await registry.aclose()
+    assert "".join(str(chunk.content) for chunk in chunks).strip()
+    assert str(whole.content).strip()
+    assert whole.usage_metadata
+    assert whole.usage_metadata["output_tokens"] > 0
+    assert len(vector) == 384  # embeddings come base64-encoded: the lenient constructor's, and cheap
+    assert [kind for kind in lenient_builds if kind is not CreateEmbeddingResponse] == []
+
+
+async def test_off_spec_chunks_from_a_compatible_server_still_arrive() -> None:
+    """A server that leaves out fields the schema requires (no id, created or model) gets the SDK's lenient
+    constructor, as before, instead of a validation error."""
+    off_spec = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+    ]
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in off_spec) + "data: [DONE]\n\n"
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    registry = _remote_models("http://model.invalid/v1")
+    await registry.http.aclose()
+    registry.http = httpx.AsyncClient(transport=httpx.MockTransport(provider))
+    for model in registry.models.values():
+        _build_client(model, registry.settings, registry.http)
+    try:
+        chat = registry.models["chat"].chat
+        assert chat is not None
+        chunks = [chunk async for chunk in chat.astream([HumanMessage("hi")])]
+    finally:
+        await registry.aclose()
+    assert "".join(str(chunk.content) for chunk in chunks) == "Hello"
