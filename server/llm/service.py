@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import add_ai_message_chunks
 from loguru import logger
 
 from agentctl.config import LLMSettings, ModelSpec, Role
@@ -196,7 +197,7 @@ class LLMService:
         with self._observed(report, success=False):
             (chunks, opened), model = await self._resilient(role, report, open_stream, deadline - time.monotonic())
         report.time_to_first_token_seconds = time.perf_counter() - started
-        accumulated: AIMessageChunk | None = None
+        received: list[AIMessageChunk] = []  # merged once at the end: merging as they come costs a message each
         finished = False
         try:
             pending = list(opened)
@@ -209,7 +210,7 @@ class LLMService:
                             chunk = await anext(chunks)
                     except StopAsyncIteration:
                         break
-                accumulated = chunk if accumulated is None else accumulated + chunk
+                received.append(chunk)
                 finished = finished or bool(chunk.response_metadata.get("finish_reason"))
                 if isinstance(chunk.content, str) and chunk.content:
                     yield StreamToken(chunk.content)
@@ -217,18 +218,19 @@ class LLMService:
                 raise StreamEndedEarlyError("the stream ended without a finish reason")
         except Exception as error:
             model.breaker.record_failure()
-            partial = accumulated.text if accumulated is not None else ""
+            partial = "".join(chunk.content for chunk in received if isinstance(chunk.content, str))
             logger.warning("model {} failed mid-stream after {} characters: {}", model.name, len(partial), error)
             report.model, report.model_id = model.name, model.spec.model_id
             self._observe(report, "stream_error")
             raise ModelStreamError(model.name, partial, error) from error
         model.breaker.record_success()
+        whole = add_ai_message_chunks(received[0], *received[1:]) if received else None
         message = AIMessage(
-            content=accumulated.content if accumulated else "",
-            tool_calls=accumulated.tool_calls if accumulated else [],
-            usage_metadata=accumulated.usage_metadata if accumulated else None,
-            response_metadata=accumulated.response_metadata if accumulated else {},
-            id=accumulated.id if accumulated else None,
+            content=whole.content if whole else "",
+            tool_calls=whole.tool_calls if whole else [],
+            usage_metadata=whole.usage_metadata if whole else None,
+            response_metadata=whole.response_metadata if whole else {},
+            id=whole.id if whole else None,
         )
         self._finish(report, model, message, started)
         self._observe(report, "ok")
