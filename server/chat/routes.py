@@ -8,7 +8,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import JSONBody
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import ServerSentEventMessage, Stream
 from prometheus_client import Gauge
 
 from server.auth.dependencies import BEARER_SCHEME, provide_session_claims
@@ -20,6 +20,7 @@ from server.ratelimit.service import RouteClass
 from server.sessions.service import get_owned_session, owner_name_of_session
 
 SESSION_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
+_SSE_MEDIA_TYPE = "text/event-stream"
 
 
 class TurnFailedError(AppError):
@@ -83,6 +84,8 @@ class ChatController(Controller):
     @post(
         "/chat/stream",
         status_code=200,
+        media_type=_SSE_MEDIA_TYPE,
+        response_description="Server-sent events, each with a JSON object as data",
         opt={"rate_limit": RouteClass.CHAT},
         responses=problem_responses(401, 404, 409, 413, 422, 429),
     )
@@ -92,7 +95,7 @@ class ChatController(Controller):
         session: NamedDependency[TokenClaims],
         chat: NamedDependency[ChatService],
         data: JSONBody[ChatRequest],
-    ) -> ServerSentEvent:
+    ) -> Stream:
         """Send the user's message and receive the answer as server-sent events: memory (what was recalled),
         token, tool, interrupt, usage, error, done. Every event's data is JSON with at least content and done."""
         text, user_name = await _checked_text(request, session, data)
@@ -104,7 +107,9 @@ class ChatController(Controller):
             user_name=user_name,
         )
         streams_open = request.app.state.resources.metrics.http.streams_open
-        return ServerSentEvent(_sse(turn.events(heartbeat), streams_open))
+        return Stream(
+            _sse(turn.event_batches(heartbeat), streams_open), media_type=_SSE_MEDIA_TYPE, headers=_SSE_HEADERS
+        )
 
     @get("/messages", responses=problem_responses(401, 404, 429))
     async def messages(
@@ -138,20 +143,24 @@ async def _checked_text(request: Request, session: TokenClaims, data: ChatReques
     return text, user_name
 
 
-async def _sse(events: AsyncIterator[TurnEvent], streams_open: Gauge) -> AsyncIterator[ServerSentEventMessage]:
-    """Events as SSE messages, heartbeats as comment lines."""
+async def _sse(batches: AsyncIterator[list[TurnEvent]], streams_open: Gauge) -> AsyncIterator[bytes]:
+    """Events as SSE messages, heartbeats as comment lines; the events that were waiting together in one write.
+
+    Litestar's ServerSentEvent response would send every event on its own, through every middleware's send."""
     streams_open.inc()
     try:
-        async for event in events:
-            yield _KEEP_ALIVE if event.kind == "heartbeat" else _message(event)
+        async for batch in batches:
+            yield b"".join(_KEEP_ALIVE if event.kind == "heartbeat" else _encoded(event) for event in batch)
     finally:
         # The client left (or the turn ended): closing the events cancels the turn and keeps its partial answer.
         streams_open.dec()
-        await events.aclose()  # type: ignore[attr-defined]
+        await batches.aclose()  # type: ignore[attr-defined]
 
 
-_KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive")
+# What Litestar's ServerSentEvent response sends: no caching, and no buffering by a proxy such as nginx.
+_SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+_KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive").encode()
 
 
-def _message(event: TurnEvent) -> ServerSentEventMessage:
-    return ServerSentEventMessage(event=event.kind, data=json.dumps(event.data, ensure_ascii=False))
+def _encoded(event: TurnEvent) -> bytes:
+    return ServerSentEventMessage(event=event.kind, data=json.dumps(event.data, ensure_ascii=False)).encode()

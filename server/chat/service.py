@@ -58,16 +58,35 @@ class Turn:
         self._task = task
         self._events = events
 
-    async def events(self, heartbeat_seconds: float | None = None) -> AsyncIterator[TurnEvent]:
-        """The turn's events; with ``heartbeat_seconds``, a heartbeat event that often too, for streams that
-        must not look idle to proxies. A timer puts it in the queue: a per-event timeout would cost a task and a
-        wait for every token."""
+    async def events(self) -> AsyncIterator[TurnEvent]:
+        """The turn's events, one by one, until it ends."""
+        async with contextlib.aclosing(self.event_batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
+
+    async def event_batches(self, heartbeat_seconds: float | None = None) -> AsyncIterator[list[TurnEvent]]:
+        """The turn's events in lists of those that were waiting together, so that a stream can send each list
+        in one write (a fast model's tokens arrive in bursts); with ``heartbeat_seconds``, a heartbeat event that
+        often too, for streams that must not look idle to proxies. A timer puts it in the queue: a per-event
+        timeout would cost a task and a wait for every token."""
         ended = False
         beat = None if heartbeat_seconds is None else _Heartbeat(self._events, heartbeat_seconds)
+        queue = self._events
         try:
-            while (event := await self._events.get()) is not None:
-                yield event
-            ended = True
+            while not ended:
+                batch: list[TurnEvent] = []
+                event = await queue.get()
+                while True:
+                    if event is None:
+                        ended = True
+                        break
+                    batch.append(event)
+                    if queue.empty():
+                        break
+                    event = queue.get_nowait()
+                if batch:
+                    yield batch
         finally:
             if beat is not None:
                 beat.cancel()

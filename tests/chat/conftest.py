@@ -63,6 +63,7 @@ class Conversation:
         session = api.request("POST", "/auth/session", token=self.user_token).json()
         self.session_id = session["session_id"]
         self.token = session["token"]["access_token"]
+        self.stream_headers = httpx.Headers()  # of the last stream
 
     def send(self, text: str) -> httpx.Response:
         return self.api.request(
@@ -80,6 +81,7 @@ class Conversation:
             timeout=30,
         ) as response:
             assert response.status_code == 200, response.read()
+            self.stream_headers = response.headers
             name = None
             for line in response.iter_lines():
                 if line.startswith("event: "):

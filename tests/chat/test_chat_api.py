@@ -34,6 +34,9 @@ def test_plain_answer_and_history(chat_api: ApiClient) -> None:
 def test_streamed_answer_event_by_event(chat_api: ApiClient) -> None:
     talk = Conversation(chat_api)
     events = talk.stream("Describe the sea")
+    assert talk.stream_headers["content-type"].startswith("text/event-stream")
+    assert talk.stream_headers["cache-control"] == "no-cache"
+    assert talk.stream_headers["x-accel-buffering"] == "no"  # nginx and the like pass each event on at once
     names = [name for name, _ in events]
     assert names[0] == "token"
     assert names[-2:] == ["usage", "done"]

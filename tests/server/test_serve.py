@@ -44,6 +44,8 @@ def test_serve_on_the_embedded_default_answers_health_and_stops_its_database(wor
 
         openapi = server.get("/schema/openapi.json").json()
         assert "503" in openapi["paths"]["/health/ready"]["get"]["responses"]
+        streamed = openapi["paths"]["/api/v1/chatbot/chat/stream"]["post"]["responses"]["200"]
+        assert list(streamed["content"]) == ["text/event-stream"]
 
         banner = server.output()
         assert f"listening  {server.base_url}" in banner
