@@ -256,6 +256,9 @@ def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.Asy
         reasoning_effort=spec.reasoning_effort,
         timeout=spec.timeout_seconds,
         max_retries=0,  # retries, backoff and fallback are ours (server.llm.service)
+        # The wait for each chunk is bounded by the call's deadline in server.llm.service; langchain-openai's own
+        # bound would wrap every chunk in asyncio.wait_for, a task and a timer per token, for nothing more.
+        stream_chunk_timeout=None,
         stream_usage=True,
         http_async_client=http,
         async_client=client.chat.completions,
