@@ -187,7 +187,6 @@ def _pass_through_chat_model() -> type:
 def _quickly_parsing_client() -> type:
     import openai
     import pydantic
-    from openai._models import validate_type
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
     validated_first = (ChatCompletion, ChatCompletionChunk)
@@ -199,15 +198,20 @@ def _quickly_parsing_client() -> type:
         streamed chunk (a streamed answer is one per token) and 197 us per completion, against 4.5 and 9 us
         validated; it was a third of a streamed turn's CPU. A response the schema rejects (an OpenAI-compatible
         server that leaves out a field) still gets the lenient constructor, so nothing that worked before fails.
-        (Embeddings arrive base64-encoded, which the lenient constructor handles cheaply: left to it.)"""
+        (Embeddings arrive base64-encoded, which the lenient constructor handles cheaply: left to it.)
 
-        def _process_response_data(self, *, data: object, cast_to: type, response: Any) -> Any:
-            if cast_to in validated_first:
+        The hook is the SDK's own (private) step from JSON to objects; it takes whatever arguments the SDK passes,
+        so a later SDK that changes them only loses the shortcut (tests/llm/test_registry.py notices), never a
+        call."""
+
+        def _process_response_data(self, **arguments: Any) -> Any:
+            cast_to, data = arguments.get("cast_to"), arguments.get("data")
+            if cast_to in validated_first and isinstance(data, dict):
                 try:
-                    return validate_type(type_=cast_to, value=data)
+                    return cast_to.model_validate(data)  # type: ignore[union-attr]
                 except pydantic.ValidationError:
                     pass
-            return super()._process_response_data(data=data, cast_to=cast_to, response=response)
+            return super()._process_response_data(**arguments)
 
     return QuicklyParsingAsyncOpenAI
 
