@@ -51,7 +51,7 @@ MODES: dict[str, dict[str, Any]] = {
     "overhead": {
         "users": 50, "spawn_rate": 50, "duration": "60s", "ttft": 0, "tps": 0, "processes": 0,
         "think_time": "0.1-0.3", "weights": {"chat": 1, "stream": 1, "history": 0, "new_session": 0.05},
-        # 50 users with no think time send far more than 100 chats a minute each: the limits are not the subject.
+        # 50 users thinking 0.2 s send far more than 100 chats a minute each: the limits are not the subject.
         "server_env": {"AGENTCTL_RATELIMIT__CHAT": RAISED, "AGENTCTL_RATELIMIT__DEFAULT": RAISED},
     },
     "concurrency": {

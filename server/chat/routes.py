@@ -21,6 +21,8 @@ from server.sessions.service import get_owned_session, owner_name_of_session
 
 SESSION_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
 _SSE_MEDIA_TYPE = "text/event-stream"
+# What Litestar's ServerSentEvent response sends: no caching, and no buffering by a proxy such as nginx.
+_SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 
 
 class TurnFailedError(AppError):
@@ -157,8 +159,6 @@ async def _sse(batches: AsyncIterator[list[TurnEvent]], streams_open: Gauge) -> 
         await batches.aclose()  # type: ignore[attr-defined]
 
 
-# What Litestar's ServerSentEvent response sends: no caching, and no buffering by a proxy such as nginx.
-_SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 _KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive").encode()
 
 

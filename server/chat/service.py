@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import asyncpg
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -75,18 +75,14 @@ class Turn:
         queue = self._events
         try:
             while not ended:
-                batch: list[TurnEvent] = []
-                event = await queue.get()
-                while True:
-                    if event is None:
-                        ended = True
-                        break
-                    batch.append(event)
-                    if queue.empty():
-                        break
-                    event = queue.get_nowait()
-                if batch:
-                    yield batch
+                waiting: list[TurnEvent | None] = [await queue.get()]
+                while not queue.empty():
+                    waiting.append(queue.get_nowait())
+                if None in waiting:  # the turn's end: nothing after it counts
+                    ended = True
+                    waiting = waiting[: waiting.index(None)]
+                if waiting:
+                    yield cast(list[TurnEvent], waiting)  # no None left in it
         finally:
             if beat is not None:
                 beat.cancel()
