@@ -12,12 +12,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
+import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from loguru import logger
 
+from server.observability.logging import RateLimitedLog
 from server.observability.request_id import request_id_of
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -88,6 +91,39 @@ class ServiceUnavailableError(AppError):
     title = "Service Unavailable"
 
 
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The database did not answer in time or refused the connection."""
+
+    code = "database-unavailable"
+
+    def __init__(self, detail: str = "the database is unavailable; try again shortly") -> None:
+        super().__init__(detail, headers={"Retry-After": "2"})
+
+
+# Raised by the drivers when the server is gone, restarting, refusing connections or too slow to answer.
+_DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, statement cancelled
+    asyncpg.TooManyConnectionsError,
+    psycopg.OperationalError,  # the checkpointer's and memory's pools: connection lost, pool timeout
+)
+_DRIVERS = ("asyncpg", "psycopg", "psycopg_pool", "piccolo")
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached now, as opposed to a bug or a bad request: a
+    driver's connection error, or an OS error or timeout raised inside a driver (a refused or reset socket)."""
+    if isinstance(error, (DatabaseUnavailableError, *_DATABASE_DOWN)):
+        return True
+    if isinstance(error, OSError | TimeoutError | asyncpg.InterfaceError):
+        trace = error.__traceback__
+        while trace is not None:
+            if trace.tb_frame.f_globals.get("__name__", "").startswith(_DRIVERS):
+                return True
+            trace = trace.tb_next
+    return False
+
+
 @dataclass
 class ProblemDetails:
     """RFC 9457 problem details, as every error response carries them."""
@@ -101,10 +137,11 @@ class ProblemDetails:
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
-    """OpenAPI entries documenting that a route can answer ``statuses`` with the problem shape."""
+    """OpenAPI entries documenting that a route can answer ``statuses`` with the problem shape. 400 is always one
+    of them: any request can be malformed (a bad Host header, a body that is not JSON)."""
     return {
         status: ResponseSpec(data_container=ProblemDetails, media_type=PROBLEM_MEDIA_TYPE, description=_reason(status))
-        for status in statuses
+        for status in sorted({400, *statuses})
     }
 
 
@@ -143,9 +180,15 @@ def handle_app_error(request: Request, error: AppError) -> Response[dict[str, An
     )
 
 
+# msgspec's words for a constraint, where people need the rule instead.
+_PLAIN_WORDS = {
+    "Expected `str` matching regex '^user$'": "only 'user' messages are accepted: the other roles are the server's",
+}
+
+
 def handle_validation_error(request: Request, error: ValidationException) -> Response[dict[str, Any]]:
     fields = [
-        {"field": _field_of(item), "message": item.get("message", "")}
+        {"field": _field_of(item), "message": _PLAIN_WORDS.get(item.get("message", ""), item.get("message", ""))}
         for item in (error.extra if isinstance(error.extra, list) else [])
         if isinstance(item, dict)
     ]
@@ -181,7 +224,14 @@ def handle_http_exception(request: Request, error: HTTPException) -> Response[di
     )
 
 
+_database_outage_log = RateLimitedLog()
+
+
 def handle_unexpected_error(request: Request, error: Exception) -> Response[dict[str, Any]]:
+    if is_database_unavailable(error):
+        # Every request fails alike while the database is down: a 503 that says so, and one log line a minute.
+        _database_outage_log.warning("database", "database unavailable: {}: {}", type(error).__name__, error)
+        return handle_app_error(request, DatabaseUnavailableError())
     logger.opt(exception=error).error("unhandled error on {} {}", request.method, request.url.path)
     extra: dict[str, Any] = {}
     detail = "An unexpected error occurred; quote the request id when reporting it."

@@ -58,8 +58,7 @@ def serve(
 
 
 def _serve(state: CliState, settings: Settings) -> None:
-    import uvicorn
-
+    from server import serving
     from server.database.embedded import database_url
     from server.llm.registry import ModelRegistry
     from server.observability.logging import configure_logging
@@ -82,19 +81,13 @@ def _serve(state: CliState, settings: Settings) -> None:
         export_for_child_processes(exported)
         _print_banner(settings, url, models)
         _exit_normally_after_drain()
-        uvicorn.run(
-            APP_FACTORY,
-            factory=True,
-            host=settings.server.host,
-            port=settings.server.port,
-            workers=settings.server.workers,
-            reload=settings.server.reload,
-            reload_dirs=_source_dirs() if settings.server.reload else None,
-            timeout_graceful_shutdown=int(settings.server.graceful_shutdown_seconds),
-            log_config=None,
-            access_log=False,  # agentctl logs each request itself, with its request id and caller
-            server_header=False,
-            proxy_headers=False,  # X-Forwarded-For is read by agentctl, from configured trusted proxies only
+        serving.run(
+            serving.uvicorn_config(
+                settings,
+                APP_FACTORY,
+                reload=settings.server.reload,
+                reload_dirs=_source_dirs() if settings.server.reload else None,
+            )
         )
 
 

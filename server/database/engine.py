@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from loguru import logger
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.postgres import PostgresEngine
+from psycopg_pool import AsyncConnectionPool
 
 from agentctl.config import DatabaseSettings, redact_url
 from server.database import piccolo_conf
 from server.database.piccolo_app import APP_CONFIG
-from server.errors import ServiceUnavailableError
+from server.errors import DatabaseUnavailableError
 
-
-class DatabaseUnavailableError(ServiceUnavailableError):
-    """The database did not answer in time or refused the connection."""
-
-    code = "database-unavailable"
+_RECOVERY_POLL_SECONDS = 0.5
 
 
 class Database:
@@ -31,6 +29,35 @@ class Database:
         self.settings = settings
         self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
         self._bind()
+        self._pool_checks: list[Callable[[], Awaitable[None]]] = []
+        self._recovering: asyncio.Task[None] | None = None
+
+    def check_after_outages(self, check: Callable[[], Awaitable[None]]) -> None:
+        """Run ``check`` (which replaces a pool's broken connections) when the database is back after an outage."""
+        self._pool_checks.append(check)
+
+    def suspect_outage(self) -> None:
+        """A request failed for want of the database: once it answers again, every pool gets fresh connections.
+
+        The pools hand out the connections they hold without checking them (a check per use would cost every
+        query a round trip), so connections broken by the outage would fail one request each after it."""
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.ensure_future(self._recover())
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(_RECOVERY_POLL_SECONDS)
+            try:
+                await self.ping()
+            except DatabaseUnavailableError:
+                continue
+            if self.engine.pool is not None:
+                await self.engine.pool.expire_connections()  # asyncpg replaces each on its next use
+            for check in self._pool_checks:
+                with contextlib.suppress(Exception):
+                    await check()
+            logger.info("the database answers again; pooled connections renewed")
+            return
 
     def _bind(self) -> None:
         # Piccolo finds its engine through the module PICCOLO_CONF names; ours serves the bound engine.
@@ -58,6 +85,8 @@ class Database:
         )
 
     async def close(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
         await self.engine.close_connection_pool()
 
     async def ping(self) -> None:
@@ -75,6 +104,17 @@ class Database:
         except Exception as error:  # asyncpg and the OS raise many types for one cause: no database
             logger.warning("database ping failed: {}: {}", type(error).__name__, error)
             raise DatabaseUnavailableError(f"connection failed ({type(error).__name__})") from None
+
+
+async def ping_checkpoint_pool(pool: AsyncConnectionPool, timeout_seconds: float) -> None:
+    """One round trip through the checkpointer's (psycopg) pool; DatabaseUnavailableError when it fails or is late."""
+    try:
+        async with asyncio.timeout(timeout_seconds), pool.connection(timeout=timeout_seconds) as connection:
+            await connection.execute("SELECT 1")
+    except TimeoutError:
+        raise DatabaseUnavailableError(f"the checkpoint pool gave no connection within {timeout_seconds:g} s") from None
+    except Exception as error:
+        raise DatabaseUnavailableError(f"the checkpoint pool's connection failed ({type(error).__name__})") from None
 
 
 @asynccontextmanager

@@ -6,6 +6,8 @@ import inspect
 import json
 import logging
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -51,6 +53,62 @@ def _add_request_context(record: Any) -> None:
 
 
 _CONTEXT_FIELDS = ("request_id", "user_id", "session_id")
+_REPEAT_SECONDS = 60.0
+
+
+class RateLimitedLog:
+    """A recurring problem's warning, at most once per ``every_seconds`` per kind, saying how many were left out
+    since: a dependency failing for every request must not write a line for every request (its counter in
+    /metrics says how often)."""
+
+    def __init__(self, every_seconds: float = _REPEAT_SECONDS, clock: Any = time.monotonic) -> None:
+        self._every = every_seconds
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+        self._lock = threading.Lock()  # library loggers call from their worker threads too
+
+    def allows(self, kind: str) -> int | None:
+        """None when a line of this kind was written recently (counted); else how many were left out before."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now - last < self._every:
+                self._left_out[kind] = self._left_out.get(kind, 0) + 1
+                return None
+            self._last[kind] = now
+            return self._left_out.pop(kind, 0)
+
+    def warning(self, kind: str, message: str, *args: Any) -> None:
+        left_out = self.allows(kind)
+        if left_out is None:
+            return
+        suffix = f" ({left_out} more like it in the last {self._every:g} s)" if left_out else ""
+        logger.opt(depth=1).warning(message + suffix, *args)
+
+
+class _RateLimitedLibraryTrouble(logging.Filter):
+    """Libraries that log every failure of a dependency that is down (mem0 an ERROR per memory write, asyncpg and
+    psycopg's pools a warning with a stack trace per reconnection attempt) get one WARNING line per kind of message
+    a minute, without the trace; agentctl reports what it does about the failure itself."""
+
+    def __init__(self, *libraries: str) -> None:
+        super().__init__()
+        self._libraries = libraries
+        self._log = RateLimitedLog()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self._libraries):
+            return True
+        kind = f"{record.name}:{str(record.msg).split(':', 1)[0][:80]}"
+        left_out = self._log.allows(kind)
+        if left_out is None:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        if left_out:
+            record.msg = f"{record.msg} ({left_out} more like it in the last {_REPEAT_SECONDS:g} s)"
+        return True
 
 
 def _json_line(record: Any) -> str:
@@ -93,7 +151,9 @@ def configure_logging(settings: Settings) -> None:
     # The configured level at the root too: at level 0 every DEBUG record of httpx, openai and asyncio was
     # built and routed (~2.5 ms of CPU per chat turn), and uvicorn wrapped the app in its message tracer.
     stdlib_level = 5 if level == "TRACE" else level  # the standard library has no TRACE
-    logging.basicConfig(handlers=[_InterceptHandler()], level=stdlib_level, force=True)
+    handler = _InterceptHandler()
+    handler.addFilter(_RateLimitedLibraryTrouble("mem0", "asyncpg", "psycopg", "psycopg_pool"))
+    logging.basicConfig(handlers=[handler], level=stdlib_level, force=True)
     for name in ("uvicorn", "uvicorn.error", "litestar", "asyncpg", "pgserver"):
         std_logger = logging.getLogger(name)
         std_logger.handlers = []
