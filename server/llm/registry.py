@@ -12,7 +12,7 @@ from langchain_core.language_models import BaseChatModel
 
 from agentctl.config import ROLES, LLMSettings, ModelSpec, Role
 from server.errors import AppError
-from server.llm.resilience import CircuitBreaker
+from server.llm.resilience import CircuitBreaker, Lane
 
 LOCAL_CHAT = "local"
 LOCAL_EMBEDDING = "local-embedding"
@@ -31,21 +31,38 @@ class NoModelConfiguredError(AppError):
 
 @dataclass
 class RegisteredModel:
+    """One declared model, with a client and a circuit breaker per lane: background work (memory, judge) has
+    connections and a circuit of its own, so it can neither take chat's connections nor open chat's circuit."""
+
     name: str
     spec: ModelSpec
-    breaker: CircuitBreaker
+    breakers: dict[Lane, CircuitBreaker]
     chat: BaseChatModel | None = None
+    background_chat: BaseChatModel | None = None
     embeddings: Embeddings | None = None
-    # Where background embedding work goes when it would otherwise compete with requests (local models).
     background_embeddings: Embeddings | None = None
-    _bound: dict[tuple[str, ...], object] = field(default_factory=dict)
+    _bound: dict[tuple[Lane, tuple[str, ...]], object] = field(default_factory=dict)
 
-    def with_tools(self, tools: list) -> object:
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit chat goes through: the one health checks and operators care about."""
+        return self.breakers[Lane.FOREGROUND]
+
+    def chat_model(self, lane: Lane) -> BaseChatModel:
+        model = self.background_chat if lane is Lane.BACKGROUND else self.chat
+        assert model is not None, f"model {self.name} is not a chat model"
+        return model
+
+    def embedding_model(self, lane: Lane) -> Embeddings:
+        model = self.background_embeddings if lane is Lane.BACKGROUND else self.embeddings
+        assert model is not None, f"model {self.name} is not an embedding model"
+        return model
+
+    def with_tools(self, tools: list, lane: Lane = Lane.FOREGROUND) -> object:
         """The chat model bound to ``tools``, built once per tool set rather than once per request."""
-        key = tuple(sorted(getattr(tool, "name", str(tool)) for tool in tools))
+        key = (lane, tuple(sorted(getattr(tool, "name", str(tool)) for tool in tools)))
         if key not in self._bound:
-            assert self.chat is not None
-            self._bound[key] = self.chat.bind_tools(tools)
+            self._bound[key] = self.chat_model(lane).bind_tools(tools)
         return self._bound[key]
 
 
@@ -53,31 +70,38 @@ class ModelRegistry:
     def __init__(self, settings: LLMSettings, models: dict[str, ModelSpec], roles: dict[Role, list[str]]) -> None:
         self.settings = settings
         self.models = {
-            name: RegisteredModel(
-                name=name,
-                spec=spec,
-                breaker=CircuitBreaker(
-                    threshold=settings.breaker_failure_threshold,
-                    window_seconds=settings.breaker_window_seconds,
-                    open_seconds=settings.breaker_open_seconds,
-                ),
-            )
+            name: RegisteredModel(name=name, spec=spec, breakers={lane: _breaker_for(settings) for lane in Lane})
             for name, spec in models.items()
         }
         self.roles = roles
-        # One connection pool for every OpenAI-compatible model of this process, owned (and closed) here rather
-        # than langchain-openai's process-wide default client, which outlives event loops.
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
-            ),
-            timeout=None,  # each model's own timeout applies per request
-        )
+        # Connection pools for every OpenAI-compatible model of this process, one per lane, owned (and closed) here
+        # rather than langchain-openai's process-wide default client, which outlives event loops.
+        self.http = _http_client(settings.max_connections)
+        self.background_http = _http_client(settings.background_max_connections)
         for model in self.models.values():
-            _build_client(model, settings, self.http)
+            _build_clients(model, settings, {Lane.FOREGROUND: self.http, Lane.BACKGROUND: self.background_http})
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.background_http.aclose()
+
+    def api_key_of(self, spec: ModelSpec) -> str:
+        """The key sent to an OpenAI-compatible model: its own, else the default one."""
+        return api_key_for(spec, self.settings)
+
+    def connections(self, lane: Lane = Lane.FOREGROUND) -> tuple[int, int, int]:
+        """(connections carrying a request, idle ones kept open, requests waiting for one) in the lane's pool,
+        for metrics, readiness and tests."""
+        client = self.http if lane is Lane.FOREGROUND else self.background_http
+        pool = getattr(client._transport, "_pool", None)  # httpcore's pool, behind httpx's transport
+        active = idle = 0
+        for connection in getattr(pool, "connections", []):
+            if connection.is_idle():
+                idle += 1
+            elif not connection.is_closed():
+                active += 1
+        waiting = sum(1 for request in getattr(pool, "_requests", []) if request.is_queued())
+        return active, idle, waiting
 
     @property
     def uses_local_models(self) -> bool:
@@ -216,7 +240,30 @@ def _quickly_parsing_client() -> type:
     return QuicklyParsingAsyncOpenAI
 
 
-def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.AsyncClient) -> None:
+def api_key_for(spec: ModelSpec, settings: LLMSettings) -> str:
+    key = spec.api_key or settings.api_key
+    # OpenAI-compatible servers without auth (vLLM, Ollama, llama.cpp) still need a non-empty key in the client.
+    return key.get_secret_value() if key else "not-needed"
+
+
+def _breaker_for(settings: LLMSettings) -> CircuitBreaker:
+    return CircuitBreaker(
+        failure_rate=settings.breaker_failure_rate,
+        minimum_calls=settings.breaker_minimum_calls,
+        window_seconds=settings.breaker_window_seconds,
+        open_seconds=settings.breaker_open_seconds,
+        half_open_calls=settings.breaker_half_open_calls,
+    )
+
+
+def _http_client(max_connections: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        timeout=None,  # each model's own timeout applies per request
+    )
+
+
+def _build_clients(model: RegisteredModel, settings: LLMSettings, http: dict[Lane, httpx.AsyncClient]) -> None:
     spec = model.spec
     if spec.provider == "local":
         from server.llm import local
@@ -225,33 +272,42 @@ def _build_client(model: RegisteredModel, settings: LLMSettings, http: httpx.Asy
             model.embeddings = local.LocalEmbeddings()
             model.background_embeddings = local.LocalEmbeddings(lane="background")
         else:
-            model.chat = local.LocalChatModel(
+            # One model in memory, one generation at a time: both lanes share it.
+            model.chat = model.background_chat = local.LocalChatModel(
                 n_ctx=spec.context_window,
                 max_tokens=spec.max_output_tokens or 256,
                 temperature=spec.temperature if spec.temperature is not None else 0.2,
             )
         return
+    api_key = api_key_for(spec, settings)
+    if spec.kind == "embedding":
+        model.embeddings = _openai_embeddings(spec, api_key, http[Lane.FOREGROUND])
+        model.background_embeddings = _openai_embeddings(spec, api_key, http[Lane.BACKGROUND])
+        return
+    model.chat = _openai_chat(spec, api_key, http[Lane.FOREGROUND])
+    model.background_chat = _openai_chat(spec, api_key, http[Lane.BACKGROUND])
+
+
+def _openai_embeddings(spec: ModelSpec, api_key: str, http: httpx.AsyncClient) -> Embeddings:
     from langchain_openai import OpenAIEmbeddings
 
-    key = spec.api_key or settings.api_key
-    # OpenAI-compatible servers without auth (vLLM, Ollama, llama.cpp) still need a non-empty key in the client.
-    api_key = key.get_secret_value() if key else "not-needed"
-    if spec.kind == "embedding":
-        model.embeddings = OpenAIEmbeddings(
-            model=spec.model_id,
-            base_url=spec.base_url,
-            api_key=api_key,
-            dimensions=spec.embedding_dims,
-            max_retries=0,
-            request_timeout=spec.timeout_seconds,
-            check_embedding_ctx_length=False,  # tiktoken would download its tables; the endpoint checks length
-            http_async_client=http,
-        )
-        return
+    return OpenAIEmbeddings(
+        model=spec.model_id,
+        base_url=spec.base_url,
+        api_key=api_key,
+        dimensions=spec.embedding_dims,
+        max_retries=0,
+        request_timeout=spec.timeout_seconds,
+        check_embedding_ctx_length=False,  # tiktoken would download its tables; the endpoint checks length
+        http_async_client=http,
+    )
+
+
+def _openai_chat(spec: ModelSpec, api_key: str, http: httpx.AsyncClient) -> BaseChatModel:
     client = _quickly_parsing_client()(
         base_url=spec.base_url, api_key=api_key, timeout=spec.timeout_seconds, max_retries=0, http_client=http
     )
-    model.chat = _pass_through_chat_model()(
+    return _pass_through_chat_model()(
         model=spec.model_id,
         base_url=spec.base_url,
         api_key=api_key,

@@ -9,10 +9,11 @@ the caller; a failure after that ends the stream with :class:`ModelStreamError`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,14 +26,23 @@ from server.errors import AppError
 from server.llm.registry import ModelRegistry, RegisteredModel
 from server.llm.resilience import (
     BreakerState,
+    Lane,
+    Permit,
     StreamEndedEarlyError,
     backoff_seconds,
     counts_against_the_model,
     is_retryable,
     retry_after_seconds,
 )
+from server.observability.logging import RateLimitedLog
 
 T = TypeVar("T")
+# Roles whose calls nobody waits for: they get the background lane (connections and circuits of their own).
+BACKGROUND_ROLES: frozenset[Role] = frozenset({"memory", "judge"})
+
+
+def lane_of(role: Role) -> Lane:
+    return Lane.BACKGROUND if role in BACKGROUND_ROLES else Lane.FOREGROUND
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,7 @@ class LLMService:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._observe = observe or (lambda report, outcome: None)
+        self._fallback_log = RateLimitedLog()  # an outage makes every call fall back: one line a minute per model
 
     async def complete(
         self,
@@ -156,16 +167,17 @@ class LLMService:
         such as JSON mode, for the models that take it)."""
         report = CallReport(role=role)
         started = time.perf_counter()
+        lane = lane_of(role)
 
         async def ask(model: RegisteredModel, remaining: float) -> AIMessage:
-            runnable: Any = model.with_tools(tools) if tools else model.chat
+            runnable: Any = model.with_tools(tools, lane) if tools else model.chat_model(lane)
             if response_format is not None and model.spec.provider != "local":
                 runnable = runnable.bind(response_format=response_format)
             async with asyncio.timeout(remaining):
                 return await runnable.ainvoke(list(messages))
 
         with self._observed(report):
-            message, model = await self._resilient(role, report, ask, deadline_seconds)
+            message, model, _ = await self._resilient(role, lane, report, ask, deadline_seconds)
             self._finish(report, model, message, started)
         return Completion(message=message, report=report)
 
@@ -181,21 +193,28 @@ class LLMService:
         report = CallReport(role=role)
         started = time.perf_counter()
         deadline = time.monotonic() + (deadline_seconds or self._settings.call_deadline_seconds)
+        lane = lane_of(role)
 
         async def open_stream(model: RegisteredModel, remaining: float) -> tuple[AsyncIterator, list[AIMessageChunk]]:
             # Read until the first chunk with output: until then a failure can still fall back.
-            runnable: Any = model.with_tools(tools) if tools else model.chat
+            runnable: Any = model.with_tools(tools, lane) if tools else model.chat_model(lane)
             chunks = aiter(runnable.astream(list(messages)))
             opened: list[AIMessageChunk] = []
-            async with asyncio.timeout(remaining):
-                async for chunk in chunks:
-                    opened.append(chunk)
-                    if chunk.content or chunk.tool_call_chunks:
-                        break
+            try:
+                async with asyncio.timeout(remaining):
+                    async for chunk in chunks:
+                        opened.append(chunk)
+                        if chunk.content or chunk.tool_call_chunks:
+                            break
+            except BaseException:
+                await asyncio.shield(_close_quietly(chunks))
+                raise
             return chunks, opened
 
         with self._observed(report, success=False):
-            (chunks, opened), model = await self._resilient(role, report, open_stream, deadline - time.monotonic())
+            (chunks, opened), model, permit = await self._resilient(
+                role, lane, report, open_stream, deadline - time.monotonic(), settle_success=False
+            )
         report.time_to_first_token_seconds = time.perf_counter() - started
         received: list[AIMessageChunk] = []  # merged once at the end: merging as they come costs a message each
         finished = False
@@ -216,14 +235,19 @@ class LLMService:
                     yield StreamToken(chunk.content)
             if not finished:
                 raise StreamEndedEarlyError("the stream ended without a finish reason")
+            permit.succeeded()
         except Exception as error:
-            model.breaker.record_failure()
+            permit.failed()
             partial = "".join(chunk.content for chunk in received if isinstance(chunk.content, str))
             logger.warning("model {} failed mid-stream after {} characters: {}", model.name, len(partial), error)
             report.model, report.model_id = model.name, model.spec.model_id
             self._observe(report, "stream_error")
             raise ModelStreamError(model.name, partial, error) from error
-        model.breaker.record_success()
+        finally:
+            # Whoever stopped reading (a cancelled turn, a client gone), the response is closed now and its
+            # connection goes back to the pool: left to the garbage collector, it stayed in CLOSE-WAIT for good.
+            permit.released()  # no verdict if neither settled it: a cancel says nothing about the model
+            await asyncio.shield(_close_quietly(chunks))  # to its end, even if cancelled again meanwhile
         whole = add_ai_message_chunks(received[0], *received[1:]) if received else None
         message = AIMessage(
             content=whole.content if whole else "",
@@ -248,54 +272,83 @@ class LLMService:
         documents; ``background`` work keeps off the lane requests use, where the model has one."""
         report = CallReport(role="embedding")
         started = time.perf_counter()
+        lane = Lane.BACKGROUND if background else Lane.FOREGROUND
 
         async def embed_with(model: RegisteredModel, remaining: float) -> list[list[float]]:
-            embeddings = (background and model.background_embeddings) or model.embeddings
-            assert embeddings is not None
+            embeddings = model.embedding_model(lane)
             async with asyncio.timeout(remaining):
                 if query:
                     return list(await asyncio.gather(*(embeddings.aembed_query(text) for text in texts)))
                 return await embeddings.aembed_documents(texts)
 
         with self._observed(report):
-            vectors, model = await self._resilient("embedding", report, embed_with, deadline_seconds)
+            vectors, model, _ = await self._resilient("embedding", lane, report, embed_with, deadline_seconds)
             report.model, report.model_id = model.name, model.spec.model_id
             report.latency_seconds = time.perf_counter() - started
         return Embedded(vectors=vectors, report=report)
 
+    def _retry_after(self, role: Role, lane: Lane) -> int:
+        """Seconds worth waiting before asking again: until the first open circuit of the chain lets probes through."""
+        waits = [model.breakers[lane].seconds_until_half_open() for model in self.registry.chain(role)]
+        return max(1, math.ceil(min(waits)))
+
+    def ensure_available(self, role: Role) -> None:
+        """Refuse at once (503 with Retry-After) when every model of the role's chain has its circuit open:
+        the call could only fail, after taking whatever it holds (a session's turn, a connection)."""
+        chain = self.registry.chain(role)
+        breakers = [model.breakers[lane_of(role)] for model in chain]
+        if all(breaker.state is BreakerState.OPEN for breaker in breakers):
+            wait = self._retry_after(role, lane_of(role))
+            raise ModelUnavailableError(
+                f"every model of the {role} role is unavailable (circuit open); retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
     async def _resilient(
         self,
         role: Role,
+        lane: Lane,
         report: CallReport,
         operation: Callable[[RegisteredModel, float], Awaitable[T]],
         deadline_seconds: float | None,
-    ) -> tuple[T, RegisteredModel]:
+        *,
+        settle_success: bool = True,
+    ) -> tuple[T, RegisteredModel, Permit]:
+        """The operation's result from the first model of the chain that gives one, with its model and the
+        permit of the attempt that succeeded (settled already, unless ``settle_success`` is False: a stream
+        settles it when it ends)."""
         settings = self._settings
         deadline = time.monotonic() + (deadline_seconds or settings.call_deadline_seconds)
         for model in self.registry.chain(role):
-            if not model.breaker.try_acquire():
-                report.fallbacks.append(Fallback(model.name, "circuit open"))
+            breaker = model.breakers[lane]
+            if lane is Lane.BACKGROUND and model.breaker.state is not BreakerState.CLOSED:
+                # Background work is shed first: a model chat is struggling with gets none of it.
+                report.fallbacks.append(Fallback(model.name, "shed: the model's chat circuit is not closed"))
                 continue
             reason = ""
             for attempt in range(settings.max_attempts):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    model.breaker.release_probe()
                     raise ModelDeadlineError(f"no answer for the {role} role within the deadline", extra=_extra(report))
+                permit = breaker.try_acquire()
+                if permit is None:
+                    reason = reason or "circuit open"
+                    break
                 report.attempts += 1
                 try:
                     result = await operation(model, remaining)
                 except asyncio.CancelledError:
-                    model.breaker.release_probe()
+                    permit.released()
                     raise
                 except Exception as error:
                     reason = _describe(error)
-                    if counts_against_the_model(error):
-                        model.breaker.record_failure()
+                    cut_short = isinstance(error, TimeoutError) and remaining < model.spec.timeout_seconds
+                    if counts_against_the_model(error) and not cut_short:
+                        permit.failed()
                     else:
-                        model.breaker.release_probe()
+                        permit.released()  # the request was bad, or our own deadline or queue cut it short
                     logger.debug("model {} attempt {} failed: {}", model.name, attempt + 1, reason)
-                    if not is_retryable(error) or model.breaker.state is not BreakerState.CLOSED:
+                    if not is_retryable(error) or breaker.state is not BreakerState.CLOSED:
                         break
                     wait = max(
                         backoff_seconds(
@@ -312,16 +365,18 @@ class LLMService:
                     report.retries += 1
                     await self._sleep(wait)
                 else:
-                    model.breaker.record_success()
-                    return result, model
+                    if settle_success:
+                        permit.succeeded()
+                    return result, model, permit
             report.fallbacks.append(Fallback(model.name, reason))
-            logger.info("{} call leaves model {}: {}", role, model.name, reason)
+            self._fallback_log.warning(f"{role}:{model.name}", "{} call leaves model {}: {}", role, model.name, reason)
         raise ModelUnavailableError(
             f"no model of the {role} role answered ({'; '.join(f'{f.model}: {f.reason}' for f in report.fallbacks)})",
             extra=_extra(report),
+            headers={"Retry-After": str(self._retry_after(role, lane))},
         )
 
-    @contextmanager
+    @contextlib.contextmanager
     def _observed(self, report: CallReport, *, success: bool = True) -> Iterator[None]:
         """Report the call's outcome to the observer (metrics): ok, or why it failed."""
         try:
@@ -339,6 +394,14 @@ class LLMService:
         report.model, report.model_id = model.name, model.spec.model_id
         report.usage = Usage.of(message, model.spec)
         report.latency_seconds = time.perf_counter() - started
+
+
+async def _close_quietly(stream: AsyncIterator[Any]) -> None:
+    """Close a model's response stream, whatever state it is in (finished, failed or abandoned)."""
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 def _describe(error: BaseException) -> str:

