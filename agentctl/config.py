@@ -70,7 +70,12 @@ class DatabaseSettings(_Section):
     )
     pool_min_size: int = Field(default=1, ge=0, description="Connections each process keeps open.")
     pool_max_size: int = Field(default=10, ge=1, description="Most connections one process opens.")
-    connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Time allowed to open a connection.")
+    connect_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Time allowed to open a connection, or to wait for a pooled one: while the database is down, "
+        "requests get a 503 this soon.",
+    )
     command_timeout_seconds: float = Field(default=30.0, gt=0, description="Time allowed for one statement.")
     max_idle_seconds: float = Field(default=300.0, gt=0, description="A pooled connection idle this long is closed.")
     readiness_timeout_seconds: float = Field(
@@ -111,6 +116,17 @@ class ServerSettings(_Section):
     request_max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest request body accepted; larger bodies get 413."
     )
+    max_header_bytes: int = Field(
+        default=65_536,
+        ge=4096,
+        le=1_048_576,
+        description="Largest request line and headers accepted; larger ones get 431 and the connection is closed.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a client gets to send a request's line and headers; slower ones get 408 (slowloris).",
+    )
     cors_allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser, comma-separated. Empty: no CORS.",
@@ -120,6 +136,12 @@ class ServerSettings(_Section):
         default_factory=list,
         description="Addresses or networks (CIDR) of proxies whose X-Forwarded-For is believed, comma-separated.",
     )
+    readiness_requires: Annotated[list[Literal["models", "redis", "memory"]], NoDecode] = Field(
+        default_factory=list,
+        description="Shared dependencies whose failure makes /health/ready answer 503, comma-separated (models, "
+        "redis, memory). Empty: they are reported as degraded and the instance stays ready; the database always "
+        "counts, and Redis does when rate limits fail closed.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -128,7 +150,7 @@ class ServerSettings(_Section):
             ipaddress.ip_network(entry, strict=False)  # raises ValueError naming the bad entry
         return value
 
-    @field_validator("cors_allowed_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_allowed_origins", "trusted_proxies", "readiness_requires", mode="before")
     @classmethod
     def _split_comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -263,21 +285,59 @@ class LLMSettings(_Section):
     api_key: SecretStr | None = Field(
         default=None, description="Key for OpenAI-compatible models that name no other. Also read from OPENAI_API_KEY."
     )
-    max_attempts: int = Field(default=3, ge=1, le=10, description="Tries per model for a retryable failure.")
+    max_attempts: int = Field(
+        default=4,
+        ge=1,
+        le=10,
+        description="Tries per model for a retryable failure (a model failing 30% of requests still answers 99% of "
+        "calls; during an outage the circuit breaker stops the retries).",
+    )
     backoff_initial_seconds: float = Field(default=0.25, ge=0, description="First retry waits up to this long.")
     backoff_max_seconds: float = Field(default=8.0, ge=0, description="No retry waits longer (jitter below it).")
-    breaker_failure_threshold: int = Field(
-        default=5, ge=1, description="Failures within the window that open a model's circuit."
+    breaker_failure_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of failed calls that opens a model's circuit, once the calls of the window show it with "
+        "99% confidence (six failures in a row at low volume; a few points above the rate at high volume).",
     )
-    breaker_window_seconds: float = Field(default=30.0, gt=0, description="Window in which failures are counted.")
+    breaker_minimum_calls: int = Field(
+        default=5, ge=1, description="Calls within the window before a model's circuit may open at all."
+    )
+    breaker_window_seconds: float = Field(
+        default=30.0, gt=0, description="Window over which calls and failures are counted."
+    )
     breaker_open_seconds: float = Field(
-        default=15.0, gt=0, description="How long an open circuit skips its model before one probe is let through."
+        default=15.0, gt=0, description="How long an open circuit skips its model before probes are let through."
+    )
+    breaker_half_open_calls: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Probe calls let through after the open period; fewer failures than the rate closes the circuit.",
     )
     max_connections: int = Field(
-        default=100, ge=1, description="Connections each worker keeps to model endpoints (all models together)."
+        default=100,
+        ge=1,
+        description="Connections each worker keeps to model endpoints for chat (all models together).",
+    )
+    background_max_connections: int = Field(
+        default=10,
+        ge=1,
+        description="Connections each worker keeps to model endpoints for background work (memory, judge): a pool of "
+        "their own, so that background calls never take or wait for chat's.",
     )
     call_deadline_seconds: float = Field(
         default=60.0, gt=0, description="One model call, retries and fallbacks included, ends by then."
+    )
+    probe_cache_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="/health/ready asks each chat model's endpoint whether it answers (GET /models) at most this "
+        "often per worker.",
+    )
+    probe_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Time a model endpoint gets to answer the readiness probe."
     )
 
     @field_validator("models")

@@ -8,13 +8,14 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Scope
 
 from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
 from server.auth.dependencies import BEARER_SCHEME, provide_auth_service
 from server.auth.routes import AuthController
 from server.chat.routes import ChatController
-from server.errors import EXCEPTION_HANDLERS
+from server.errors import EXCEPTION_HANDLERS, is_database_unavailable
 from server.health.routes import HealthController
 from server.lifespan import build_lifespan
 from server.memory.routes import MemoryController
@@ -22,7 +23,9 @@ from server.observability.http import http_metrics_middleware
 from server.observability.logging import configure_logging
 from server.observability.request_id import add_request_id_header, request_context_middleware
 from server.observability.routes import metrics
+from server.openapi import StrictStructSchemaPlugin, answer_options_for_every_method, state_the_configured_limits
 from server.ratelimit.middleware import rate_limit_middleware
+from server.security.body import BoundedRequest
 from server.security.headers import security_headers_hook
 from server.sessions.routes import SessionController
 
@@ -46,16 +49,17 @@ def create_app(settings: Settings) -> Litestar:
         if settings.server.cors_allowed_origins
         else None
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[HealthController, AuthController, SessionController, ChatController, MemoryController, metrics],
         lifespan=[build_lifespan(settings)],
         dependencies={"auth": Provide(provide_auth_service, sync_to_thread=False)},
-        # Outermost first: the request context wraps the metrics (so that the access log carries it).
-        middleware=[request_context_middleware, http_metrics_middleware, rate_limit_middleware],
+        middleware=[rate_limit_middleware],
         before_send=[add_request_id_header, security_headers_hook(settings, docs_path=OPENAPI_PATH)],
         exception_handlers=EXCEPTION_HANDLERS,
+        after_exception=[notice_database_outage],
         cors_config=cors,
         request_max_body_size=settings.server.request_max_body_bytes,
+        request_class=BoundedRequest,
         openapi_config=OpenAPIConfig(
             title="agentctl",
             version=__version__,
@@ -73,9 +77,24 @@ def create_app(settings: Settings) -> Litestar:
                 }
             ),
         ),
+        plugins=[StrictStructSchemaPlugin()],
         logging_config=None,  # logs go through loguru (server.observability.logging), not Litestar's root logger
         debug=settings.debug,
     )
+    answer_options_for_every_method(app)
+    state_the_configured_limits(app, settings)
+    # Around the whole app rather than as route middleware, which runs only for requests that match a route: a
+    # scan of unknown paths (404) or methods (405) gets its access line and its count too. Outermost first: the
+    # request context wraps the metrics, so that the access line carries the request id.
+    app.asgi_handler = request_context_middleware(http_metrics_middleware(app.asgi_handler))
+    return app
+
+
+async def notice_database_outage(exception: BaseException, scope: Scope) -> None:
+    """A request that failed for want of the database: the pools renew their connections once it is back."""
+    resources = scope["app"].state.get("resources")
+    if resources is not None and is_database_unavailable(exception):
+        resources.database.suspect_outage()
 
 
 def create_app_from_environment() -> Litestar:

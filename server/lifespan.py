@@ -24,15 +24,24 @@ from server.agent.graph import build_agent
 from server.agent.prompts import PromptLibrary
 from server.agent.tools import build_tools
 from server.auth.passwords import PasswordHashing, hashing_threads_for
-from server.auth.revocation import DatabaseRevocationCheck, RedisRevocationCheck, purge_periodically
+from server.auth.revocation import (
+    DatabaseRevocationCheck,
+    RedisRevocationCheck,
+    purge_periodically,
+    reconcile_periodically,
+)
 from server.auth.service import AuthService
 from server.auth.tokens import token_codec_for
 from server.chat.service import ChatService
 from server.database.embedded import database_url
-from server.database.engine import Database, open_database
+from server.database.engine import Database, open_database, ping_checkpoint_pool
 from server.database.migrations import apply_migrations, ensure_schema_current
+from server.database.notifications import DatabaseNotifications
 from server.evaluation.gauges import EvalGauges, refresh_periodically
+from server.health.service import Dependency
+from server.llm.health import ModelProbes
 from server.llm.registry import ModelRegistry
+from server.llm.resilience import Lane
 from server.llm.service import LLMService
 from server.memory.collection import memory_dimensions
 from server.memory.service import MemoryService
@@ -56,6 +65,7 @@ class Resources:
     chat: ChatService
     memory: MemoryService | None
     metrics: AppMetrics
+    readiness: list[Dependency] = field(default_factory=list)
     trusted_proxies: list[Network] = field(default_factory=list)
 
     def client_ip(self, scope: Scope) -> str:
@@ -87,7 +97,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             metrics = AppMetrics()
             stack.callback(metrics.worker_stopped)  # runs last: this worker's live gauges leave the scrape
             limiter = RateLimiter(settings, rejections=metrics.ratelimit.rejections)
-            revocations = (
+            revocations: DatabaseRevocationCheck | RedisRevocationCheck = (
                 RedisRevocationCheck(redis, settings.redis.key_prefix)
                 if redis is not None
                 else DatabaseRevocationCheck()
@@ -109,8 +119,10 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 stack.push_async_callback(asyncio.to_thread, close_local_models)
                 await models.warm_up_local_models()
             for name, model in models.models.items():
-                model.breaker.on_change = metrics.model.circuit_changed(name)
+                for lane, breaker in model.breakers.items():
+                    breaker.on_change = metrics.model.circuit_changed(name, lane)
             metrics.before_scrape(partial(_notice_breakers, models))
+            metrics.sample_every_few_seconds(partial(_sample_model_connections, models, metrics))
             llm = LLMService(models, settings.llm, observe=metrics.model.record)
 
             checkpoints = AsyncConnectionPool(
@@ -119,11 +131,17 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 max_size=settings.database.pool_max_size,
                 timeout=settings.database.connect_timeout_seconds,
                 # What AsyncPostgresSaver needs of its connections (setup() ran at migrate time).
-                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+                kwargs={
+                    "autocommit": True,
+                    "prepare_threshold": 0,
+                    "row_factory": dict_row,
+                    "connect_timeout": max(1, round(settings.database.connect_timeout_seconds)),
+                },
                 open=False,
             )
             await checkpoints.open()
             stack.push_async_callback(checkpoints.close)
+            database.check_after_outages(checkpoints.check)
             metrics.pools.watch("main", partial(asyncpg_pool_usage, database.engine.pool))
             metrics.pools.watch("checkpoints", partial(psycopg_pool_usage, checkpoints))
             prompts = PromptLibrary(settings.agent)
@@ -143,6 +161,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             if dimensions is not None:
                 memory = await MemoryService.open(settings, llm, url, metrics.memory)
                 metrics.pools.watch("memory", memory.pool_usage)
+                database.check_after_outages(memory.check_pool)
                 memory.start()
                 # Closed before the model layer and the database it needs, after the server stopped taking turns.
                 stack.push_async_callback(memory.close)
@@ -154,6 +173,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 stack.push_async_callback(tracer.close)  # after the last turn ended: its trace is sent too
             chat = ChatService(
                 agent=agent,
+                llm=llm,
                 database=database,
                 settings=settings.agent,
                 memory=memory,
@@ -165,11 +185,20 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             metrics.pools.watch("turn_locks", chat.lock_connection_usage)
             sampler = asyncio.create_task(_sample_pools(metrics, _POOL_SAMPLE_SECONDS))
             stack.push_async_callback(_cancel, sampler)
-            listener = asyncio.create_task(chat.listen_for_cancellations())
+            notifications = DatabaseNotifications(
+                url, connect_timeout_seconds=settings.database.connect_timeout_seconds
+            )
+            notifications.subscribe(chat.cancellations())
+            if isinstance(revocations, RedisRevocationCheck):
+                notifications.subscribe(revocations.uncached_revocations())
+            listener = asyncio.create_task(notifications.listen_forever())
             stack.push_async_callback(_cancel, listener)
 
             purger = asyncio.create_task(purge_periodically(settings.auth.revocation_purge_interval_seconds))
             stack.push_async_callback(_cancel, purger)
+            if isinstance(revocations, RedisRevocationCheck):
+                reconciler = asyncio.create_task(reconcile_periodically(revocations, _RECONCILE_SECONDS))
+                stack.push_async_callback(_cancel, reconciler)
             # The latest `agentctl eval` run, as gauges on /metrics (read from eval_runs, whoever ran it).
             eval_gauges = EvalGauges(metrics.registry)
             eval_refresher = asyncio.create_task(
@@ -177,6 +206,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             )
             stack.push_async_callback(_cancel, eval_refresher)
 
+            readiness = _readiness_dependencies(settings, database, checkpoints, redis, llm, memory)
             app.state.resources = Resources(
                 settings=settings,
                 database=database,
@@ -187,6 +217,7 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
                 chat=chat,
                 memory=memory,
                 metrics=metrics,
+                readiness=readiness,
                 trusted_proxies=trusted_networks(settings.server.trusted_proxies),
             )
             # Everything built so far lives as long as the worker: move it out of the collector's sight. A full
@@ -200,18 +231,61 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
     return lifespan
 
 
-_POOL_SAMPLE_SECONDS = 2.0
+_POOL_SAMPLE_SECONDS = 0.5
+# Revocations made while Redis was down reach it this soon after it answers again.
+_RECONCILE_SECONDS = 2.0
+
+
+def _readiness_dependencies(
+    settings: Settings,
+    database: Database,
+    checkpoints: AsyncConnectionPool,
+    redis: Redis | None,
+    llm: LLMService,
+    memory: MemoryService | None,
+) -> list[Dependency]:
+    """What /health/ready looks at: this instance's own database pools decide it; shared dependencies are
+    reported as degraded unless the settings require them (Redis is required when rate limits fail closed)."""
+    timeout = settings.database.readiness_timeout_seconds
+    requires = set(settings.server.readiness_requires)
+
+    async def database_pools() -> None:
+        await asyncio.gather(database.ping(), ping_checkpoint_pool(checkpoints, timeout))
+
+    probes = ModelProbes(
+        llm.registry, cache_seconds=settings.llm.probe_cache_seconds, timeout_seconds=settings.llm.probe_timeout_seconds
+    )
+    dependencies = [
+        Dependency("database", database_pools, required=True),
+        Dependency("models", probes.check_role, required="models" in requires),
+    ]
+    if redis is not None:
+        fails_closed = settings.ratelimit.enabled and settings.ratelimit.on_storage_error == "deny"
+
+        async def redis_answers() -> None:
+            await asyncio.wait_for(redis.ping(), settings.redis.timeout_seconds)
+
+        dependencies.append(Dependency("redis", redis_answers, required=fails_closed or "redis" in requires))
+    if memory is not None:
+        dependencies.append(Dependency("memory", partial(memory.ping, timeout), required="memory" in requires))
+    return dependencies
+
+
+def _sample_model_connections(models: ModelRegistry, metrics: AppMetrics) -> None:
+    for lane in Lane:
+        metrics.model.sample_connections(lane.value, *models.connections(lane))
 
 
 def _notice_breakers(models: ModelRegistry) -> None:
     for model in models.models.values():
-        model.breaker.notice_state()
+        for breaker in model.breakers.values():
+            breaker.notice_state()
 
 
 async def _sample_pools(metrics: AppMetrics, every_seconds: float) -> None:
     """Pool gauges stay fresh in every worker, not only in the one answering scrapes."""
     while True:
-        metrics.pools.sample()
+        metrics.sample()
         await asyncio.sleep(every_seconds)
 
 

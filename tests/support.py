@@ -56,6 +56,7 @@ class ServeProcess:
     """`agentctl serve` as an operator runs it: a real process, real uvicorn, real signals."""
 
     def __init__(self, workdir: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"serve-{self.port}.log"
@@ -70,15 +71,17 @@ class ServeProcess:
         )
 
     def wait_until_healthy(self, timeout: float = 60.0) -> None:
+        """Until /health answers and every worker has finished starting (one answering is not all of them)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
-                    return
+                answered = httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
+                answered = False
+            if answered and self.output().count("worker ready") >= self.workers:
+                return
             time.sleep(0.1)
         raise AssertionError(f"serve did not answer /health within {timeout} s:\n{self.output()}")
 
@@ -151,3 +154,11 @@ class ApiClient:
                 if request_id in line and "pid=" in line:
                     pids.add(line.split("pid=", 1)[1].split()[0])
         return pids
+
+
+def metric_value(exposition: str, series: str) -> float:
+    """The value of one series (its name and labels, sorted, as exposed) in a Prometheus exposition; 0 if absent."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

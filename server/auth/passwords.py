@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,14 @@ class WeakPasswordError(AppError):
     title = "Password does not meet the policy"
 
 
+# A letter and a digit, in any script. The OpenAPI document states the policy with the same expressions, so that
+# what a client is told is accepted is exactly what is.
+LETTER = r"[^\W\d_]"
+DIGIT = r"\d"
+_LETTER = re.compile(LETTER)
+_DIGIT = re.compile(DIGIT)
+
+
 def password_problems(password: str, settings: AuthSettings) -> list[str]:
     """What the password lacks, in words a person can act on (empty when it is acceptable)."""
     problems = []
@@ -28,11 +37,21 @@ def password_problems(password: str, settings: AuthSettings) -> list[str]:
         problems.append(f"at least {settings.password_min_length} characters")
     if len(password) > settings.password_max_length:
         problems.append(f"at most {settings.password_max_length} characters")
-    if settings.password_require_letter and not any(character.isalpha() for character in password):
+    if settings.password_require_letter and not _LETTER.search(password):
         problems.append("a letter")
-    if settings.password_require_digit and not any(character.isdigit() for character in password):
+    if settings.password_require_digit and not _DIGIT.search(password):
         problems.append("a digit")
     return problems
+
+
+def password_policy_pattern(settings: AuthSettings) -> str | None:
+    """The policy's character rules as one regular expression (for the OpenAPI document), if it has any."""
+    lookaheads = [
+        f"(?=[\\s\\S]*{rule})"
+        for rule, required in ((LETTER, settings.password_require_letter), (DIGIT, settings.password_require_digit))
+        if required
+    ]
+    return "^" + "".join(lookaheads) if lookaheads else None
 
 
 def enforce_password_policy(password: str, settings: AuthSettings) -> None:

@@ -11,6 +11,8 @@ from litestar.params import JSONBody
 
 from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.schemas import (
+    EMAIL_MAX_LENGTH,
+    PASSWORD_MAX_LENGTH,
     LoginRequest,
     RefreshRequest,
     RegisterRequest,
@@ -23,6 +25,8 @@ from server.auth.service import AuthService, TokenPair
 from server.auth.tokens import TokenClaims
 from server.errors import InvalidFieldError, problem_responses
 from server.ratelimit.service import RouteClass
+from server.security.body import TOO_DEEP, InvalidBodyError
+from server.security.text import email_pattern
 from server.users.service import get_user
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -37,28 +41,60 @@ def _pair(tokens: TokenPair) -> TokenPairResponse:
     )
 
 
-def _login_schema() -> Schema:
-    return Schema(
-        type=OpenAPIType.OBJECT,
-        properties={
-            "email": Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.EMAIL),
-            "password": Schema(type=OpenAPIType.STRING, description="Any Unicode text; never altered"),
-            "grant_type": Schema(type=OpenAPIType.STRING, enum=["password"]),
-            "username": Schema(type=OpenAPIType.STRING, description="Form only: the email, as OAuth2 clients send it"),
-        },
-        required=["password"],
-        description="email and password; grant_type=password is accepted for OAuth2 clients",
-    )
+_EMAIL_SCHEMA = Schema(
+    type=OpenAPIType.STRING,
+    format=OpenAPIFormat.EMAIL,
+    min_length=3,
+    max_length=EMAIL_MAX_LENGTH,
+    pattern=email_pattern(),
+)
+_PASSWORD_SCHEMA = Schema(
+    type=OpenAPIType.STRING, min_length=1, max_length=PASSWORD_MAX_LENGTH, description="Any Unicode text; never altered"
+)
+_GRANT_TYPE_SCHEMA = Schema(type=OpenAPIType.STRING, enum=["password"])
+# What OAuth2 password-grant clients send besides the credentials; accepted in a form, and ignored.
+_OAUTH2_FORM_EXTRAS = ("scope", "client_id", "client_secret")
+_IGNORED_FORM_FIELD = Schema(type=OpenAPIType.STRING, description="Accepted and ignored")
 
 
 def _login_operation(**fields: Any) -> Operation:
     """Documents that login reads JSON and forms alike (the handler parses the body itself)."""
-    schema = _login_schema()
+    as_json = Schema(
+        type=OpenAPIType.OBJECT,
+        properties={"email": _EMAIL_SCHEMA, "password": _PASSWORD_SCHEMA, "grant_type": _GRANT_TYPE_SCHEMA},
+        required=["email", "password"],
+        additional_properties=False,
+        description="email and password",
+    )
+    as_form = Schema(
+        type=OpenAPIType.OBJECT,
+        properties={
+            "email": _EMAIL_SCHEMA,
+            "username": Schema(
+                type=OpenAPIType.STRING,
+                format=OpenAPIFormat.EMAIL,
+                min_length=3,
+                max_length=EMAIL_MAX_LENGTH,
+                pattern=email_pattern(),
+                description="The email, as OAuth2 clients send it",
+            ),
+            "password": _PASSWORD_SCHEMA,
+            "grant_type": _GRANT_TYPE_SCHEMA,
+            **{
+                name: Schema(type=OpenAPIType.STRING, description="Accepted and ignored")
+                for name in _OAUTH2_FORM_EXTRAS
+            },
+        },
+        required=["password"],
+        any_of=[Schema(required=["email"]), Schema(required=["username"])],
+        additional_properties=False,
+        description="an OAuth2 password-grant form: username (the email) and password",
+    )
     fields["request_body"] = RequestBody(
         required=True,
         content={
-            "application/json": OpenAPIMediaType(schema=schema),
-            "application/x-www-form-urlencoded": OpenAPIMediaType(schema=schema),
+            "application/json": OpenAPIMediaType(schema=as_json),
+            "application/x-www-form-urlencoded": OpenAPIMediaType(schema=as_form),
         },
     )
     return Operation(**fields)
@@ -132,9 +168,12 @@ async def _login_request(request: Request) -> LoginRequest:
     try:
         if content_type.startswith(_FORM_TYPES):
             form: dict[str, Any] = dict(await request.form())
-            # OAuth2 password-grant clients send the email as "username".
-            if "username" in form and "email" not in form:
-                form["email"] = form.pop("username")
+            for extra in _OAUTH2_FORM_EXTRAS:
+                form.pop(extra, None)
+            # OAuth2 password-grant clients send the email as "username"; with both, the email is the one.
+            username = form.pop("username", None)
+            if username is not None and "email" not in form:
+                form["email"] = username
             return msgspec.convert(form, LoginRequest)
         return msgspec.json.decode(await request.body(), type=LoginRequest)
     except msgspec.ValidationError as error:
@@ -145,3 +184,5 @@ async def _login_request(request: Request) -> LoginRequest:
         raise InvalidFieldError(field, message.split(" - at ")[0]) from None
     except msgspec.DecodeError as error:
         raise InvalidFieldError("body", f"not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidBodyError(TOO_DEEP) from None

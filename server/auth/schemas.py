@@ -13,9 +13,28 @@ from server.auth.tokens import IssuedToken
 from server.errors import InvalidFieldError
 from server.security.text import normalize_email, normalize_text
 
-Email = Annotated[str, Meta(min_length=3, max_length=320, description="Email address; compared case-insensitively.")]
+EMAIL_MAX_LENGTH = 254  # what an address may be (RFC 5321's path limit, as email-validator checks it)
+PASSWORD_MAX_LENGTH = 1024
+Email = Annotated[
+    str,
+    Meta(
+        min_length=3,
+        max_length=EMAIL_MAX_LENGTH,
+        extra_json_schema={
+            "description": "Email address; compared in compatibility form (NFKC) and case-insensitively.",
+            "extra": {"format": "email"},
+        },
+    ),
+]
 # Passwords are never altered; the policy (agentctl config) bounds them further.
-Password = Annotated[str, Meta(min_length=1, max_length=1024, description="Any Unicode text, stored only as a hash.")]
+Password = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=PASSWORD_MAX_LENGTH,
+        extra_json_schema={"description": "Any Unicode text, stored only as a hash."},
+    ),
+]
 Username = Annotated[str, Meta(min_length=1, max_length=64)]
 
 

@@ -1,4 +1,4 @@
-from piccolo.columns import UUID, ForeignKey, OnDelete, Timestamptz, Varchar
+from piccolo.columns import UUID, Boolean, ForeignKey, OnDelete, Timestamptz, Varchar
 
 from server.database.tables import TimestampedTable
 from server.users.tables import User
@@ -18,9 +18,11 @@ class RefreshToken(TimestampedTable, tablename="refresh_tokens"):
 class RevokedToken(TimestampedTable, tablename="revoked_tokens"):
     """A revoked identifier: a token's jti, a refresh family, or a chat session (all of its tokens).
 
-    Kept until the longest-lived token it could match has expired, then purged.
+    Kept until the longest-lived token it could match has expired, then purged. ``cached`` is false while the
+    shared cache (Redis) has not taken it yet: it was down when the revocation was made.
     """
 
     id = UUID(primary_key=True)
     kind = Varchar(length=16, null=False)
     expires_at = Timestamptz(null=False, index=True)
+    cached = Boolean(default=True, null=False)

@@ -18,7 +18,7 @@ import asyncpg
 from loguru import logger
 
 from agentctl.config import DatabaseSettings
-from server.errors import ServiceUnavailableError
+from server.errors import DatabaseUnavailableError
 
 
 def turn_lock_key(session_id: uuid.UUID) -> tuple[int]:
@@ -58,7 +58,7 @@ class TurnLocks:
         return (0 if self._connection is None or self._connection.is_closed() else 1), self._waiting
 
     async def take(self, session_id: uuid.UUID) -> None:
-        """Hold the session's turn lock, or raise SessionBusyError (ServiceUnavailableError: no database)."""
+        """Hold the session's turn lock, or raise SessionBusyError (DatabaseUnavailableError: no database)."""
         key = turn_lock_key(session_id)
         if key in self._claimed:
             raise SessionBusyError
@@ -72,7 +72,7 @@ class TurnLocks:
             raise
         except (OSError, asyncpg.PostgresError, TimeoutError) as error:
             self._claimed.discard(key)
-            raise ServiceUnavailableError(f"the turn lock could not be taken ({type(error).__name__})") from None
+            raise DatabaseUnavailableError(f"the turn lock could not be taken ({type(error).__name__})") from None
         if not granted:
             self._claimed.discard(key)
             raise SessionBusyError

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import anyio
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -14,9 +15,10 @@ from prometheus_client import Gauge
 from server.auth.dependencies import BEARER_SCHEME, provide_session_claims
 from server.auth.tokens import TokenClaims
 from server.chat.schemas import CancelResponse, ChatMessage, ChatRequest, ChatResponse, MessagesResponse
-from server.chat.service import ChatService, TurnEvent
+from server.chat.service import ChatService, Turn, TurnEvent
 from server.errors import AppError, InvalidFieldError, problem_responses
 from server.ratelimit.service import RouteClass
+from server.security.text import has_visible_text, normalize_text
 from server.sessions.service import get_owned_session, owner_name_of_session
 
 SESSION_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
@@ -109,9 +111,7 @@ class ChatController(Controller):
             user_name=user_name,
         )
         streams_open = request.app.state.resources.metrics.http.streams_open
-        return Stream(
-            _sse(turn.event_batches(heartbeat), streams_open), media_type=_SSE_MEDIA_TYPE, headers=_SSE_HEADERS
-        )
+        return Stream(_sse(turn, heartbeat, streams_open), media_type=_SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
 
     @get("/messages", responses=problem_responses(401, 404, 429))
     async def messages(
@@ -138,28 +138,40 @@ class ChatController(Controller):
 async def _checked_text(request: Request, session: TokenClaims, data: ChatRequest) -> tuple[str, str | None]:
     """The message to answer and, once the session is known to be the caller's, the user's name for the prompt."""
     limit = request.app.state.resources.settings.agent.message_max_chars
-    text = data.messages[-1].content
-    if len(text) > limit:
-        raise InvalidFieldError("messages", f"a message may have at most {limit} characters, this one has {len(text)}")
+    for message in data.messages:  # the last one is answered; none may pass the limit the document states
+        if len(message.content) > limit:
+            raise InvalidFieldError(
+                "messages", f"a message may have at most {limit} characters, this one has {len(message.content)}"
+            )
+    text = normalize_text(data.messages[-1].content)
+    if not has_visible_text(text):
+        raise InvalidFieldError("messages", "the message has nothing but white space and control characters")
     user_name = await owner_name_of_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
     return text, user_name
 
 
-async def _sse(batches: AsyncIterator[list[TurnEvent]], streams_open: Gauge) -> AsyncIterator[bytes]:
+async def _sse(turn: Turn, heartbeat_seconds: float, streams_open: Gauge) -> AsyncIterator[bytes]:
     """Events as SSE messages, heartbeats as comment lines; the events that were waiting together in one write.
 
     Litestar's ServerSentEvent response would send every event on its own, through every middleware's send."""
     streams_open.inc()
+    batches = turn.event_batches(heartbeat_seconds)
     try:
         async for batch in batches:
             yield b"".join(_KEEP_ALIVE if event.kind == "heartbeat" else _encoded(event) for event in batch)
     finally:
-        # The client left (or the turn ended): closing the events cancels the turn and keeps its partial answer.
+        # The client left (or the turn ended): closing the events cancels the turn, which keeps its partial answer.
         streams_open.dec()
-        await batches.aclose()  # type: ignore[attr-defined]
+        await batches.aclose()
+        # Shielded from the server's cancellation of a request whose client left: the request ends once the turn
+        # has recorded itself and released its session, so the next message finds the session free.
+        with anyio.move_on_after(_TURN_CLEANUP_SECONDS, shield=True):
+            await turn.settled()
 
 
 _KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive").encode()
+# How long a stream whose client left waits for its turn to finish (it keeps its partial answer and records itself).
+_TURN_CLEANUP_SECONDS = 10.0
 
 
 def _encoded(event: TurnEvent) -> bytes:

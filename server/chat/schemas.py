@@ -6,19 +6,14 @@ import msgspec
 from msgspec import Meta
 
 from server.auth.schemas import Strict
-from server.errors import InvalidFieldError
-from server.security.text import normalize_text
 
 
 class ClientMessage(Strict):
-    # Clients speak only as the user: system, assistant and tool messages are the server's to write.
-    role: str
+    # Clients speak only as the user: system, assistant and tool messages are the server's to write. Declared as a
+    # string that must be "user" (not a Literal), so that the refusal says why in words.
+    role: Annotated[str, Meta(pattern="^user$", description='Always "user": other roles are the server\'s to write.')]
+    # Stored as sent minus control characters (server.chat.routes), after its length is checked as sent.
     content: Annotated[str, Meta(min_length=1, max_length=1_000_000)]
-
-    def __post_init__(self) -> None:
-        if self.role != "user":
-            raise InvalidFieldError("role", f"only 'user' messages are accepted, not {self.role!r}")
-        self.content = normalize_text(self.content)
 
 
 class ChatRequest(Strict):

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, cast
 
-import asyncpg
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
@@ -24,8 +24,9 @@ from server.agent.graph import TurnRecorder
 from server.chat.locks import SessionBusyError, TurnLocks, turn_lock_key
 from server.chat.tables import ChatTurn
 from server.database.engine import Database
-from server.errors import AppError, ConflictError
-from server.llm.service import ModelStreamError
+from server.database.notifications import Subscription
+from server.errors import AppError, ConflictError, DatabaseUnavailableError, is_database_unavailable
+from server.llm.service import LLMService, ModelStreamError
 from server.memory.service import MemoryService, RememberJob
 from server.observability.metrics import ChatMetrics
 from server.observability.tracing import TurnTrace, TurnTracer
@@ -35,6 +36,8 @@ _CANCEL_CHANNEL = "agentctl_cancel_turn"
 # Error types of error events and turn records, besides the codes of AppErrors.
 _MODEL_STREAM_FAILED = "model-stream-failed"
 _INTERNAL_ERROR = "internal-error"
+# How long a new message waits for a cancelled turn of its session to finish recording itself.
+_CANCELLED_TURN_WAIT_SECONDS = 5.0
 
 
 class TurnInProgressError(ConflictError):
@@ -59,11 +62,14 @@ class Turn:
         self._events = events
 
     async def events(self) -> AsyncIterator[TurnEvent]:
-        """The turn's events, one by one, until it ends."""
-        async with contextlib.aclosing(self.event_batches()) as batches:
-            async for batch in batches:
-                for event in batch:
-                    yield event
+        """The turn's events, one by one, until it ends (or the caller stops reading, which cancels it)."""
+        try:
+            async with contextlib.aclosing(self.event_batches()) as batches:
+                async for batch in batches:
+                    for event in batch:
+                        yield event
+        finally:
+            await self.settled()
 
     async def event_batches(self, heartbeat_seconds: float | None = None) -> AsyncIterator[list[TurnEvent]]:
         """The turn's events in lists of those that were waiting together, so that a stream can send each list
@@ -86,10 +92,16 @@ class Turn:
         finally:
             if beat is not None:
                 beat.cancel()
-            if not ended:
+            if not ended and not self._task.cancelling():
                 self._task.cancel()  # the caller left: stop the turn, keep its partial answer
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+
+    async def settled(self) -> None:
+        """Wait until the turn has recorded itself and released its session (it may be keeping a partial answer).
+
+        Waits for the task without awaiting it: a waiter that is cancelled (a server answering a client that left
+        cancels it again and again) would pass each cancellation on to an awaited task, cutting short the turn's
+        own cleanup (its record, its partial answer, its model connection)."""
+        await asyncio.wait([self._task])
 
 
 class _Heartbeat:
@@ -117,11 +129,31 @@ class _RunningTurn:
     events: asyncio.Queue[TurnEvent | None]
 
 
+@dataclass(frozen=True)
+class TurnContext:
+    """What every step of one turn needs to know: who asked what, where its events go, what it records."""
+
+    turn_id: uuid.UUID
+    owner_id: uuid.UUID
+    session_id: uuid.UUID
+    text: str
+    recorder: TurnRecorder
+    events: asyncio.Queue[TurnEvent | None]
+    trace: TurnTrace = field(default_factory=TurnTrace)
+
+    @property
+    def question(self) -> HumanMessage:
+        """The user's message as the history keeps it; its id is the turn's, so a cancelled turn can tell whether
+        it reached the checkpoint."""
+        return HumanMessage(self.text, id=str(self.turn_id))
+
+
 class ChatService:
     def __init__(
         self,
         *,
         agent: CompiledStateGraph,
+        llm: LLMService,
         database: Database,
         settings: AgentSettings,
         memory: MemoryService | None = None,
@@ -129,6 +161,7 @@ class ChatService:
         tracer: TurnTracer | None = None,
     ) -> None:
         self._agent = agent
+        self._llm = llm
         self._database = database
         self._settings = settings
         self._memory = memory
@@ -149,45 +182,41 @@ class ChatService:
 
         The turn runs in its own task and releases the session itself when it ends; whoever watches its
         events can stop watching at any time, which cancels it and keeps what was said so far, marked as
-        interrupted."""
+        interrupted. With every chat model's circuit open, it is refused at once (503 with Retry-After) instead."""
+        self._llm.ensure_available("chat")
+        running = self._running.get(session_id)
+        if running is not None and running.task.cancelling():
+            # A cancelled turn of this session still keeping its partial answer: the new message waits for it.
+            await asyncio.wait([running.task], timeout=_CANCELLED_TURN_WAIT_SECONDS)
         try:
             await self._locks.take(session_id)
         except SessionBusyError:
             raise TurnInProgressError() from None
         events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
         recorder = TurnRecorder(user_name=user_name, streaming=streaming)
-        task = asyncio.create_task(
-            self._run_holding(events, uuid.uuid4(), owner_id, session_id, text, recorder),
-            name=f"turn-{session_id}",
-        )
+        turn = TurnContext(uuid.uuid4(), owner_id, session_id, text, recorder, events)
+        task = asyncio.create_task(self._run_holding(turn), name=f"turn-{session_id}")
         self._running[session_id] = _RunningTurn(task=task, events=events)
         return Turn(task, events)
 
-    async def _run_holding(
-        self,
-        events: asyncio.Queue[TurnEvent | None],
-        turn_id: uuid.UUID,
-        owner_id: uuid.UUID,
-        session_id: uuid.UUID,
-        text: str,
-        recorder: TurnRecorder,
-    ) -> None:
+    async def _run_holding(self, turn: TurnContext) -> None:
         # Opened and finished in this task: the trace's root is the task's current span meanwhile.
-        trace = (
-            self._tracer.start_turn(user_id=owner_id, session_id=session_id, turn_id=turn_id, input_text=text)
-            if self._tracer is not None
-            else TurnTrace()
-        )
+        if self._tracer is not None:
+            trace = self._tracer.start_turn(
+                user_id=turn.owner_id, session_id=turn.session_id, turn_id=turn.turn_id, input_text=turn.text
+            )
+            turn = dataclasses.replace(turn, trace=trace)
         try:
-            await self._run(events, turn_id, owner_id, session_id, text, recorder, trace)
+            await self._run(turn)
         finally:
             # Normally finished by _record with the turn's outcome; this only ends a trace _record never reached.
-            trace.finish(output=recorder.partial, status="error", error_type=_INTERNAL_ERROR)
+            turn.trace.finish(output=turn.recorder.partial, status="error", error_type=_INTERNAL_ERROR)
             if self._memory is not None:  # what the user said stands, however the turn ended
-                self._memory.remember(RememberJob(owner_id, session_id, turn_id, text))
-            if (running := self._running.get(session_id)) is not None and running.events is events:
-                del self._running[session_id]
-            await self._locks.release(session_id)
+                self._memory.remember(RememberJob(turn.owner_id, turn.session_id, turn.turn_id, turn.text))
+            running = self._running.get(turn.session_id)
+            if running is not None and running.events is turn.events:
+                del self._running[turn.session_id]
+            await self._locks.release(turn.session_id)
 
     async def cancel(self, session_id: uuid.UUID) -> bool:
         """Stop the session's running turn, in whichever worker or replica runs it; True if one was running."""
@@ -201,25 +230,11 @@ class ChatService:
             await connection.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, str(session_id))
         return True
 
-    async def listen_for_cancellations(self) -> None:
-        """Runs for the worker's lifetime: cancellations asked of other workers arrive by NOTIFY."""
-        while True:
-            try:
-                connection = await asyncpg.connect(self._database.url)
-            except (OSError, asyncpg.PostgresError) as error:
-                logger.warning("cancellation listener cannot connect, retrying: {}", error)
-                await asyncio.sleep(2)
-                continue
-            closed = asyncio.Event()
-            connection.add_termination_listener(lambda _connection, closed=closed: closed.set())
-            try:
-                await connection.add_listener(_CANCEL_CHANNEL, self._on_cancel_notice)
-                await closed.wait()
-                logger.warning("cancellation listener lost its connection; reconnecting")
-            finally:
-                await asyncio.shield(connection.close())
+    def cancellations(self) -> Subscription:
+        """What this worker listens for: cancellations asked of other workers and replicas."""
+        return Subscription(_CANCEL_CHANNEL, self._on_cancel_notice)
 
-    def _on_cancel_notice(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_cancel_notice(self, payload: str) -> None:
         try:
             self._cancel_here(uuid.UUID(payload))
         except ValueError:
@@ -229,48 +244,45 @@ class ChatService:
         running = self._running.get(session_id)
         if running is None or running.task.done():
             return False
-        running.task.cancel()
+        # Once: a second cancellation would reach the turn mid-cleanup, where the libraries close the model's
+        # response without shielding it, and leave its connection taken.
+        if not running.task.cancelling():
+            running.task.cancel()
         return True
 
-    async def _run(
-        self,
-        events: asyncio.Queue[TurnEvent | None],
-        turn_id: uuid.UUID,
-        owner_id: uuid.UUID,
-        session_id: uuid.UUID,
-        text: str,
-        recorder: TurnRecorder,
-        trace: TurnTrace,
-    ) -> None:
+    async def _run(self, turn: TurnContext) -> None:
+        recorder, events = turn.recorder, turn.events
         config: RunnableConfig = {
-            "configurable": {"thread_id": str(session_id), "turn": recorder},
+            "configurable": {"thread_id": str(turn.session_id), "turn": recorder},
             "recursion_limit": 2 * self._settings.max_steps + 4,
-            "callbacks": trace.callbacks,  # Langfuse's handler when tracing, else none
+            "callbacks": turn.trace.callbacks,  # Langfuse's handler when tracing, else none
         }
-        status, error_type, interrupted_by = "ok", None, None
+        status, error_type = "ok", None
+        resuming = False
         try:
             if self._memory is None:
                 state = await self._agent.aget_state(config)
             else:  # independent reads, side by side; recall keeps to its own time budget
                 state, recorder.memories = await asyncio.gather(
-                    self._agent.aget_state(config), self._memory.recall(owner_id, text)
+                    self._agent.aget_state(config), self._memory.recall(turn.owner_id, turn.text)
                 )
             if recorder.memories:  # the user sees what the agent was reminded of, before its answer
                 await events.put(TurnEvent("memory", {"content": "", "done": False, "memories": recorder.memories}))
             resuming = bool(state.interrupts)
-            graph_input = Command(resume=text) if resuming else {"messages": [HumanMessage(text)]}
+            graph_input = Command(resume=turn.text) if resuming else {"messages": [turn.question]}
             recorder.emit = partial(_put_event, events)
             async for chunk in self._agent.astream(graph_input, config, stream_mode="updates"):
                 if "__interrupt__" in chunk:
-                    question = chunk["__interrupt__"][0].value
+                    asked = chunk["__interrupt__"][0].value
                     status = "awaiting_human"
-                    interrupted_by = question.get("question") if isinstance(question, dict) else str(question)
-                    await events.put(TurnEvent("interrupt", {"content": "", "question": interrupted_by, "done": False}))
+                    question = asked.get("question") if isinstance(asked, dict) else str(asked)
+                    await events.put(TurnEvent("interrupt", {"content": "", "question": question, "done": False}))
         except asyncio.CancelledError:
-            status = "interrupted"
+            # The cleanup runs in a task of its own: whoever cancelled this turn may cancel it again (and again),
+            # and the partial answer and the record must be written all the same.
+            cleanup = asyncio.ensure_future(self._end_cancelled(turn, config, asks_anew=not resuming))
             try:
-                await self._keep_partial_answer(config, recorder, status)
-                await self._record(turn_id, owner_id, session_id, text, recorder, trace, status, "cancelled")
+                await asyncio.shield(cleanup)
             finally:
                 cancelled = {"error": {"type": "cancelled", "detail": "the turn was cancelled"}, "done": True}
                 events.put_nowait(TurnEvent("error", cancelled))
@@ -280,51 +292,73 @@ class ChatService:
             # Model failures, an over-long context: the user learns what happened, and the turn is recorded.
             status = "error"
             error_type = error.code if isinstance(error, AppError) else _MODEL_STREAM_FAILED
-            await self._keep_partial_answer(config, recorder, status)
+            await self._keep_partial_answer(turn, config, status, question_first=not resuming)
             detail = error.detail if isinstance(error, AppError) else str(error)
             await events.put(
                 TurnEvent("error", {"error": {"type": error_type, "detail": detail}, "done": True}, cause=error)
             )
         except Exception as error:
-            logger.opt(exception=error).error("turn {} failed", turn_id)
-            status, error_type = "error", _INTERNAL_ERROR
-            await events.put(
-                TurnEvent("error", {"error": {"type": error_type, "detail": "the turn failed"}, "done": True})
-            )
+            status = "error"
+            cause: AppError | None = None
+            if is_database_unavailable(error):
+                self._database.suspect_outage()
+                cause = DatabaseUnavailableError()
+                error_type, detail = cause.code, cause.detail
+                logger.warning("turn {} failed: the database is unavailable ({})", turn.turn_id, type(error).__name__)
+            else:
+                logger.opt(exception=error).error("turn {} failed", turn.turn_id)
+                error_type, detail = _INTERNAL_ERROR, "the turn failed"
+            failure = {"error": {"type": error_type, "detail": detail}, "done": True}
+            await events.put(TurnEvent("error", failure, cause=cause))
         try:
-            turn = await self._record(turn_id, owner_id, session_id, text, recorder, trace, status, error_type)
+            record = await self._record(turn, status, error_type)
             if status != "error":
-                await events.put(TurnEvent("usage", {"content": "", "done": False, "usage": _usage_of(turn)}))
-                await events.put(TurnEvent("done", {"content": "", "done": True, "message_id": str(turn_id)}))
+                await events.put(TurnEvent("usage", {"content": "", "done": False, "usage": _usage_of(record)}))
+                await events.put(TurnEvent("done", {"content": "", "done": True, "message_id": str(turn.turn_id)}))
+        except Exception as error:
+            # The answer was given (or the failure told); its record is what is missing.
+            logger.warning("turn {} could not be recorded: {}: {}", turn.turn_id, type(error).__name__, error)
+            if status != "error":
+                lost = DatabaseUnavailableError("the answer could not be saved; the database is unavailable")
+                failure = {"error": {"type": lost.code, "detail": lost.detail}, "done": True}
+                await events.put(TurnEvent("error", failure, cause=lost))
         finally:
             await events.put(None)
 
-    async def _keep_partial_answer(self, config: RunnableConfig, recorder: TurnRecorder, status: str) -> None:
-        """What reached the user stays in the history, marked so nobody takes it for a complete answer."""
-        if not recorder.partial:
-            return
-        message = AIMessage(content=recorder.partial, response_metadata={"status": status})
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._agent.aupdate_state(config, {"messages": [message]}, as_node="chat"))
+    async def _end_cancelled(self, turn: TurnContext, config: RunnableConfig, *, asks_anew: bool) -> None:
+        """A cancelled turn (a cancel, or a client gone) keeps what it said and is recorded as interrupted."""
+        try:
+            await self._keep_partial_answer(turn, config, "interrupted", question_first=asks_anew)
+            await self._record(turn, "interrupted", "cancelled")
+        except Exception as error:
+            logger.warning("cancelled turn {} not fully recorded: {}: {}", turn.turn_id, type(error).__name__, error)
 
-    async def _record(
-        self,
-        turn_id: uuid.UUID,
-        owner_id: uuid.UUID,
-        session_id: uuid.UUID,
-        text: str,
-        recorder: TurnRecorder,
-        trace: TurnTrace,
-        status: str,
-        error_type: str | None,
-    ) -> ChatTurn:
+    async def _keep_partial_answer(
+        self, turn: TurnContext, config: RunnableConfig, status: str, *, question_first: bool = False
+    ) -> None:
+        """What reached the user stays in the history, marked so nobody takes it for a complete answer, and always
+        after the question it answers: a turn stopped before LangGraph saved its input checkpoint (saved in the
+        background while the model starts) would otherwise leave an answer with no question."""
+        missing: list[BaseMessage] = []
+        if question_first:
+            saved = (await self._agent.aget_state(config)).values.get("messages", [])
+            if not any(message.id == str(turn.turn_id) for message in saved):
+                missing.append(turn.question)
+        if turn.recorder.partial:
+            missing.append(AIMessage(content=turn.recorder.partial, response_metadata={"status": status}))
+        if missing:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._agent.aupdate_state(config, {"messages": missing}, as_node="chat"))
+
+    async def _record(self, turn: TurnContext, status: str, error_type: str | None) -> ChatTurn:
+        recorder = turn.recorder
         reports = recorder.reports
         now = time.perf_counter()
-        turn = ChatTurn(
-            id=turn_id,
-            session=session_id,
-            owner=owner_id,
-            input=text,
+        record = ChatTurn(
+            id=turn.turn_id,
+            session=turn.session_id,
+            owner=turn.owner_id,
+            input=turn.text,
             output=recorder.partial,
             tool_calls=recorder.tool_calls,
             model=reports[-1].model if reports else None,
@@ -339,16 +373,16 @@ class ChatService:
             latency_ms=(now - recorder.started) * 1000,
             status=status,
             error_type=error_type,
-            trace_id=trace.trace_id,
+            trace_id=turn.trace.trace_id,
         )
-        trace.finish(output=recorder.partial, status=status, error_type=error_type)
-        await asyncio.shield(turn.save().run())
-        if self._metrics is not None:
+        turn.trace.finish(output=recorder.partial, status=status, error_type=error_type)
+        if self._metrics is not None:  # counted whether or not the record can be written
             self._metrics.turns.labels(status).inc()
-            self._metrics.duration.observe(turn.latency_ms / 1000)
-            if turn.time_to_first_token_ms is not None:
-                self._metrics.time_to_first_token.observe(turn.time_to_first_token_ms / 1000)
-        return turn
+            self._metrics.duration.observe(record.latency_ms / 1000)
+            if record.time_to_first_token_ms is not None:
+                self._metrics.time_to_first_token.observe(record.time_to_first_token_ms / 1000)
+        await asyncio.shield(record.save().run())
+        return record
 
     async def open(self) -> None:
         self._locks = TurnLocks(self._database.url, self._database.settings)

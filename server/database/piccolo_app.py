@@ -6,6 +6,7 @@ from agentctl.resources import migrations_dir
 from server.auth.tables import RefreshToken, RevokedToken
 from server.chat.tables import ChatTurn
 from server.evaluation.tables import EvalRun, EvalScore
+from server.memory.tables import MemoryErasure
 from server.sessions.tables import ChatSession
 from server.users.tables import User
 
@@ -14,7 +15,7 @@ APP_NAME = "agentctl"
 APP_CONFIG = AppConfig(
     app_name=APP_NAME,
     migrations_folder_path=str(migrations_dir()),
-    table_classes=[User, ChatSession, RefreshToken, RevokedToken, ChatTurn, EvalRun, EvalScore],
+    table_classes=[User, ChatSession, RefreshToken, RevokedToken, ChatTurn, EvalRun, EvalScore, MemoryErasure],
     migration_dependencies=[],
     commands=[],
 )

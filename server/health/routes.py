@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from functools import partial
-
 from litestar import Controller, get
 from litestar.datastructures import State
 
 from server.errors import ServiceUnavailableError, problem_responses
-from server.health.service import chat_models_reachable, check_components
-from server.lifespan import Resources
+from server.health.service import check_readiness
 
 
 class HealthController(Controller):
@@ -25,26 +20,19 @@ class HealthController(Controller):
     @get(
         "/ready",
         summary="Readiness",
-        description="200 when every configured dependency answers; 503 naming the ones that do not.",
+        description="200 while this instance can serve: its database and pools answer. Shared dependencies "
+        "(models, Redis when rate limits fail open, memory) that fail are reported as degraded, still 200, unless "
+        "AGENTCTL_SERVER__READINESS_REQUIRES names them; 503 names what is unavailable.",
         responses=problem_responses(503),
     )
     async def readiness(self, state: State) -> dict[str, object]:
-        """Readiness: a database round trip and a check of every configured dependency."""
-        resources: Resources = state.resources
-        checks: dict[str, Callable[[], Awaitable[object]]] = {
-            "database": resources.database.ping,
-            "models": partial(chat_models_reachable, resources.llm.registry),
-        }
-        if resources.redis is not None:
-            redis, timeout = resources.redis, resources.settings.redis.timeout_seconds
-            checks["redis"] = lambda: asyncio.wait_for(redis.ping(), timeout)
-        components = await check_components(checks)
-        report = {component.name: component.as_dict() for component in components}
-        breakers = {name: model.breaker.state.value for name, model in resources.llm.registry.models.items()}
-        failing = [component.name for component in components if not component.healthy]
-        if failing:
+        """Readiness: can this instance serve, and how is each dependency doing."""
+        readiness = await check_readiness(state.resources.readiness)
+        if "database" in readiness.failing:
+            state.resources.database.suspect_outage()
+        if readiness.failing:
             raise ServiceUnavailableError(
-                f"not ready: {', '.join(failing)} unavailable",
-                extra={"failing": failing, "checks": report, "circuit_breakers": breakers},
+                f"not ready: {', '.join(readiness.failing)} unavailable",
+                extra={"failing": readiness.failing, "checks": readiness.report()},
             )
-        return {"status": "ready", "checks": report, "circuit_breakers": breakers}
+        return {"status": readiness.status, "checks": readiness.report()}

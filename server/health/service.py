@@ -1,53 +1,97 @@
-"""Liveness and readiness: whether this process can serve, and whether each dependency answers."""
+"""Liveness and readiness: whether this process can serve, and how each dependency is doing.
+
+Readiness answers one question, the one a load balancer or Kubernetes asks: can *this instance* serve? Its own
+dependencies (the database and its pools) decide it. Dependencies that every replica shares and none can fix —
+the models, Redis when rate limits fail open, memory — are reported as ``degraded`` with what is wrong, and the
+instance stays ready: taking every replica out of the service for a model provider's outage would take sign-in
+and history down with the chat. A dependency named in the settings as required turns unreadiness on again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 from loguru import logger
 
-from server.llm.registry import ModelRegistry
-from server.llm.resilience import BreakerState
+Status = Literal["ok", "degraded", "unavailable"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a dependency check found: healthy or not, and what an operator should read about it."""
+
+    healthy: bool = True
+    detail: dict[str, object] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One thing readiness looks at. ``check`` raises or returns an unhealthy result when it is down;
+    ``required`` decides whether that makes the instance unready (503) or only degraded (200)."""
+
+    name: str
+    check: Callable[[], Awaitable[CheckResult | None]]
+    required: bool
 
 
 @dataclass(frozen=True)
 class ComponentHealth:
     name: str
-    healthy: bool
+    status: Status
     latency_ms: float
     error: str | None = None
+    detail: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def failing(self) -> bool:
+        return self.status == "unavailable"
 
     def as_dict(self) -> dict[str, object]:
-        report: dict[str, object] = {"status": "ok" if self.healthy else "unavailable", "latency_ms": self.latency_ms}
+        report: dict[str, object] = {"status": self.status, "latency_ms": self.latency_ms, **self.detail}
         if self.error:
             report["error"] = self.error
         return report
 
 
-async def check_components(checks: Mapping[str, Callable[[], Awaitable[object]]]) -> list[ComponentHealth]:
-    """Run every dependency check concurrently; one slow dependency does not delay the others' verdicts."""
-    return list(await asyncio.gather(*(_timed_check(name, check) for name, check in checks.items())))
+@dataclass(frozen=True)
+class Readiness:
+    components: list[ComponentHealth]
+
+    @property
+    def failing(self) -> list[str]:
+        return [component.name for component in self.components if component.failing]
+
+    @property
+    def status(self) -> Literal["ready", "degraded", "unavailable"]:
+        if self.failing:
+            return "unavailable"
+        return "degraded" if any(component.status != "ok" for component in self.components) else "ready"
+
+    def report(self) -> dict[str, object]:
+        return {component.name: component.as_dict() for component in self.components}
 
 
-async def _timed_check(name: str, check: Callable[[], Awaitable[object]]) -> ComponentHealth:
+async def check_readiness(dependencies: Sequence[Dependency]) -> Readiness:
+    """Every dependency checked concurrently; one slow dependency does not delay the others' verdicts."""
+    return Readiness(list(await asyncio.gather(*(_timed_check(dependency) for dependency in dependencies))))
+
+
+async def _timed_check(dependency: Dependency) -> ComponentHealth:
     started = time.perf_counter()
+    down: Status = "unavailable" if dependency.required else "degraded"
     try:
-        await check()
+        result = await dependency.check() or CheckResult()
     except Exception as error:
-        logger.warning("readiness: {} unavailable: {}", name, error)
-        return ComponentHealth(name, False, _elapsed_ms(started), str(error) or type(error).__name__)
-    return ComponentHealth(name, True, _elapsed_ms(started))
+        logger.warning("readiness: {} {}: {}", dependency.name, down, error)
+        return ComponentHealth(dependency.name, down, _elapsed_ms(started), str(error) or type(error).__name__)
+    status: Status = "ok" if result.healthy else down
+    return ComponentHealth(dependency.name, status, _elapsed_ms(started), result.error, result.detail)
 
 
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
-
-
-async def chat_models_reachable(models: ModelRegistry) -> None:
-    """Ready while at least one model of the chat chain accepts calls; an open circuit elsewhere is degradation."""
-    chain = models.chain("chat")
-    if all(model.breaker.state is BreakerState.OPEN for model in chain):
-        raise RuntimeError(f"every chat model's circuit is open: {', '.join(model.name for model in chain)}")

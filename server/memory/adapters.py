@@ -8,16 +8,15 @@ import time).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from cachetools import TTLCache
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from mem0.embeddings.base import EmbeddingBase
 from mem0.llms.base import LLMBase
 
 from server.llm.service import LLMService
+from server.memory.vectors import QueryVectors
 
 T = TypeVar("T")
 # A model call made for mem0 may take this long at most (the model layer's own deadline applies first).
@@ -35,24 +34,12 @@ class _OnServerLoop:
         self._background = background
 
     def _call(self, call: Awaitable[T]) -> T:
-        return asyncio.run_coroutine_threadsafe(call, self._loop).result(_CALL_TIMEOUT_SECONDS)  # type: ignore[arg-type]
-
-
-class QueryVectors:
-    """Recent search-query vectors, shared by both Mem0 instances: a turn's message is embedded as a query for
-    the recall before the turn and again by Mem0's addition after it, to find the memories it may update."""
-
-    def __init__(self, size: int = 1024, seconds: float = 600.0) -> None:
-        self._vectors: TTLCache[str, list[float]] = TTLCache(maxsize=size, ttl=seconds)
-        self._lock = threading.Lock()  # Mem0 calls from its worker threads
-
-    def get(self, text: str) -> list[float] | None:
-        with self._lock:
-            return self._vectors.get(text)
-
-    def put(self, text: str, vector: list[float]) -> None:
-        with self._lock:
-            self._vectors[text] = vector
+        future = asyncio.run_coroutine_threadsafe(call, self._loop)  # type: ignore[arg-type]
+        try:
+            return future.result(_CALL_TIMEOUT_SECONDS)
+        except TimeoutError:
+            future.cancel()  # the call stops too, rather than run on for nobody
+            raise
 
 
 class RegistryEmbedder(_OnServerLoop, EmbeddingBase):

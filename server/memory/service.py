@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import sqlite3
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from agentctl.config import MemorySettings, Settings, prepare_mem0_environment
 from server.errors import NotFoundError
 from server.llm.service import LLMService
 from server.memory.collection import COLLECTION
+from server.memory.tables import MemoryErasure
+from server.memory.vectors import QueryVectors
+from server.observability.logging import RateLimitedLog
 from server.observability.metrics import MemoryMetrics
 from server.observability.pools import psycopg_pool_usage
 
@@ -42,6 +46,7 @@ class RememberJob:
     session_id: uuid.UUID
     turn_id: uuid.UUID
     text: str
+    queued_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(tz=datetime.UTC))
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ class MemoryService:
         pool: ConnectionPool,
         infer: bool,
         history_path: Path,
+        llm: LLMService,
+        queries: QueryVectors,
     ) -> None:
         self._memory = memory  # searches and the user's requests
         self._writer_memory = writer_memory  # the background writers, with models on their own lane
@@ -85,6 +92,8 @@ class MemoryService:
         self._metrics = metrics
         self._infer = infer
         self._history_path = history_path
+        self._llm = llm
+        self._queries = queries
         self._cache: TTLCache[tuple[str, int, str], list[str]] | None = (
             TTLCache(maxsize=_RECALL_CACHE_ENTRIES, ttl=settings.recall_cache_seconds)
             if settings.recall_cache_seconds > 0
@@ -95,6 +104,7 @@ class MemoryService:
         self._queue: asyncio.Queue[RememberJob] = asyncio.Queue(maxsize=settings.queue_size)
         self._writers: list[asyncio.Task[None]] = []
         self._accepting = True
+        self._failures = RateLimitedLog()  # a model outage fails every write: one line a minute, and the counter
         metrics.queue_capacity.set(settings.queue_size)
 
     @classmethod
@@ -108,7 +118,7 @@ class MemoryService:
         from mem0 import AsyncMemory
         from mem0.configs.base import MemoryConfig
 
-        from server.memory.adapters import QueryVectors, RegistryEmbedder, RegistryLLM
+        from server.memory.adapters import RegistryEmbedder, RegistryLLM
 
         _keep_mem0_offline()
         dimensions = memory_dimensions(settings)
@@ -118,6 +128,7 @@ class MemoryService:
             max_size=settings.memory.pool_max_size,
             timeout=settings.database.connect_timeout_seconds,
             max_idle=settings.database.max_idle_seconds,
+            kwargs={"connect_timeout": max(1, round(settings.database.connect_timeout_seconds))},
             open=False,
         )
         await asyncio.to_thread(pool.open)
@@ -147,7 +158,16 @@ class MemoryService:
         infer = settings.memory.extraction == "model" or (
             settings.memory.extraction == "auto" and all(model.spec.provider != "local" for model in chain)
         )
-        return cls(*memories, settings.memory, metrics, pool=pool, infer=infer, history_path=history_path)
+        return cls(
+            *memories,
+            settings.memory,
+            metrics,
+            pool=pool,
+            infer=infer,
+            history_path=history_path,
+            llm=llm,
+            queries=queries,
+        )
 
     def start(self) -> None:
         self._writers = [
@@ -172,6 +192,20 @@ class MemoryService:
     def pool_usage(self) -> tuple[int, int]:
         return psycopg_pool_usage(self._pool)
 
+    async def check_pool(self) -> None:
+        """Replace the broken connections of Mem0's pool (after a database outage)."""
+        await asyncio.to_thread(self._pool.check)
+
+    async def ping(self, timeout_seconds: float) -> None:
+        """One round trip through Mem0's own pool (readiness: memory works only if that pool does)."""
+
+        def round_trip() -> None:
+            with self._pool.connection(timeout=timeout_seconds) as connection:
+                connection.execute("SELECT 1")
+
+        async with asyncio.timeout(timeout_seconds):
+            await asyncio.to_thread(round_trip)
+
     # --- recall, before a turn ---
 
     async def recall(self, user_id: uuid.UUID, text: str) -> list[str]:
@@ -184,6 +218,10 @@ class MemoryService:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._settings.recall_budget_seconds):
+                # The query's vector first, here, where a late one is cancelled with the recall: left to Mem0, the
+                # embedding ran on, holding a thread, long after the turn had gone on without it.
+                if self._queries.get(text) is None:
+                    self._queries.put(text, (await self._llm.embed([text], query=True)).vectors[0])
                 found = await self._memory.search(
                     text,
                     filters={"user_id": owner},
@@ -230,17 +268,33 @@ class MemoryService:
             job = await self._queue.get()
             self._metrics.queue_depth.dec()
             try:
-                await self._writer_memory.add(
+                if await self._erased_since(job):
+                    self._metrics.writes.labels("erased").inc()
+                    continue
+                added = await self._writer_memory.add(
                     [{"role": "user", "content": job.text}],
                     user_id=str(job.user_id),
                     metadata={"session_id": str(job.session_id), "turn_id": str(job.turn_id)},
                     infer=self._infer,
                 )
+                if await self._erased_since(job):
+                    # The user forgot everything while this was being written (here or on another worker): what it
+                    # wrote goes too, as the user asked.
+                    ids = [str(item["id"]) for item in added.get("results", []) if item.get("id")]
+                    await self._erase(job.user_id, ids)
+                    self._metrics.writes.labels("erased").inc()
+                    continue
                 self._forget_cached(job.user_id)
                 self._metrics.writes.labels("ok").inc()
             except Exception as error:
                 self._metrics.writes.labels("error").inc()
-                logger.opt(exception=error).warning("memory: turn {} not remembered", job.turn_id)
+                self._failures.warning(
+                    type(error).__name__,
+                    "memory: turn {} not remembered: {}: {}",
+                    job.turn_id,
+                    type(error).__name__,
+                    error,
+                )
             finally:
                 self._queue.task_done()
 
@@ -258,22 +312,56 @@ class MemoryService:
         return [MemoryItem.of(item) for item in found["results"]]
 
     async def delete(self, user_id: uuid.UUID, memory_id: uuid.UUID) -> None:
-        """Delete one of the user's memories; someone else's is as absent as one that never existed."""
+        """Delete one of the user's memories (its history, and the user's recent messages Mem0 keeps on this host,
+        go too); someone else's is as absent as one that never existed."""
         found = await self._memory.get(str(memory_id))
         if found is None or found.get("user_id") != str(user_id):
             raise MemoryNotFoundError("no such memory")
-        await self._memory.delete(str(memory_id))
-        await self._purge_history(user_id, [str(memory_id)])
-        self._forget_cached(user_id)
+        await self._erase(user_id, [str(memory_id)])
 
     async def forget_all(self, user_id: uuid.UUID) -> int:
-        """Delete every memory of the user, vectors and Mem0's history of them included; how many there were."""
-        owner = str(user_id)
-        ids = await asyncio.to_thread(self._memory_ids_of, owner)
-        await self._memory.delete_all(user_id=owner)
-        await self._purge_history(user_id, ids)
+        """Delete every memory of the user, vectors and Mem0's history of them included; how many there were.
+
+        Recorded first, so that no memory writer, on any worker, writes a turn queued before it; then the user's
+        turns still queued here are dropped, and what exists is deleted."""
+        now = datetime.datetime.now(tz=datetime.UTC)
+        await MemoryErasure.insert(MemoryErasure(owner=user_id, erased_at=now)).on_conflict(
+            target=MemoryErasure.owner, action="DO UPDATE", values=[MemoryErasure.erased_at]
+        )
+        self._drop_queued(user_id)
+        ids = await asyncio.to_thread(self._memory_ids_of, str(user_id))
+        await self._memory.delete_all(user_id=str(user_id))
+        await self._purge_history(user_id, ids)  # after the deletes, which Mem0 writes into the history too
         self._forget_cached(user_id)
         return len(ids)
+
+    async def _erase(self, user_id: uuid.UUID, memory_ids: list[str]) -> None:
+        for memory_id in memory_ids:
+            with contextlib.suppress(ValueError):  # already gone
+                await self._memory.delete(memory_id)
+        await self._purge_history(user_id, memory_ids)  # after the deletes, which Mem0 writes into the history too
+        self._forget_cached(user_id)
+
+    async def _erased_since(self, job: RememberJob) -> bool:
+        row = await MemoryErasure.select(MemoryErasure.erased_at).where(MemoryErasure.owner == job.user_id).first()
+        return row is not None and row["erased_at"] >= job.queued_at
+
+    def _drop_queued(self, user_id: uuid.UUID) -> None:
+        """This worker's queued turns of the user, out of the queue (the writers would skip them anyway)."""
+        kept: list[RememberJob] = []
+        dropped = 0
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            self._queue.task_done()
+            if job.user_id == user_id:
+                dropped += 1
+            else:
+                kept.append(job)
+        for job in kept:
+            self._queue.put_nowait(job)
+        if dropped:
+            self._metrics.queue_depth.dec(dropped)
+            self._metrics.writes.labels("erased").inc(dropped)
 
     def _memory_ids_of(self, owner: str) -> list[str]:
         with self._pool.connection() as connection:

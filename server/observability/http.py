@@ -20,7 +20,7 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         http = resources.metrics.http
-        method, route = scope["method"], scope.get("path_template") or UNMATCHED_ROUTE  # type: ignore[typeddict-item]
+        method = scope["method"]
         status = 500  # what the client gets if the app fails before answering
 
         async def send_counting(message: Message) -> None:
@@ -39,6 +39,8 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             raise
         finally:
             elapsed = time.perf_counter() - started
+            # Known once the router has matched the request (this runs around the whole app); none for a 404.
+            route = scope.get("path_template") or UNMATCHED_ROUTE  # type: ignore[typeddict-item]
             http.in_flight.dec()
             http.requests.labels(method, route, str(status)).inc()
             http.duration.labels(method, route).observe(elapsed)

@@ -11,11 +11,12 @@ import limits
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from loguru import logger
 from prometheus_client import Counter
 
 from agentctl.config import Settings
 from server.errors import RateLimitedError, ServiceUnavailableError
+from server.observability.logging import RateLimitedLog
+from server.outages import Outage
 
 
 class RouteClass(StrEnum):
@@ -76,6 +77,8 @@ class RateLimiter:
         self.enabled = config.enabled
         self._rejections = rejections
         self._fail_open = config.on_storage_error == "allow"
+        self._outage = Outage()  # a store that just failed is not asked again for a few seconds
+        self._failures = RateLimitedLog()
         self._limits = {
             RouteClass.REGISTER: limits.parse(config.register_per_ip),
             RouteClass.LOGIN: limits.parse(config.login_per_ip),
@@ -100,10 +103,13 @@ class RateLimiter:
     async def hit(self, route_class: RouteClass, key: str) -> LimitDecision:
         """Count one request of ``route_class`` for ``key`` and say whether it is within the limit."""
         item = self._limits[route_class]
+        if self._outage.ongoing:
+            return self._storage_failed(item, None)
         try:
             allowed = await self._strategy.hit(item, route_class.value, key)
             stats = await self._strategy.get_window_stats(item, route_class.value, key)
         except limits.errors.StorageError as error:
+            self._outage.began()
             return self._storage_failed(item, error)
         if not allowed and self._rejections is not None:
             self._rejections.labels(route_class.value).inc()
@@ -114,9 +120,13 @@ class RateLimiter:
             reset_after_seconds=max(0, math.ceil(stats.reset_time - time.time())),
         )
 
-    def _storage_failed(self, item: limits.RateLimitItem, error: Exception) -> LimitDecision:
+    def _storage_failed(self, item: limits.RateLimitItem, error: Exception | None) -> LimitDecision:
+        """What a request gets while the limit store is down: refused or allowed, as the settings say."""
+        if error is not None:
+            mode = "allowing requests (fail open)" if self._fail_open else "refusing requests (fail closed)"
+            self._failures.warning("store", "rate-limit store failed; {}: {}", mode, error)
         if not self._fail_open:
-            logger.error("rate-limit store failed; refusing the request (fail closed): {}", error)
-            raise ServiceUnavailableError("rate limiting is unavailable; try again shortly")
-        logger.warning("rate-limit store failed; allowing the request (fail open): {}", error)
+            raise ServiceUnavailableError(
+                "rate limiting is unavailable; try again shortly", headers={"Retry-After": "5"}
+            )
         return LimitDecision(allowed=True, limit=item.amount, remaining=item.amount, reset_after_seconds=0)

@@ -16,6 +16,9 @@ from server.sessions import service
 from server.sessions.schemas import Session, SessionNameUpdate, SessionPage, SessionWithToken
 from server.sessions.tables import ChatSession
 
+# Far beyond any user's sessions, and inside PostgreSQL's bigint: an offset past it was a 500.
+MAX_OFFSET = 1_000_000_000
+
 
 def _session(row: ChatSession) -> Session:
     return Session(session_id=row.id, name=row.name, created_at=row.created_at, updated_at=row.updated_at)
@@ -44,7 +47,7 @@ class SessionController(Controller):
         self,
         user: NamedDependency[TokenClaims],
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> SessionPage:
         """The user's sessions, most recently active first."""
         rows, total = await service.list_sessions(owner_id=user.subject, limit=limit, offset=offset)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,16 +71,20 @@ class Conversation:
             "POST", "/chatbot/chat", token=self.token, json={"messages": [{"role": "user", "content": text}]}
         )
 
-    def stream(self, text: str) -> list[tuple[str, dict]]:
-        """(event name, data) of every SSE event of one turn."""
-        events = []
-        with httpx.stream(
+    def open_stream(self, text: str, *, timeout: float = 30) -> contextlib.AbstractContextManager[httpx.Response]:
+        """The streamed answer to ``text``, as the raw SSE response, for a test to read (or leave) as it likes."""
+        return httpx.stream(
             "POST",
             f"{self.api.base_url}/chatbot/chat/stream",
             headers={"Authorization": f"Bearer {self.token}"},
             json={"messages": [{"role": "user", "content": text}]},
-            timeout=30,
-        ) as response:
+            timeout=timeout,
+        )
+
+    def stream(self, text: str) -> list[tuple[str, dict]]:
+        """(event name, data) of every SSE event of one turn."""
+        events = []
+        with self.open_stream(text) as response:
             assert response.status_code == 200, response.read()
             self.stream_headers = response.headers
             name = None

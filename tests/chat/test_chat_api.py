@@ -8,7 +8,6 @@ import threading
 import time
 
 import asyncpg
-import httpx
 import pytest
 
 from server.llm.simulator.process import RunningSimulator
@@ -84,7 +83,8 @@ def test_only_user_messages_are_accepted(chat_api: ApiClient) -> None:
             "POST", "/chatbot/chat", token=talk.token, json={"messages": [{"role": role, "content": "obey me"}]}
         )
         assert response.status_code == 422
-        assert response.json()["errors"][0]["field"] == "role"
+        assert response.json()["errors"][0]["field"] == "messages[0].role"
+        assert "only 'user' messages" in response.json()["errors"][0]["message"]
     too_long = talk.send("x" * 10_001)
     assert too_long.status_code == 422
 
@@ -119,13 +119,7 @@ def test_client_disconnect_cancels_and_keeps_the_partial_answer(
 ) -> None:
     simulator.configure({"tokens_per_second": 10, "answer_tokens": 60})
     talk = Conversation(chat_api)
-    with httpx.stream(
-        "POST",
-        f"{chat_api.base_url}/chatbot/chat/stream",
-        headers={"Authorization": f"Bearer {talk.token}"},
-        json={"messages": [{"role": "user", "content": "a long story please"}]},
-        timeout=30,
-    ) as response:
+    with talk.open_stream("a long story please") as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 break  # the first token arrived: hang up

@@ -6,7 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from server.llm.simulator.process import RunningSimulator
@@ -62,13 +61,7 @@ def test_idle_stream_sends_heartbeats(tmp_path: Path, migrated_database_url: str
         server.wait_until_healthy()
         talk = Conversation(ApiClient(server))
         simulator.configure({"ttft_ms": 1000})
-        with httpx.stream(
-            "POST",
-            f"{talk.api.base_url}/chatbot/chat/stream",
-            headers={"Authorization": f"Bearer {talk.token}"},
-            json={"messages": [{"role": "user", "content": "take your time"}]},
-            timeout=30,
-        ) as response:
+        with talk.open_stream("take your time") as response:
             lines = list(response.iter_lines())
         assert lines.count(": keep-alive") >= 2  # ~1 s of silence before the first token, 0.2 s apart
         assert lines.index(": keep-alive") < next(i for i, line in enumerate(lines) if line == "event: token")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 
 import asyncpg
 import pytest
@@ -10,10 +11,12 @@ from typer.testing import CliRunner
 
 from agentctl.cli import app
 from agentctl.config import Settings
+from agentctl.resources import migrations_dir
 from server.database.engine import open_database
 from server.database.migrations import apply_migrations, known_migrations, pending_work
 
 runner = CliRunner()
+_EMAIL_MIGRATION = "agentctl_2026_12_02t05_00_00_000000.py"
 
 
 def test_check_then_migrate_then_nothing_left(empty_database_url: str) -> None:
@@ -81,3 +84,38 @@ def test_serve_refuses_an_external_database_with_pending_migrations(empty_databa
     assert result.exit_code == 1
     assert "run `agentctl migrate`" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_the_email_migration_normalises_addresses_whose_normal_form_is_free(empty_database_url: str) -> None:
+    """Accounts made before emails were normalised (NFKC): each takes its normal form when nobody has it, the oldest
+    first; a look-alike of an existing account is left as it was, never merged or deleted."""
+    migration = importlib.util.spec_from_file_location("emails", migrations_dir() / _EMAIL_MIGRATION)
+    assert migration is not None
+    assert migration.loader is not None
+    module = importlib.util.module_from_spec(migration)
+    migration.loader.exec_module(module)
+    async with open_database(empty_database_url, Settings().database) as database:
+        await apply_migrations(database)
+        async with database.engine.pool.acquire() as connection:
+            await connection.execute("ALTER TABLE users DROP CONSTRAINT users_email_normalised")
+            for email, age in (
+                ("ｂ2@x.com", 0),  # full-width b: becomes b2@x.com
+                ("ｃ3@x.com", 0),  # a look-alike of an existing account: left
+                ("c3@x.com", 0),
+                ("ａ9@x.com", 2),  # two look-alikes of a free address: the older one takes it
+                ("ª9@x.com", 1),
+            ):
+                await connection.execute(
+                    "INSERT INTO users (id, email, password_hash, created_at) "
+                    "VALUES (gen_random_uuid(), $1, 'hash', now() - make_interval(days => $2))",
+                    email,
+                    age,
+                )
+            await module.normalise_emails()
+            emails = {row["email"] for row in await connection.fetch("SELECT email FROM users")}
+            assert emails == {"b2@x.com", "ｃ3@x.com", "c3@x.com", "a9@x.com", "ª9@x.com"}
+            with pytest.raises(asyncpg.CheckViolationError):
+                await connection.execute(
+                    "INSERT INTO users (id, email, password_hash, created_at) VALUES (gen_random_uuid(), 'ｄ4@x.com', "
+                    "'hash', now())"
+                )

@@ -238,3 +238,82 @@ def test_a_full_queue_drops_without_blocking_and_shutdown_drains_the_rest(
         assert server.terminate(timeout=60) == 0
     assert asyncio.run(stored_memory_count(migrated_database_url, user_id)) == 2
     assert "not remembered: the drain time ran out" not in server.output()
+
+
+def test_forgetting_everything_also_forgets_what_is_still_being_remembered(
+    tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
+) -> None:
+    """Turns still queued for remembering, or being written, when the user forgets everything (on any worker):
+    none of them leaves a memory, nor a copy in Mem0's history or messages."""
+    server = serve_with_model(
+        tmp_path, migrated_database_url, simulator, "--workers", "2", AGENTCTL_MEMORY__WRITERS="1"
+    )
+    try:
+        server.wait_until_healthy()
+        api = ApiClient(server)
+        first = Conversation(api)
+        conversations = [first] + [Conversation(api, user_token=first.user_token) for _ in range(5)]
+        facts = [f"My secret word number {n} is zebra{n}." for n in range(len(conversations))]
+        with ThreadPoolExecutor(len(conversations)) as pool:
+            responses = list(pool.map(lambda pair: pair[0].send(pair[1]), zip(conversations, facts, strict=True)))
+        assert [response.status_code for response in responses] == [200] * len(conversations)
+        simulator.configure({"ttft_ms": 700})  # each remembering takes a while: the writers are mid-way
+        time.sleep(0.3)
+        forgotten = api.request("DELETE", "/memories", token=first.user_token)
+        assert forgotten.status_code == 200, forgotten.text
+        deadline = time.monotonic() + 60
+        while metric(server, 'agentctl_memory_writes_total{outcome="ok"}') + metric(
+            server, 'agentctl_memory_writes_total{outcome="erased"}'
+        ) < len(facts) or metric(server, "agentctl_memory_queue_depth"):
+            assert time.monotonic() < deadline, server.get("/metrics").text
+            time.sleep(0.3)
+        simulator.configure({})
+        assert memories_of(api, first.user_token) == []
+        user_id = user_id_of(api, first.user_token)
+        assert asyncio.run(stored_memory_count(migrated_database_url, user_id)) == 0
+    finally:
+        assert server.terminate() == 0
+    with contextlib.closing(sqlite3.connect(tmp_path / ".agentctl" / "mem0" / "history.db")) as history:
+        copies = history.execute(
+            "SELECT count(*) FROM history WHERE old_memory LIKE '%zebra%' OR new_memory LIKE '%zebra%'"
+        ).fetchone()[0]
+        messages = history.execute("SELECT count(*) FROM messages WHERE content LIKE '%zebra%'").fetchone()[0]
+    assert (copies, messages) == (0, 0)
+
+
+@pytest.mark.slow
+def test_one_users_long_messages_do_not_hold_up_another_users_turns(
+    tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
+) -> None:
+    """Five 10,000-character messages from one user cost 191 CPU-seconds of local embedding, and another user's
+    turns went from 0.1 to 11 s and lost their memory recall. Embedding is bounded to what the model reads, and a
+    recall never leaves a thread waiting past its budget: the other user's turns stay quick and recall."""
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, "--workers", "2")
+    try:
+        server.wait_until_healthy()
+        api = ApiClient(server)
+        simulator.configure({"script": [{"match": RECALL_PROBE, "echo_system": True}]})
+        other = Conversation(api)
+        tell(api, other, "I play the cello.")
+        heavy = Conversation(api)
+        long_messages = [
+            f"Part {n} of my notes. " + "The quick brown fox jumps over the lazy dog. " * 220 for n in range(5)
+        ]
+        assert all(9_000 < len(message) <= 10_000 for message in long_messages)
+
+        with ThreadPoolExecutor(5) as pool:
+            storm = [
+                pool.submit(Conversation(api, user_token=heavy.user_token).send, message) for message in long_messages
+            ]
+            latencies, recalled = [], 0
+            for _ in range(6):
+                started = time.monotonic()
+                response = other.send(f"{RECALL_PROBE}?")
+                latencies.append(time.monotonic() - started)
+                assert response.status_code == 200, response.text
+                recalled += "I play the cello." in response.json()["messages"][0]["content"]
+            assert [future.result().status_code for future in storm] == [200] * 5
+        assert max(latencies) < 3.0, latencies
+        assert recalled >= 4, latencies
+    finally:
+        assert server.terminate() == 0
