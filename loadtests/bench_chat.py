@@ -61,25 +61,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import (  # the benchmarks' shared harness, in this folder
+    OTHER,
+    PROFILE_CATEGORIES,
+    REDIS_URL,
+    THREAD_WAITING,
+    Server,
+    busy_cpu_seconds,
+    categorize,
+    descendants,
+    frame_name,
+    latencies,
+    migrate,
+    percentile,
+    process_table,
+    read_collapsed,
+    release,
+    save_and_print,
+    simulated_chat_environment,
+    work_frames,
+)
+
 if TYPE_CHECKING:
-    from server.llm.simulator.process import RunningSimulator
+    from agentctl.simulator.process import RunningSimulator
 
 LOADTESTS = Path(__file__).resolve().parent
 REPO = LOADTESTS.parent
-sys.path.insert(0, str(REPO))
-
-# Shared with the sign-up storm: the server process, CPU accounting from /proc, nearest-rank percentiles.
-from run_signup_storm import (  # noqa: E402 (after the path is set)
-    REDIS_URL,
-    Server,
-    _busy_cpu_seconds,
-    _delete_redis_keys,
-    _descendants,
-    _latencies,
-    _percentile,
-    _process_table,
-    save_and_print,
-)
 
 HOST = "127.0.0.1"
 RAISED_LIMIT = "100000000/hour"
@@ -109,14 +116,14 @@ def main() -> int:
     load_average_before = [round(value, 2) for value in os.getloadavg()]
     print(f"chat turns: serve --workers {options.workers}, instant simulator, {os.cpu_count()} cores")
 
+    from agentctl.simulator.process import RunningSimulator
     from server.database.embedded import EmbeddedPostgres
-    from server.llm.simulator.process import RunningSimulator
 
     report: dict[str, Any] = {}
     database = EmbeddedPostgres(data_dir)
     servers: list[ChatServer] = []
     try:
-        _migrate(database.url, data_dir)
+        migrate(database.url, data_dir)
         with RunningSimulator() as simulator, TimingProxy(simulator.url) as proxy:
             turns = Turns(run_id)
             server = ChatServer(
@@ -167,16 +174,6 @@ def main() -> int:
     return save_and_print(report, Path(f"{base}.json"), print_report)
 
 
-def release(servers: list[Any], database: Any, key_prefix: str, data_dir: Path, *, keep_data: bool) -> None:
-    """Whatever happened: servers killed, the database stopped, Redis keys and the data dir removed."""
-    for running in servers:
-        running.kill_if_running()
-    database.stop()
-    _delete_redis_keys(key_prefix)
-    if not keep_data:
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
 def _parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2, help="Worker processes of agentctl serve.")
@@ -207,32 +204,7 @@ def _parse_arguments() -> argparse.Namespace:
     return options
 
 
-def _migrate(url: str, data_dir: Path) -> None:
-    """`agentctl migrate`, as an operator runs it against an external database."""
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("AGENTCTL_")}
-    environ.update(DATABASE_URL=url, AGENTCTL_ENV="test", AGENTCTL_DATA_DIR=str(data_dir))
-    done = subprocess.run(
-        [sys.executable, "-m", "agentctl", "migrate"], cwd=data_dir, env=environ, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"agentctl migrate failed:\n{done.stdout}{done.stderr}")
-
-
 # --- the server ---------------------------------------------------------------------------------------------
-
-
-def simulated_chat_environment(database_url: str, model_url: str) -> dict[str, str]:
-    """A benchmark server's database, its simulated chat model, and chat limits raised: a handful of users send
-    far more turns than the defaults allow (100 chats a minute per user), and the server, not the limiter, is
-    what is measured. Limiting stays on: every request still pays for its check."""
-    return {
-        "DATABASE_URL": database_url,
-        "AGENTCTL_LLM__BASE_URL": model_url,
-        "AGENTCTL_LLM__MODEL": "chat-model",
-        "OPENAI_API_KEY": "sim",
-        "AGENTCTL_RATELIMIT__CHAT": RAISED_LIMIT,
-        "AGENTCTL_RATELIMIT__DEFAULT": RAISED_LIMIT,
-    }
 
 
 class ChatServer(Server):
@@ -691,14 +663,14 @@ class CpuWindow:
         self._wall = 0.0
 
     def __enter__(self) -> CpuWindow:
-        self._start = _process_table()
-        self._busy = _busy_cpu_seconds()
+        self._start = process_table()
+        self._busy = busy_cpu_seconds()
         self._wall = time.monotonic()
         return self
 
     def __exit__(self, *_: object) -> None:
-        end = _process_table()
-        busy = _busy_cpu_seconds() - self._busy
+        end = process_table()
+        busy = busy_cpu_seconds() - self._busy
         wall = time.monotonic() - self._wall
 
         def used(pids: Iterable[int]) -> float:
@@ -706,7 +678,7 @@ class CpuWindow:
 
         groups: dict[str, set[int]] = {}
         for name, root in self.roots.items():
-            groups[name] = set() if not root else {root} if name in self.alone else _descendants(end, root)
+            groups[name] = set() if not root else {root} if name in self.alone else descendants(end, root)
         groups["server"] = groups.get("server", set()) - groups.get("postgres", set())
         groups["redis-server (shared)"] = {pid for pid, (_, name, _) in end.items() if name == "redis-server"}
         seconds = {name: used(pids) for name, pids in groups.items()}
@@ -836,43 +808,13 @@ async def replay_to_simulator(simulator_url: str, run: PhaseRun, clients: int) -
         times: list[float] = []
         share = [captured[index::concurrency] for index in range(concurrency)]
         await asyncio.gather(*(connection(requests, times) for requests in share if requests))
-        results[f"concurrency {concurrency}"] = _latencies(times)
+        results[f"concurrency {concurrency}"] = latencies(times)
     return results
 
 
 # --- the profile --------------------------------------------------------------------------------------------
 
 
-# Where a sample's time went, decided by the first rule (top to bottom) that matches a frame of its stack.
-# Frames that enclose a whole request (uvicorn, Litestar, the middleware, the route, run_turn, the LangGraph
-# loop) are only matched by the late, general rules, so that a specific step claims its own time first.
-PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("logging: stdlib records routed into loguru", ("/loguru/", "/logging/__init__.py", "observability/logging.py")),
-    ("trimming and token counting (context.py, trim_messages)", ("agent/context.py", "langchain_core/messages/utils")),
-    ("system prompt rendering (prompts.py)", ("agent/prompts.py",)),
-    (
-        "model call: LLMService + langchain-openai + openai SDK + httpx",
-        ("server/llm/", "/langchain_openai/", "/openai/", "/httpx/", "/httpcore/", "/h11/", "/anyio/"),
-    ),
-    ("checkpoint read by aget_state() before the run", ("aget_state ",)),
-    (
-        "checkpoint load/save in the run (checkpoint-postgres, serde, psycopg)",
-        ("/langgraph/checkpoint/", "/psycopg/", "/psycopg_pool/"),
-    ),
-    ("turn lock: advisory lock take/release", ("_take_turn_lock ", "_release_turn_lock ")),
-    ("turn record insert (chat_turns)", ("_record (",)),
-    ("session ownership check", ("sessions/service.py",)),
-    ("auth: bearer token and revocation check", ("server/auth/",)),
-    ("rate limit (limits + Redis)", ("ratelimit/service.py", "/limits/", "/redis/")),
-    ("metrics (prometheus_client)", ("/prometheus_client/",)),
-    ("LangGraph runtime (pregel loop, channels, tasks, runnables, callbacks)", ("/langgraph/", "/langchain_core/")),
-    ("database driver outside the above (asyncpg, piccolo)", ("/asyncpg/", "/piccolo/")),
-    ("chat service: the turn's task and event queue (chat/service.py)", ("chat/service.py",)),
-    (
-        "HTTP: uvicorn, Litestar (routing, DI, msgspec), middleware, route",
-        ("/uvicorn/", "/litestar/", "/msgspec/", "/httptools/", "server/"),
-    ),
-]
 MODEL_CALL = PROFILE_CATEGORIES[3][0]
 # The model call's own parts, by the same first-match rule.
 MODEL_CALL_PARTS: list[tuple[str, tuple[str, ...]]] = [
@@ -885,30 +827,6 @@ MODEL_CALL_PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("langchain-core: astream wrapper, callbacks, AIMessageChunk merging", ("/langchain_core/",)),
     ("LLMService: resilience and accumulation (server/llm)", ("server/llm/",)),
 ]
-EVENT_LOOP = "event loop: uvloop and C-level callbacks (no Python frame of a task)"
-THREAD_WAITING = "worker threads (to_thread) with no Python frame: GIL or queue waits"
-OTHER = "anything else"
-# Frames every sample of a thread starts with; they say nothing about the work, so they are cut off first.
-_LOOP_ROOT = "Runner.run ("
-_THREAD_ROOT = "_WorkItem.run ("
-
-
-def _work_frames(stack: str) -> list[str]:
-    """The frames of a sample below the event loop's or the thread pool's own."""
-    frames = stack.split(";")
-    roots = [index for index, frame in enumerate(frames) if frame.startswith((_LOOP_ROOT, _THREAD_ROOT))]
-    return frames[roots[-1] + 1 :] if roots else frames
-
-
-def categorize(stack: str) -> str:
-    frames = _work_frames(stack)
-    if not frames or frames[-1].startswith("_worker ("):
-        return THREAD_WAITING if "_worker (" in stack else EVENT_LOOP
-    inner = ";".join(frames)
-    for category, patterns in PROFILE_CATEGORIES:
-        if any(pattern in inner for pattern in patterns):
-            return category
-    return OTHER
 
 
 @dataclass
@@ -974,7 +892,7 @@ async def _profile_phases(
         pause = [] if options.profile_blocking else ["--nonblocking"]
         path = Path(f"{base}.pyspy-{'short' if first_turn == 1 else 'long'}.txt")
         metrics_before = await _model_metrics(port)
-        cpu_before, threads_before = _process_table(), _thread_cpu(pid)
+        cpu_before, threads_before = process_table(), _thread_cpu(pid)
         recorder = await asyncio.create_subprocess_exec(
             pyspy, "record", "--pid", str(pid), "--rate", str(options.profile_rate), *pause,
             "--format", "raw", "--full-filenames", "--nolineno", "-o", str(path),
@@ -989,20 +907,20 @@ async def _profile_phases(
         recorder.send_signal(signal.SIGINT)
         async with asyncio.timeout(60):
             output = (await recorder.communicate())[0].decode(errors="replace")
-        cpu_after, threads_after = _process_table(), _thread_cpu(pid)
+        cpu_after, threads_after = process_table(), _thread_cpu(pid)
         metrics_after = await _model_metrics(port)
         _attach_model_calls(sent, proxy.take_calls())
 
         def used(pids: set[int], before: dict = cpu_before, after: dict = cpu_after) -> float:
             return sum(after[p][2] - before.get(p, (0, "", 0.0))[2] for p in pids if p in after)
 
-        postgres = _descendants(cpu_after, postmaster) if postmaster else set()
+        postgres = descendants(cpu_after, postmaster) if postmaster else set()
         recordings.append(
             Recording(
                 label=label,
                 turns=sent,
-                samples=_read_collapsed(path),
-                worker_cpu_seconds=used(_descendants(cpu_after, pid) - postgres),
+                samples=read_collapsed(path),
+                worker_cpu_seconds=used(descendants(cpu_after, pid) - postgres),
                 thread_cpu_seconds={
                     "event loop thread": threads_after.get(pid, 0.0) - threads_before.get(pid, 0.0),
                     "other threads (to_thread pool)": sum(
@@ -1042,27 +960,6 @@ async def _model_metrics(port: int) -> dict[str, float]:
     return values
 
 
-def _read_collapsed(path: Path) -> dict[str, int]:
-    samples: dict[str, int] = {}
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            stack, _, count = line.rpartition(" ")
-            if stack and count.isdigit():
-                samples[stack] = samples.get(stack, 0) + int(count)
-    return samples
-
-
-def _frame_name(frame: str) -> str:
-    """``function (/long/path/site-packages/package/module.py)`` -> ``function (package/module.py)``."""
-    function, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    for anchor in ("site-packages/", "/work/main/", str(REPO) + "/", "/lib/python3"):
-        if anchor in where:
-            where = where.split(anchor, 1)[1]
-            break
-    return f"{function} ({where})"
-
-
 def _summarize_recording(recording: Recording, rate: int) -> dict[str, Any]:
     ok = [turn for turn in recording.turns if turn.ok]
     count = len(ok) or 1
@@ -1075,13 +972,13 @@ def _summarize_recording(recording: Recording, rate: int) -> dict[str, Any]:
         category = categorize(stack)
         by_category[category] += samples
         if category == MODEL_CALL:
-            inner = ";".join(_work_frames(stack))
+            inner = ";".join(work_frames(stack))
             part = next((name for name, patterns in MODEL_CALL_PARTS if any(p in inner for p in patterns)), OTHER)
             model_parts[part] += samples
-        frames = _work_frames(stack)
+        frames = work_frames(stack)
         if frames and not frames[-1].startswith("_worker ("):
-            leaves[_frame_name(frames[-1])] += samples
-            for name in {_frame_name(frame) for frame in frames}:
+            leaves[frame_name(frames[-1])] += samples
+            for name in {frame_name(frame) for frame in frames}:
                 inclusive[name] += samples
     cpu_ms_per_turn = recording.worker_cpu_seconds * 1000 / count
     # py-spy counts the pool's threads parked in queue.get as active; /proc says they use under a millisecond per
@@ -1094,12 +991,12 @@ def _summarize_recording(recording: Recording, rate: int) -> dict[str, Any]:
         "label": recording.label,
         "turns": len(recording.turns),
         "ok_turns": len(ok),
-        "client_total_ms": _latencies([turn.total_ms for turn in ok]),
-        "server_own_ms": _latencies([turn.own_ms for turn in ok]),
-        "model_call_at_proxy_ms": _latencies([turn.model_ms for turn in ok]),
-        "before_model_call_ms": _latencies([turn.before_model_ms or 0.0 for turn in ok]),
-        "after_model_call_ms": _latencies([turn.after_model_ms or 0.0 for turn in ok]),
-        "recorded_turn_latency_ms": _latencies([t.recorded_latency_ms for t in ok if t.recorded_latency_ms]),
+        "client_total_ms": latencies([turn.total_ms for turn in ok]),
+        "server_own_ms": latencies([turn.own_ms for turn in ok]),
+        "model_call_at_proxy_ms": latencies([turn.model_ms for turn in ok]),
+        "before_model_call_ms": latencies([turn.before_model_ms or 0.0 for turn in ok]),
+        "after_model_call_ms": latencies([turn.after_model_ms or 0.0 for turn in ok]),
+        "recorded_turn_latency_ms": latencies([t.recorded_latency_ms for t in ok if t.recorded_latency_ms]),
         "model_layer_mean_ms (LLMService, from /metrics)": round(
             1000 * metrics.get("agentctl_model_call_duration_seconds_sum", 0.0) / calls, 2
         )
@@ -1165,14 +1062,14 @@ def _summarize_run(run: PhaseRun) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "turns_per_second": round(len(ok) / seconds, 1) if seconds else None,
         "turns_per_worker": dict(collections.Counter(turn.worker_pid or "?" for turn in run.turns).most_common()),
-        "server_own_ms": _latencies([turn.own_ms for turn in ok]),
-        "server_own_ms_first_turn_of_session": _latencies([turn.own_ms for turn in first]),
-        "client_total_ms": _latencies([turn.total_ms for turn in ok]),
-        "model_call_at_proxy_ms": _latencies([turn.model_ms for turn in ok]),
-        "before_model_call_ms": _latencies([turn.before_model_ms or 0.0 for turn in ok]),
-        "after_model_call_ms": _latencies([turn.after_model_ms or 0.0 for turn in ok]),
-        "recorded_turn_latency_ms": _latencies([t.recorded_latency_ms for t in ok if t.recorded_latency_ms]),
-        "outside_recorded_turn_ms": _latencies(
+        "server_own_ms": latencies([turn.own_ms for turn in ok]),
+        "server_own_ms_first_turn_of_session": latencies([turn.own_ms for turn in first]),
+        "client_total_ms": latencies([turn.total_ms for turn in ok]),
+        "model_call_at_proxy_ms": latencies([turn.model_ms for turn in ok]),
+        "before_model_call_ms": latencies([turn.before_model_ms or 0.0 for turn in ok]),
+        "after_model_call_ms": latencies([turn.after_model_ms or 0.0 for turn in ok]),
+        "recorded_turn_latency_ms": latencies([t.recorded_latency_ms for t in ok if t.recorded_latency_ms]),
+        "outside_recorded_turn_ms": latencies(
             [turn.total_ms - turn.recorded_latency_ms for turn in ok if turn.recorded_latency_ms]
         ),
         "cpu": run.cpu,
@@ -1186,7 +1083,7 @@ def _summarize_run(run: PhaseRun) -> dict[str, Any]:
             by_index[turn.turn_in_session].append(turn.own_ms)
         summary["server_own_ms_by_turn_of_session"] = {
             index: {
-                "p50": round(_percentile(sorted(values), 0.5) or 0.0, 1),
+                "p50": round(percentile(sorted(values), 0.5) or 0.0, 1),
                 "max": round(max(values), 1),
                 "n": len(values),
             }
@@ -1232,7 +1129,7 @@ def build_report(
             "database": "embedded PostgreSQL (pgserver) in a fresh temporary data dir, via DATABASE_URL",
             "client": "asyncio HTTP/1.1, a new loopback connection per request",
         },
-        "health_floor_ms": _latencies(phases["health_floor_ms"]),
+        "health_floor_ms": latencies(phases["health_floor_ms"]),
         **runs,
         "simulator_direct_replay_ms": phases["replay"],
         "profile": profile,

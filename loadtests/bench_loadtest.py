@@ -38,13 +38,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness import (  # the benchmarks' shared harness, in this folder
+    THREAD_WAITING,
+    busy_cpu_seconds,
+    categorize,
+    descendants,
+    frame_name,
+    process_table,
+    read_collapsed,
+    save_and_print,
+    work_frames,
+)
+
 LOADTESTS = Path(__file__).resolve().parent
 REPO = LOADTESTS.parent
-sys.path.insert(0, str(REPO))
 
 # Shared with the other benchmarks: CPU from /proc, the report's JSON, and the profile's categories.
-from bench_chat import THREAD_WAITING, _frame_name, _read_collapsed, _work_frames, categorize  # noqa: E402
-from run_signup_storm import _busy_cpu_seconds, _descendants, _process_table, save_and_print  # noqa: E402
 
 RAISED = "100000000/hour"
 MODES: dict[str, dict[str, Any]] = {
@@ -78,7 +87,7 @@ def main() -> int:
     print(f"{options.mode}: {' '.join(command[2:])}", flush=True)
     load_before = [round(value, 2) for value in os.getloadavg()]
     speed_reference = python_speed_reference()
-    busy_before, began = _busy_cpu_seconds(), time.monotonic()
+    busy_before, began = busy_cpu_seconds(), time.monotonic()
     process = subprocess.Popen(command, cwd=REPO, start_new_session=True)
     profile: dict[str, Any] = {}
     try:
@@ -90,7 +99,7 @@ def main() -> int:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
     wall = time.monotonic() - began
-    busy = _busy_cpu_seconds() - busy_before
+    busy = busy_cpu_seconds() - busy_before
     reports = sorted(runs_dir.glob("loadtest-*/report.json"))
     if not reports:
         print(f"agentctl loadtest wrote no report (exit {exit_code})")
@@ -297,8 +306,8 @@ def profile_busiest_worker(runs_dir: Path, after: float, seconds: int) -> dict[s
         return {"skipped": "the server's pid never appeared"}
     serve = int(pid_files[0].read_text())
     time.sleep(after)
-    table = _process_table()
-    workers = [pid for pid in _descendants(table, serve) if pid != serve and "python" in table[pid][1]]
+    table = process_table()
+    workers = [pid for pid in descendants(table, serve) if pid != serve and "python" in table[pid][1]]
     if not workers:
         return {"skipped": "no worker process found"}
     busiest = max(workers, key=lambda pid: table[pid][2])
@@ -309,14 +318,14 @@ def profile_busiest_worker(runs_dir: Path, after: float, seconds: int) -> dict[s
          "--format", "raw", "--full-filenames", "--nolineno", "-o", str(path)],
         capture_output=True, text=True, timeout=seconds + 60,
     )  # fmt: skip
-    samples = _read_collapsed(path)
+    samples = read_collapsed(path)
     by_category: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     for stack, count in samples.items():
         by_category[categorize(stack)] += count
-        frames = _work_frames(stack)
+        frames = work_frames(stack)
         if frames and not frames[-1].startswith("_worker ("):
-            leaves[_frame_name(frames[-1])] += count
+            leaves[frame_name(frames[-1])] += count
     parked = by_category.pop(THREAD_WAITING, 0)
     active = (sum(samples.values()) - parked) or 1
     return {

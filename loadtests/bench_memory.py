@@ -28,19 +28,24 @@ import hashlib
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from harness import (  # the benchmarks' shared harness, in this folder
+    Server,
+    migrate,
+    percentile,
+    release,
+    save_and_print,
+    simulated_chat_environment,
+)
+
 LOADTESTS = Path(__file__).resolve().parent
 REPO = LOADTESTS.parent
-sys.path.insert(0, str(REPO))
 
-from bench_chat import _migrate, release, simulated_chat_environment  # noqa: E402 (after the path is set)
-from run_signup_storm import Server, _percentile, save_and_print  # noqa: E402
 
 PASSWORD = "correct horse 1 battery"
 EMBEDDING_POOL = 4000
@@ -141,14 +146,14 @@ def main() -> int:
     key_prefix = f"memorybench-{uuid.uuid4().hex[:8]}"
     print(f"memory: {options.users} users x {options.per_user} memories, {os.cpu_count()} cores")
 
+    from agentctl.simulator.process import RunningSimulator
     from server.database.embedded import EmbeddedPostgres
-    from server.llm.simulator.process import RunningSimulator
 
     database = EmbeddedPostgres(data_dir)
     report: dict[str, Any] = {"options": vars(options), "load_average_before": list(os.getloadavg())}
     servers: list[Server] = []
     try:
-        _migrate(database.url, data_dir)
+        migrate(database.url, data_dir)
         rng = random.Random(options.seed)
         pool = asyncio.run(embed_pool(rng))
         with RunningSimulator() as simulator:
@@ -466,8 +471,7 @@ async def measure_chat(
 def _ms(seconds: list[float]) -> dict[str, float | None]:
     ordered = sorted(value * 1000 for value in seconds)
     return {
-        label: _round(_percentile(ordered, fraction))
-        for label, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        label: _round(percentile(ordered, fraction)) for label, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
     }
 
 

@@ -32,10 +32,10 @@ from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
 
 from agentctl.config import LLMSettings
+from agentctl.simulator.process import RunningSimulator
 from server.llm.registry import ModelRegistry
 from server.llm.resilience import BreakerState, Lane
 from server.llm.service import LLMService, ModelDeadlineError, ModelUnavailableError, StreamEnd
-from server.llm.simulator.process import RunningSimulator
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -24,10 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from agentctl.simulator import RunningSimulator
 
-from server.llm.simulator import RunningSimulator  # noqa: E402 (after the path is set)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CHAT_BODY = {
     "model": "gpt-4o-mini",

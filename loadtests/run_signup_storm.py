@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import http.client
 import json
 import math
 import os
@@ -36,6 +35,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import (  # the benchmarks' shared harness, in this folder
+    RAISED_LIMIT,
+    REDIS_URL,
+    Server,
+    busy_cpu_seconds,
+    delete_redis_keys,
+    descendants,
+    http_get,
+    latencies,
+    process_table,
+    save_and_print,
+)
+
 LOADTESTS = Path(__file__).resolve().parent
 REPO = LOADTESTS.parent
 LOCUSTFILE = LOADTESTS / "signup_storm.py"
@@ -44,8 +56,6 @@ REGISTER = "POST /api/v1/auth/register"
 LOGIN = "POST /api/v1/auth/login"
 HEALTH = "GET /health (probe)"
 HEALTH_PROBE_USERS = 1  # HealthProbe.fixed_count in the locustfile
-RAISED_LIMIT = "100000/hour"
-REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def main() -> int:
@@ -82,7 +92,7 @@ def main() -> int:
         server_exit_code = server.stop()
     finally:
         server.kill_if_running()
-        _delete_redis_keys(key_prefix)
+        delete_redis_keys(key_prefix)
         if not options.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -99,14 +109,6 @@ def main() -> int:
         run_time=run_time,
     )
     return save_and_print(report, results_dir / f"{base_name}.json", print_report)
-
-
-def save_and_print(report: dict[str, Any], path: Path, printer: Callable[[dict[str, Any]], None]) -> int:
-    """Write the report as JSON, print it for people, and return the exit code its verdict asks for."""
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    printer(report)
-    print(f"  report: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
-    return 0 if report["verdict"]["pass"] else 1
 
 
 def _parse_arguments() -> argparse.Namespace:
@@ -178,103 +180,6 @@ def _spread(values: list[float]) -> dict[str, float]:
 # --- the server ---------------------------------------------------------------------------------------------
 
 
-class Server:
-    """`agentctl serve` in its own session, on a fresh embedded database, with limits raised for the storm."""
-
-    def __init__(self, data_dir: Path, workers: int, key_prefix: str, log_path: Path) -> None:
-        self.data_dir = data_dir
-        self.workers = workers
-        from agentctl.cli.loadtest import free_loopback_port
-
-        self.port = free_loopback_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.key_prefix = key_prefix
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def environment(self) -> dict[str, str]:
-        from agentctl.config import environment_without_settings
-
-        environ = environment_without_settings(os.environ)
-        environ.update(
-            AGENTCTL_ENV="test",
-            AGENTCTL_DATA_DIR=str(self.data_dir),
-            AGENTCTL_SERVER__PORT=str(self.port),
-            REDIS_URL=REDIS_URL,
-            AGENTCTL_REDIS__KEY_PREFIX=self.key_prefix,
-            # One IP sends the whole storm; the production defaults (10/hour, 20/minute) would refuse it.
-            AGENTCTL_RATELIMIT__REGISTER_PER_IP=RAISED_LIMIT,
-            AGENTCTL_RATELIMIT__LOGIN_PER_IP=RAISED_LIMIT,
-            AGENTCTL_RATELIMIT__LOGIN_PER_EMAIL=RAISED_LIMIT,
-        )
-        return environ
-
-    def start(self) -> None:
-        from agentctl.cli.loadtest import start_serve
-
-        self.process = start_serve(self.data_dir, self.port, self.workers, self.environment(), self.log_path)
-
-    def wait_until_ready(self, timeout: float) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"serve exited with {self.process.returncode}; see {self.log_path}")
-            status, _ = _get(self.base_url, "/health/ready", timeout=2)
-            if status == 200:
-                return
-            time.sleep(0.2)
-        raise SystemExit(f"serve was not ready within {timeout} s; see {self.log_path}")
-
-    def stop(self, timeout: float = 60) -> int | None:
-        """SIGTERM, as an orchestrator sends it; the exit code, or None when it had to be killed."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill_if_running()
-            return None
-
-    def kill_if_running(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def postmaster_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-        return None
-
-
-def _get(base_url: str, path: str, timeout: float) -> tuple[int | None, float]:
-    """(status, milliseconds) of one GET on a new connection; status None when it did not answer."""
-    host, port = base_url.removeprefix("http://").split(":")
-    began = time.perf_counter()
-    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        connection.request("GET", path, headers={"Connection": "close"})
-        response = connection.getresponse()
-        response.read()
-        return response.status, (time.perf_counter() - began) * 1000
-    except OSError:
-        return None, (time.perf_counter() - began) * 1000
-    finally:
-        connection.close()
-
-
-def _delete_redis_keys(prefix: str) -> None:
-    with contextlib.suppress(Exception):
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
-
 # --- measurements besides Locust ----------------------------------------------------------------------------
 
 
@@ -296,7 +201,7 @@ class IndependentHealthProbe(threading.Thread):
     def run(self) -> None:
         while not self._stopping.is_set():
             began = time.monotonic()
-            status, elapsed = _get(self.base_url, "/health", timeout=5)
+            status, elapsed = http_get(self.base_url, "/health", timeout=5)
             if status == 200:
                 self.samples.append((time.time(), elapsed))
             else:
@@ -306,40 +211,6 @@ class IndependentHealthProbe(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(10)
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _process_table() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, name, CPU seconds) for every process now."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            raw = (entry / "stat").read_text()
-            name = raw[raw.index("(") + 1 : raw.rindex(")")]
-            fields = raw[raw.rindex(")") + 2 :].split()
-            table[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / _TICKS)
-    return table
-
-
-def _descendants(table: dict[int, tuple[int, str, float]], root: int) -> set[int]:
-    found, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _, _) in table.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                frontier.append(pid)
-    return found & table.keys()
-
-
-def _busy_cpu_seconds() -> float:
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / _TICKS
 
 
 class CpuAccounting:
@@ -358,8 +229,8 @@ class CpuAccounting:
     def begin(self) -> None:
         self._serve = self.server.process.pid if self.server.process else None
         self._postmaster = self.server.postmaster_pid()
-        self._start = _process_table()
-        self._busy = _busy_cpu_seconds()
+        self._start = process_table()
+        self._busy = busy_cpu_seconds()
         self._wall = time.monotonic()
 
     def sample_locust(self, pid: int) -> None:
@@ -367,11 +238,11 @@ class CpuAccounting:
         with contextlib.suppress(OSError, ValueError, IndexError):
             raw = Path(f"/proc/{pid}/stat").read_text()
             fields = raw[raw.rindex(")") + 2 :].split()
-            self._locust_cpu = (int(fields[11]) + int(fields[12])) / _TICKS
+            self._locust_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def end(self) -> None:
-        self._end = _process_table()
-        self._busy = _busy_cpu_seconds() - self._busy
+        self._end = process_table()
+        self._busy = busy_cpu_seconds() - self._busy
         self._wall = time.monotonic() - self._wall
 
     def _used(self, pids: set[int]) -> float:
@@ -381,8 +252,8 @@ class CpuAccounting:
         if not self._end:
             return {}
         serve, postmaster = self._serve, self._postmaster
-        server_pids = _descendants(self._end, serve) if serve else set()
-        postgres_pids = _descendants(self._end, postmaster) if postmaster else set()
+        server_pids = descendants(self._end, serve) if serve else set()
+        postgres_pids = descendants(self._end, postmaster) if postmaster else set()
         server_pids -= postgres_pids
         workers = sorted(
             (pid for pid in server_pids if pid != serve),
@@ -474,25 +345,6 @@ def run_locust(
 # --- the report ---------------------------------------------------------------------------------------------
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float | None:
-    """Nearest-rank percentile of already sorted values."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def _latencies(values: list[float]) -> dict[str, Any]:
-    ordered = sorted(values)
-    summary: dict[str, Any] = {"count": len(ordered)}
-    for label, fraction in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99)):
-        value = _percentile(ordered, fraction)
-        summary[label] = None if value is None else round(value, 1)
-    summary["max"] = round(ordered[-1], 1) if ordered else None
-    summary["mean"] = round(statistics.fmean(ordered), 1) if ordered else None
-    return summary
-
-
 def _locust_entry(stats: list[dict[str, Any]], name: str) -> dict[str, Any]:
     for entry in stats:
         if entry.get("name") == name:
@@ -532,7 +384,7 @@ def build_report(
             "successes": requests - failed,
             "failures": failed,
             "failure_reasons": failures.get(name, {}),
-            "latency_ms": _latencies([ms for _, ms in samples.get(name, [])]),
+            "latency_ms": latencies([ms for _, ms in samples.get(name, [])]),
             "locust_max_ms": round(entry["max_response_time"], 1) if entry.get("max_response_time") else None,
         }
 
@@ -589,8 +441,8 @@ def build_report(
         "health_slow_samples": slow_health[:50],
         "health_independent_probe": {
             "note": "GET /health every 100 ms from the runner process (not Locust), new connection each time",
-            "whole_run": _latencies(independent),
-            "during_storm": _latencies(independent_storm),
+            "whole_run": latencies(independent),
+            "during_storm": latencies(independent_storm),
             "failures": prober.failures,
         },
         "storm": {

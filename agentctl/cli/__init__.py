@@ -17,13 +17,14 @@ from agentctl.cli import migrate as migrate_commands
 from agentctl.cli import models as models_commands
 from agentctl.cli import serve as serve_commands
 from agentctl.cli.context import CliState
+from agentctl.cli.usage import Context
 from agentctl.config import SettingsError
 
 
 class _AgentctlGroup(TyperGroup):
     """Turns known failures into one plain line on stderr and an exit code, never a traceback."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         from server.errors import AppError  # imported late: `agentctl --help` stays fast
 
         try:

@@ -49,8 +49,8 @@ def chat(
     """Chat with the agent: streamed answers, sessions and memory. Signs in, or up, at the first use."""
     from rich.console import Console
 
-    from agentctl.cli.chat_client import ChatClient, ChatError, TokenStore
-    from agentctl.cli.chat_ui import ChatRepl, ask_once, sign_in
+    from agentctl.terminal.client import ChatClient, ChatError, TokenStore
+    from agentctl.terminal.ui import ChatRepl, ask_once, sign_in
 
     if new and session:
         raise typer.BadParameter("--new starts a session, --session continues one: give one of them")

@@ -97,7 +97,7 @@ def evaluate(
     if ctx.invoked_subcommand is not None:
         return
     from server.evaluation.report import GateSpecError, parse_gate
-    from server.evaluation.service import EvalOptions
+    from server.evaluation.service import EvalOptions, Source
     from server.evaluation.window import WindowError, parse_window
     from server.observability.logging import configure_logging
 
@@ -109,6 +109,7 @@ def evaluate(
         _usage_error(str(error))
     if source not in ("database", "langfuse"):
         _usage_error(f"--source must be database or langfuse, not {source!r}")
+    chosen_source: Source = "langfuse" if source == "langfuse" else "database"
     if source == "langfuse" and not settings.observability.tracing_enabled:
         _usage_error("--source langfuse needs Langfuse configured: set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY")
     if session is not None and source == "database":
@@ -124,7 +125,7 @@ def evaluate(
     options = EvalOptions(
         window=window,
         metrics=metrics,
-        source=source,  # type: ignore[arg-type]
+        source=chosen_source,
         sample=sample,
         seed=seed,
         limit=limit,
@@ -265,11 +266,9 @@ def _model_registry(settings: Settings) -> ModelRegistry:
 
 async def _run(settings: Settings, options: EvalOptions) -> EvalReport:
     from server.database.embedded import database_url
-    from server.database.engine import open_database
-    from server.database.migrations import ensure_schema_current
     from server.evaluation.service import EvaluationService
     from server.evaluation.sources import LangfuseScores, LangfuseUnavailableError, turns_from_database
-    from server.memory.collection import memory_dimensions
+    from server.schema import open_database
 
     try:
         langfuse = await asyncio.to_thread(LangfuseScores.from_settings, settings.observability)
@@ -292,8 +291,7 @@ async def _run(settings: Settings, options: EvalOptions) -> EvalReport:
         stack.callback(progress.stop)
         # Starting the embedded PostgreSQL (when no DATABASE_URL) blocks: off the event loop.
         url = await asyncio.to_thread(stack.enter_context, database_url(settings))
-        database = await stack.enter_async_context(open_database(url, settings.database))
-        await ensure_schema_current(database, memory_dimensions(settings))
+        await stack.enter_async_context(open_database(url, settings, schema="require_current"))
         service = EvaluationService(judge=_judge_for(settings, registry), langfuse=langfuse)
         return await service.run(options, load_turns, progress)
 

@@ -7,25 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+
+from agentctl.cli.usage import PlainUsageErrors
 
 app = typer.Typer(help="Model tooling: a simulated OpenAI-compatible model for tests and demos.", no_args_is_help=True)
 
 
-class _PlainUsageErrors(TyperCommand):
-    """A bad option value is one plain line and exit 2, like every other configuration problem of agentctl."""
-
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: typer.Context | None = None, **extra: Any
-    ) -> typer.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[return-value]
-        except typer.BadParameter as error:
-            typer.echo(f"agentctl: {error.format_message()}", err=True)
-            raise typer.Exit(2) from None
-
-
-@app.command("simulate", cls=_PlainUsageErrors)
+@app.command("simulate", cls=PlainUsageErrors)
 def simulate(
     host: Annotated[str, typer.Option("--host", help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port; 0 picks a free one.")] = 8100,
@@ -84,8 +72,8 @@ def simulate(
     import uvicorn
 
     from agentctl.cli.serve import _exit_normally_after_drain
-    from server.llm.simulator import SimulatorConfig, SimulatorConfigError, create_simulator_app
-    from server.llm.simulator.config import load_config_file, load_script_file
+    from agentctl.simulator import SimulatorConfig, SimulatorConfigError, create_simulator_app
+    from agentctl.simulator.config import load_config_file, load_script_file
 
     faults = {
         "rate_429": fail_429,

@@ -39,18 +39,15 @@ def migrate(
 
 
 async def _pending(url: str, settings: Settings) -> list[str]:
-    from server.database.engine import open_database
-    from server.database.migrations import pending_work
     from server.memory.collection import memory_dimensions
+    from server.schema import open_database, pending_work
 
-    async with open_database(url, settings.database) as database:
+    async with open_database(url, settings, schema="as_is") as database:
         return (await pending_work(database, memory_dimensions(settings))).describe()
 
 
 async def _apply(url: str, settings: Settings) -> list[str]:
-    from server.database.engine import open_database
-    from server.database.migrations import apply_migrations
-    from server.memory.collection import memory_dimensions
+    from server.schema import open_database
 
-    async with open_database(url, settings.database) as database:
-        return await apply_migrations(database, memory_dimensions(settings))
+    async with open_database(url, settings, schema="migrate") as database:
+        return database.schema_changes

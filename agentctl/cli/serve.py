@@ -111,15 +111,10 @@ def _exit_normally_after_drain() -> None:
 
 async def _prepare_schema(url: str, settings: Settings) -> None:
     """The embedded default migrates itself; an external database must already be migrated by the operator."""
-    from server.database.engine import open_database
-    from server.database.migrations import apply_migrations, ensure_schema_current
-    from server.memory.collection import memory_dimensions
+    from server.schema import open_database, schema_action_for
 
-    dimensions = memory_dimensions(settings)
-    async with open_database(url, settings.database) as database:
-        if settings.uses_embedded_database:
-            await apply_migrations(database, dimensions)
-        await ensure_schema_current(database, dimensions)
+    async with open_database(url, settings, schema=schema_action_for(settings)):
+        pass
 
 
 def _print_banner(settings: Settings, url: str, models: ModelRegistry) -> None:

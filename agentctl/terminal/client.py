@@ -215,7 +215,7 @@ class StreamEvent:
 
 def parse_sse(lines: Iterable[str]) -> Iterator[StreamEvent]:
     """Server-sent events whose data is JSON; comments (the server's keep-alives) are skipped."""
-    kind, data = "message", []
+    kind, data = "message", list[str]()
     for line in lines:
         if not line:
             if data:

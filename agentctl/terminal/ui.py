@@ -26,7 +26,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from agentctl.cli.chat_client import (
+from agentctl.terminal.client import (
     ChatClient,
     ChatError,
     SessionGoneError,
