@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -12,19 +12,22 @@ from litestar.types import Scope
 
 from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
-from server.auth.dependencies import BEARER_SCHEME, provide_auth_service
+from server.auth.dependencies import BEARER_SCHEME
 from server.auth.routes import AuthController
 from server.chat.routes import ChatController
+from server.dependencies import SERVICES
 from server.errors import EXCEPTION_HANDLERS, is_database_unavailable
 from server.health.routes import HealthController
 from server.lifespan import build_lifespan
 from server.memory.routes import MemoryController
 from server.observability.http import http_metrics_middleware
 from server.observability.logging import configure_logging
-from server.observability.request_id import add_request_id_header, request_context_middleware
+from server.observability.metrics import HttpMetrics
 from server.observability.routes import metrics
 from server.openapi import StrictStructSchemaPlugin, answer_options_for_every_method, state_the_configured_limits
 from server.ratelimit.middleware import rate_limit_middleware
+from server.request_context import add_request_id_header, request_context_middleware
+from server.resources import open_resources_of
 from server.security.body import BoundedRequest
 from server.security.headers import security_headers_hook
 from server.sessions.routes import SessionController
@@ -52,8 +55,8 @@ def create_app(settings: Settings) -> Litestar:
     app = Litestar(
         route_handlers=[HealthController, AuthController, SessionController, ChatController, MemoryController, metrics],
         lifespan=[build_lifespan(settings)],
-        dependencies={"auth": Provide(provide_auth_service, sync_to_thread=False)},
-        middleware=[rate_limit_middleware],
+        dependencies=SERVICES,
+        middleware=[DefineMiddleware(rate_limit_middleware, services=open_resources_of)],
         before_send=[add_request_id_header, security_headers_hook(settings, docs_path=OPENAPI_PATH)],
         exception_handlers=EXCEPTION_HANDLERS,
         after_exception=[notice_database_outage],
@@ -86,13 +89,18 @@ def create_app(settings: Settings) -> Litestar:
     # Around the whole app rather than as route middleware, which runs only for requests that match a route: a
     # scan of unknown paths (404) or methods (405) gets its access line and its count too. Outermost first: the
     # request context wraps the metrics, so that the access line carries the request id.
-    app.asgi_handler = request_context_middleware(http_metrics_middleware(app.asgi_handler))
+    app.asgi_handler = request_context_middleware(http_metrics_middleware(app.asgi_handler, metrics=_http_metrics))
     return app
+
+
+def _http_metrics(app: Litestar) -> HttpMetrics | None:
+    resources = open_resources_of(app)
+    return resources.metrics.http if resources is not None else None
 
 
 async def notice_database_outage(exception: BaseException, scope: Scope) -> None:
     """A request that failed for want of the database: the pools renew their connections once it is back."""
-    resources = scope["app"].state.get("resources")
+    resources = open_resources_of(scope["app"])
     if resources is not None and is_database_unavailable(exception):
         resources.database.suspect_outage()
 

@@ -18,10 +18,11 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
 from loguru import logger
 
-from server.observability.logging import RateLimitedLog
-from server.observability.request_id import request_id_of
+from server.outages import RateLimitedLog
+from server.request_context import request_id_of
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
@@ -192,7 +193,7 @@ def handle_validation_error(request: Request, error: ValidationException) -> Res
         for item in (error.extra if isinstance(error.extra, list) else [])
         if isinstance(item, dict)
     ]
-    names = ", ".join(sorted({item["field"] for item in fields})) or "the request"
+    names = ", ".join(sorted({str(item["field"]) for item in fields})) or "the request"
     return problem_response(
         request,
         status=422,
@@ -248,7 +249,7 @@ def handle_unexpected_error(request: Request, error: Exception) -> Response[dict
     )
 
 
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     AppError: handle_app_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_exception,

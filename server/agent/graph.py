@@ -7,11 +7,10 @@ the run's config, so one compiled graph serves every request.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, TypedDict
+from collections.abc import Callable, Sequence
+from typing import Annotated, Literal, TypedDict
 
-from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, SystemMessage, ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -23,33 +22,19 @@ from agentctl.config import AgentSettings
 from server.agent.context import input_budget, token_counter_for, trim_history
 from server.agent.prompts import PromptLibrary
 from server.agent.tools import run_tool_calls
-from server.llm.service import CallReport, LLMService, StreamEnd, StreamToken
+from server.agent.turn import recorder_of
+from server.llm.resilience import Lane
+from server.llm.service import LLMService, StreamEnd, StreamToken
 
 
 class AgentState(TypedDict):
     messages: Annotated[list[AnyMessage], add_messages]
 
 
-@dataclass
-class TurnRecorder:
-    """What one turn did, gathered as it runs: model calls, tool calls, the partial answer so far."""
-
-    user_name: str | None = None
-    streaming: bool = True  # a non-streamed turn asks the model for the whole answer at once
-    memories: list[str] = field(default_factory=list)
-    reports: list[CallReport] = field(default_factory=list)
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    partial: str = ""
-    steps: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    first_token_at: float | None = None
-    # Where token and tool events go as they happen: the turn's own event queue. Handing them over directly
-    # rather than through LangGraph's custom stream saves a hop of its stream machinery per token.
-    emit: Callable[[dict[str, Any]], None] = field(default=lambda _event: None)
-
-
-def recorder_of(config: RunnableConfig) -> TurnRecorder:
-    return config["configurable"]["turn"]
+def _pending_tool_calls(state: AgentState) -> list[ToolCall]:
+    """The tool calls the model's last message asks for (none when it answered)."""
+    last = state["messages"][-1]
+    return last.tool_calls if isinstance(last, AIMessage) else []
 
 
 def build_agent(
@@ -68,12 +53,12 @@ def build_agent(
     # Small local models cannot call tools; they get none rather than a prompt they would garble.
     offered_tools = tools if all(model.spec.provider != "local" for model in chain) else []
     count_tokens: Callable[[list[BaseMessage]], int] = token_counter_for(
-        chain[0].chat,  # type: ignore[arg-type]
+        chain[0].chat_model(Lane.FOREGROUND),
         chain[0].spec,
         tools=offered_tools,
     )
 
-    async def chat(state: AgentState, config: RunnableConfig) -> dict[str, list[BaseMessage]]:
+    async def chat(state: AgentState, config: RunnableConfig) -> dict[str, Sequence[BaseMessage]]:
         turn = recorder_of(config)
         turn.steps += 1
         system = SystemMessage(await prompts.system_prompt(user_name=turn.user_name, memories=turn.memories))
@@ -102,9 +87,9 @@ def build_agent(
         assert message is not None
         return {"messages": [message]}
 
-    async def use_tools(state: AgentState, config: RunnableConfig) -> dict[str, list[BaseMessage]]:
+    async def use_tools(state: AgentState, config: RunnableConfig) -> dict[str, Sequence[BaseMessage]]:
         turn = recorder_of(config)
-        calls = state["messages"][-1].tool_calls  # type: ignore[union-attr]
+        calls = _pending_tool_calls(state)
         write = turn.emit
         for call in calls:
             write({"type": "tool", "name": call["name"], "arguments": call["args"], "status": "started"})
@@ -120,9 +105,9 @@ def build_agent(
             )
         return {"messages": results}
 
-    async def stop_at_step_limit(state: AgentState) -> dict[str, list[BaseMessage]]:
+    async def stop_at_step_limit(state: AgentState) -> dict[str, Sequence[BaseMessage]]:
         # Every tool call needs its result before the model is called again; these say why there is none.
-        calls = state["messages"][-1].tool_calls  # type: ignore[union-attr]
+        calls = _pending_tool_calls(state)
         return {
             "messages": [
                 ToolMessage(
@@ -136,8 +121,8 @@ def build_agent(
         }
 
     def after_chat(state: AgentState, config: RunnableConfig) -> Literal["tools", "stop", "__end__"]:
-        if not getattr(state["messages"][-1], "tool_calls", None):
-            return END
+        if not _pending_tool_calls(state):
+            return "__end__"  # END
         return "tools" if recorder_of(config).steps < settings.max_steps else "stop"
 
     graph = StateGraph(AgentState)

@@ -91,10 +91,10 @@ async def run_tool_calls(tool_calls: list[ToolCall], tools_by_name: Mapping[str,
     )
     for index, outcome in zip(others, outcomes, strict=True):
         results[index] = outcome
-    for outcome in results:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    return [outcome for outcome in results if isinstance(outcome, ToolMessage)]
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [result for result in results if isinstance(result, ToolMessage)]
 
 
 def _may_interrupt(tool: BaseTool | None) -> bool:

@@ -26,8 +26,7 @@ from redis.exceptions import RedisError
 
 from server.auth.tables import RefreshToken, RevokedToken
 from server.database.notifications import Subscription
-from server.observability.logging import RateLimitedLog
-from server.outages import Outage
+from server.outages import Outage, RateLimitedLog
 
 _MAX_REMEMBERED = 100_000
 _RECONCILE_BATCH = 1000

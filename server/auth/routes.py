@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -54,11 +55,9 @@ _PASSWORD_SCHEMA = Schema(
 _GRANT_TYPE_SCHEMA = Schema(type=OpenAPIType.STRING, enum=["password"])
 # What OAuth2 password-grant clients send besides the credentials; accepted in a form, and ignored.
 _OAUTH2_FORM_EXTRAS = ("scope", "client_id", "client_secret")
-_IGNORED_FORM_FIELD = Schema(type=OpenAPIType.STRING, description="Accepted and ignored")
 
 
-def _login_operation(**fields: Any) -> Operation:
-    """Documents that login reads JSON and forms alike (the handler parses the body itself)."""
+def _login_body() -> RequestBody:
     as_json = Schema(
         type=OpenAPIType.OBJECT,
         properties={"email": _EMAIL_SCHEMA, "password": _PASSWORD_SCHEMA, "grant_type": _GRANT_TYPE_SCHEMA},
@@ -90,14 +89,21 @@ def _login_operation(**fields: Any) -> Operation:
         additional_properties=False,
         description="an OAuth2 password-grant form: username (the email) and password",
     )
-    fields["request_body"] = RequestBody(
+    return RequestBody(
         required=True,
         content={
             "application/json": OpenAPIMediaType(schema=as_json),
             "application/x-www-form-urlencoded": OpenAPIMediaType(schema=as_form),
         },
     )
-    return Operation(**fields)
+
+
+@dataclass
+class _LoginOperation(Operation):
+    """Documents that login reads JSON and forms alike (the handler parses the body itself)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _login_body()
 
 
 class AuthController(Controller):
@@ -126,7 +132,7 @@ class AuthController(Controller):
         status_code=200,
         opt={"rate_limit": RouteClass.LOGIN},
         responses=problem_responses(401, 413, 422, 429),
-        operation_class=_login_operation,  # type: ignore[arg-type]
+        operation_class=_LoginOperation,
     )
     async def login(self, request: Request, auth: NamedDependency[AuthService]) -> TokenPairResponse:
         """Sign in with email and password (JSON, or an OAuth2 password-grant form)."""

@@ -11,6 +11,7 @@ from msgspec import Meta
 
 from server.auth.tokens import IssuedToken
 from server.errors import InvalidFieldError
+from server.schemas import Strict
 from server.security.text import normalize_email, normalize_text
 
 EMAIL_MAX_LENGTH = 254  # what an address may be (RFC 5321's path limit, as email-validator checks it)
@@ -43,10 +44,6 @@ def _checked_email(value: str) -> str:
         return normalize_email(value)
     except ValueError as error:
         raise InvalidFieldError("email", str(error)) from None
-
-
-class Strict(msgspec.Struct, forbid_unknown_fields=True):
-    """Base of every request body: a field we do not know is an error, not something to ignore."""
 
 
 class RegisterRequest(Strict):

@@ -122,7 +122,7 @@ class AuthService:
 
     def _bearer_claims(self, scope: Scope) -> TokenClaims:
         """The bearer token's claims, verified once per request (rate limiting and authentication both ask)."""
-        state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+        state = scope.setdefault("state", {})
         outcome = state.get(_CLAIMS_STATE_KEY)
         if outcome is None:
             token = bearer_token(scope)

@@ -44,6 +44,21 @@ class TokenClaims:
 
 
 @dataclass(frozen=True)
+class SessionClaims:
+    """A verified session token's caller: the user, and the one session the token acts for (never missing)."""
+
+    subject: uuid.UUID
+    session_id: uuid.UUID
+    token: TokenClaims
+
+    @classmethod
+    def of(cls, claims: TokenClaims) -> SessionClaims:
+        if claims.session_id is None:  # decode_any refuses a session token without its session
+            raise UnauthorizedError("the token is invalid")
+        return cls(subject=claims.subject, session_id=claims.session_id, token=claims)
+
+
+@dataclass(frozen=True)
 class IssuedToken:
     token: str
     claims: TokenClaims

@@ -53,7 +53,7 @@ class TurnLocks:
         if self._connection is not None:
             await self._connection.close()  # releases whatever is still held
 
-    def usage(self) -> tuple[int]:
+    def usage(self) -> tuple[int, int]:
         """(connections in use, queries waiting for the connection), for the pool gauges."""
         return (0 if self._connection is None or self._connection.is_closed() else 1), self._waiting
 

@@ -4,19 +4,20 @@ import json
 from collections.abc import AsyncIterator
 
 import anyio
-from litestar import Controller, Request, delete, get, post
-from litestar.datastructures import State
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import SecurityRequirement
 from litestar.params import JSONBody
 from litestar.response import ServerSentEventMessage, Stream
 from prometheus_client import Gauge
 
+from agentctl.config import AgentSettings
 from server.auth.dependencies import BEARER_SCHEME, provide_session_claims
-from server.auth.tokens import TokenClaims
+from server.auth.tokens import SessionClaims
 from server.chat.schemas import CancelResponse, ChatMessage, ChatRequest, ChatResponse, MessagesResponse
 from server.chat.service import ChatService, Turn, TurnEvent
 from server.errors import AppError, InvalidFieldError, problem_responses
+from server.observability.metrics import AppMetrics
 from server.ratelimit.service import RouteClass
 from server.security.text import has_visible_text, normalize_text
 from server.sessions.service import get_owned_session, owner_name_of_session
@@ -33,20 +34,13 @@ class TurnFailedError(AppError):
     title = "The agent could not answer"
 
 
-def provide_chat_service(state: State) -> ChatService:
-    return state.resources.chat
-
-
 class ChatController(Controller):
     """The conversation of one session (session token from POST /api/v1/auth/session)."""
 
     path = "/api/v1/chatbot"
     tags = ["chat"]
     security = SESSION_TOKEN
-    dependencies = {
-        "session": Provide(provide_session_claims),
-        "chat": Provide(provide_chat_service, sync_to_thread=False),
-    }
+    dependencies = {"session": Provide(provide_session_claims)}
 
     @post(
         "/chat",
@@ -56,17 +50,17 @@ class ChatController(Controller):
     )
     async def chat(
         self,
-        request: Request,
-        session: NamedDependency[TokenClaims],
+        session: NamedDependency[SessionClaims],
         chat: NamedDependency[ChatService],
+        agent_settings: NamedDependency[AgentSettings],
         data: JSONBody[ChatRequest],
     ) -> ChatResponse:
         """Send the user's message and wait for the whole answer."""
-        text, user_name = await _checked_text(request, session, data)
+        text, user_name = await _checked_text(agent_settings, session, data)
         answer, usage, interrupt = "", {}, None
         turn = await chat.start_turn(
             owner_id=session.subject,
-            session_id=session.session_id,  # type: ignore[arg-type]
+            session_id=session.session_id,
             text=text,
             user_name=user_name,
             streaming=False,
@@ -95,49 +89,51 @@ class ChatController(Controller):
     )
     async def chat_stream(
         self,
-        request: Request,
-        session: NamedDependency[TokenClaims],
+        session: NamedDependency[SessionClaims],
         chat: NamedDependency[ChatService],
+        agent_settings: NamedDependency[AgentSettings],
+        metrics: NamedDependency[AppMetrics],
         data: JSONBody[ChatRequest],
     ) -> Stream:
         """Send the user's message and receive the answer as server-sent events: memory (what was recalled),
         token, tool, interrupt, usage, error, done. Every event's data is JSON with at least content and done."""
-        text, user_name = await _checked_text(request, session, data)
-        heartbeat = request.app.state.resources.settings.agent.stream_heartbeat_seconds
+        text, user_name = await _checked_text(agent_settings, session, data)
         turn = await chat.start_turn(  # a turn in progress is a 409 here, before the stream starts
             owner_id=session.subject,
-            session_id=session.session_id,  # type: ignore[arg-type]
+            session_id=session.session_id,
             text=text,
             user_name=user_name,
         )
-        streams_open = request.app.state.resources.metrics.http.streams_open
-        return Stream(_sse(turn, heartbeat, streams_open), media_type=_SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
+        stream = _sse(turn, agent_settings.stream_heartbeat_seconds, metrics.http.streams_open)
+        return Stream(stream, media_type=_SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
 
     @get("/messages", responses=problem_responses(401, 404, 429))
     async def messages(
-        self, session: NamedDependency[TokenClaims], chat: NamedDependency[ChatService]
+        self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]
     ) -> MessagesResponse:
         """The session's conversation so far."""
-        await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
-        history = await chat.history(session.session_id)  # type: ignore[arg-type]
+        await get_owned_session(owner_id=session.subject, session_id=session.session_id)
+        history = await chat.history(session.session_id)
         return MessagesResponse(messages=[ChatMessage(**item) for item in history if item["role"] != "system"])
 
     @delete("/messages", status_code=204, responses=problem_responses(401, 404, 429))
-    async def clear_messages(self, session: NamedDependency[TokenClaims], chat: NamedDependency[ChatService]) -> None:
+    async def clear_messages(self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]) -> None:
         """Forget the session's conversation, checkpoints included."""
-        await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
-        await chat.clear(session.session_id)  # type: ignore[arg-type]
+        await get_owned_session(owner_id=session.subject, session_id=session.session_id)
+        await chat.clear(session.session_id)
 
     @post("/cancel", status_code=200, responses=problem_responses(401, 404, 429))
-    async def cancel(self, session: NamedDependency[TokenClaims], chat: NamedDependency[ChatService]) -> CancelResponse:
+    async def cancel(
+        self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]
+    ) -> CancelResponse:
         """Stop the session's running turn; the partial answer stays in the history, marked interrupted."""
-        await get_owned_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
-        return CancelResponse(cancelled=await chat.cancel(session.session_id))  # type: ignore[arg-type]
+        await get_owned_session(owner_id=session.subject, session_id=session.session_id)
+        return CancelResponse(cancelled=await chat.cancel(session.session_id))
 
 
-async def _checked_text(request: Request, session: TokenClaims, data: ChatRequest) -> tuple[str, str | None]:
+async def _checked_text(settings: AgentSettings, session: SessionClaims, data: ChatRequest) -> tuple[str, str | None]:
     """The message to answer and, once the session is known to be the caller's, the user's name for the prompt."""
-    limit = request.app.state.resources.settings.agent.message_max_chars
+    limit = settings.message_max_chars
     for message in data.messages:  # the last one is answered; none may pass the limit the document states
         if len(message.content) > limit:
             raise InvalidFieldError(
@@ -146,7 +142,7 @@ async def _checked_text(request: Request, session: TokenClaims, data: ChatReques
     text = normalize_text(data.messages[-1].content)
     if not has_visible_text(text):
         raise InvalidFieldError("messages", "the message has nothing but white space and control characters")
-    user_name = await owner_name_of_session(owner_id=session.subject, session_id=session.session_id)  # type: ignore[arg-type]
+    user_name = await owner_name_of_session(owner_id=session.subject, session_id=session.session_id)
     return text, user_name
 
 

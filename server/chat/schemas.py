@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from server.auth.schemas import Strict
+from server.schemas import Strict
 
 
 class ClientMessage(Strict):

@@ -8,19 +8,20 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, cast
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from loguru import logger
 
 from agentctl.config import AgentSettings
-from server.agent.graph import TurnRecorder
+from server.agent.turn import TurnRecorder
 from server.chat.locks import SessionBusyError, TurnLocks, turn_lock_key
 from server.chat.tables import ChatTurn
 from server.database.engine import Database
@@ -71,7 +72,7 @@ class Turn:
         finally:
             await self.settled()
 
-    async def event_batches(self, heartbeat_seconds: float | None = None) -> AsyncIterator[list[TurnEvent]]:
+    async def event_batches(self, heartbeat_seconds: float | None = None) -> AsyncGenerator[list[TurnEvent]]:
         """The turn's events in lists of those that were waiting together, so that a stream can send each list
         in one write (a fast model's tokens arrive in bursts); with ``heartbeat_seconds``, a heartbeat event that
         often too, for streams that must not look idle to proxies. A timer puts it in the queue: a per-event
@@ -222,7 +223,7 @@ class ChatService:
         """Stop the session's running turn, in whichever worker or replica runs it; True if one was running."""
         if self._cancel_here(session_id):
             return True
-        async with self._database.engine.pool.acquire() as connection:
+        async with self._database.pool.acquire() as connection:
             key = turn_lock_key(session_id)
             if await connection.fetchval("SELECT pg_try_advisory_lock($1)", *key):
                 await connection.execute("SELECT pg_advisory_unlock($1)", *key)
@@ -269,7 +270,9 @@ class ChatService:
             if recorder.memories:  # the user sees what the agent was reminded of, before its answer
                 await events.put(TurnEvent("memory", {"content": "", "done": False, "memories": recorder.memories}))
             resuming = bool(state.interrupts)
-            graph_input = Command(resume=turn.text) if resuming else {"messages": [turn.question]}
+            graph_input: Command[Any] | dict[str, Any] = (
+                Command(resume=turn.text) if resuming else {"messages": [turn.question]}
+            )
             recorder.emit = partial(_put_event, events)
             async for chunk in self._agent.astream(graph_input, config, stream_mode="updates"):
                 if "__interrupt__" in chunk:
@@ -401,8 +404,8 @@ class ChatService:
     async def clear(self, session_id: uuid.UUID) -> None:
         """Forget the conversation, checkpoints included."""
         checkpointer = self._agent.checkpointer
-        if checkpointer is not None:
-            await checkpointer.adelete_thread(str(session_id))  # type: ignore[union-attr]
+        if isinstance(checkpointer, BaseCheckpointSaver):
+            await checkpointer.adelete_thread(str(session_id))
 
 
 def _put_event(events: asyncio.Queue[TurnEvent | None], event: dict[str, Any]) -> None:

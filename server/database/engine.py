@@ -5,30 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
+import asyncpg
 from loguru import logger
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.postgres import PostgresEngine
+from piccolo.table import Table
 from psycopg_pool import AsyncConnectionPool
 
 from agentctl.config import DatabaseSettings, redact_url
 from server.database import piccolo_conf
-from server.database.piccolo_app import APP_CONFIG
 from server.errors import DatabaseUnavailableError
 
 _RECOVERY_POLL_SECONDS = 0.5
 
 
 class Database:
-    """Owns the engine and its pool. Piccolo tables are process-wide classes, so binding is process-wide too."""
+    """Owns the engine and its pool. Piccolo tables are process-wide classes, so binding is process-wide too: the
+    tables given are bound to this engine (server.schema gives all of agentctl's)."""
 
-    def __init__(self, url: str, settings: DatabaseSettings) -> None:
+    def __init__(self, url: str, settings: DatabaseSettings, *, tables: Sequence[type[Table]] = ()) -> None:
         self.url = url
         self.settings = settings
         self.engine = PostgresEngine(config={"dsn": url}, log_queries=False)
-        self._bind()
+        self._tables: list[type[Table]] = [*tables, Migration]
+        self.bind()
+        # What opening it changed in the schema (server.schema's opener fills it when it migrates).
+        self.schema_changes: list[str] = []
         self._pool_checks: list[Callable[[], Awaitable[None]]] = []
         self._recovering: asyncio.Task[None] | None = None
 
@@ -59,11 +64,12 @@ class Database:
             logger.info("the database answers again; pooled connections renewed")
             return
 
-    def _bind(self) -> None:
+    def bind(self) -> None:
+        """Bind this database's tables to its engine (again, after another Database in the process took them)."""
         # Piccolo finds its engine through the module PICCOLO_CONF names; ours serves the bound engine.
         os.environ["PICCOLO_CONF"] = piccolo_conf.__name__
         piccolo_conf.bind_engine(self.engine)
-        for table in [*APP_CONFIG.table_classes, Migration]:
+        for table in self._tables:
             table._meta.db = self.engine
 
     async def open(self) -> None:
@@ -89,11 +95,17 @@ class Database:
             self._recovering.cancel()
         await self.engine.close_connection_pool()
 
-    async def ping(self) -> None:
-        """One round trip through the pool; raises DatabaseUnavailableError when it fails or is late."""
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The engine's asyncpg pool, for the statements Piccolo does not express (advisory locks, catalogs)."""
         pool = self.engine.pool
         if pool is None:
             raise DatabaseUnavailableError("the connection pool is not open")
+        return pool
+
+    async def ping(self) -> None:
+        """One round trip through the pool; raises DatabaseUnavailableError when it fails or is late."""
+        pool = self.pool
         timeout = self.settings.readiness_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
@@ -118,9 +130,8 @@ async def ping_checkpoint_pool(pool: AsyncConnectionPool, timeout_seconds: float
 
 
 @asynccontextmanager
-async def open_database(url: str, settings: DatabaseSettings) -> AsyncIterator[Database]:
-    """A Database with its pool open for the duration."""
-    database = Database(url, settings)
+async def open_pool(database: Database) -> AsyncIterator[Database]:
+    """The database's pool, open for the duration."""
     await database.open()
     try:
         yield database

@@ -8,11 +8,14 @@ while it was down is gone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
 from loguru import logger
+
+from server.tasks import running
 
 _RECONNECT_SECONDS = 2.0
 
@@ -31,8 +34,14 @@ class DatabaseNotifications:
         self._subscriptions: list[Subscription] = []
 
     def subscribe(self, subscription: Subscription) -> None:
-        """Before ``listen_forever`` starts."""
+        """Before listening starts."""
         self._subscriptions.append(subscription)
+
+    @asynccontextmanager
+    async def listening(self) -> AsyncIterator[None]:
+        """Listen for the subscriptions made so far, for the duration."""
+        async with running(self.listen_forever()):
+            yield
 
     async def listen_forever(self) -> None:
         """Runs for the worker's lifetime."""

@@ -12,7 +12,7 @@ from typing import Any
 from piccolo.conf.apps import AppRegistry
 from piccolo.engine.postgres import PostgresEngine
 
-APP_REGISTRY = AppRegistry(apps=["server.database.piccolo_app"])
+APP_REGISTRY = AppRegistry(apps=["server.tables"])  # the registry of every capability's tables
 
 _bound_engine: PostgresEngine | None = None
 

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 from litestar import Controller, get
-from litestar.datastructures import State
 
 from server.errors import ServiceUnavailableError, problem_responses
-from server.health.service import check_readiness
+from server.health.service import ReadinessProbe
 
 
 class HealthController(Controller):
@@ -25,11 +24,9 @@ class HealthController(Controller):
         "AGENTCTL_SERVER__READINESS_REQUIRES names them; 503 names what is unavailable.",
         responses=problem_responses(503),
     )
-    async def readiness(self, state: State) -> dict[str, object]:
+    async def readiness(self, readiness_probe: ReadinessProbe) -> dict[str, object]:
         """Readiness: can this instance serve, and how is each dependency doing."""
-        readiness = await check_readiness(state.resources.readiness)
-        if "database" in readiness.failing:
-            state.resources.database.suspect_outage()
+        readiness = await readiness_probe.check()
         if readiness.failing:
             raise ServiceUnavailableError(
                 f"not ready: {', '.join(readiness.failing)} unavailable",

@@ -76,6 +76,23 @@ class Readiness:
         return {component.name: component.as_dict() for component in self.components}
 
 
+class ReadinessProbe:
+    """What /health/ready checks, handed to it when the worker starts; ``on_failing`` hears which required
+    dependencies failed (the database renews its pools once it answers again)."""
+
+    def __init__(
+        self, dependencies: Sequence[Dependency], on_failing: Callable[[list[str]], None] | None = None
+    ) -> None:
+        self._dependencies = list(dependencies)
+        self._on_failing = on_failing
+
+    async def check(self) -> Readiness:
+        readiness = await check_readiness(self._dependencies)
+        if readiness.failing and self._on_failing is not None:
+            self._on_failing(readiness.failing)
+        return readiness
+
+
 async def check_readiness(dependencies: Sequence[Dependency]) -> Readiness:
     """Every dependency checked concurrently; one slow dependency does not delay the others' verdicts."""
     return Readiness(list(await asyncio.gather(*(_timed_check(dependency) for dependency in dependencies))))

@@ -8,6 +8,7 @@ cheaply (``GET /models``, which OpenAI-compatible servers answer without running
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 
@@ -80,10 +81,13 @@ class ModelProbes:
         running = self._running.get(model.name)
         if running is None:
             running = self._running[model.name] = asyncio.ensure_future(self._ask(model))
-            running.add_done_callback(lambda _done, name=model.name: self._running.pop(name, None))
+            running.add_done_callback(functools.partial(self._forget_running, model.name))
         result = await asyncio.shield(running)
         self._results[model.name] = result
         return result
+
+    def _forget_running(self, name: str, _done: asyncio.Future[ProbeResult]) -> None:
+        self._running.pop(name, None)
 
     async def _ask(self, model: RegisteredModel) -> ProbeResult:
         spec = model.spec

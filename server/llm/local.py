@@ -171,7 +171,7 @@ class _ChatVocabulary:
 
     def render(self, turns: list[dict[str, str]]) -> str:
         """The prompt the model sees: the GGUF's own chat template, ending with the assistant's turn opening."""
-        return self.formatter(messages=turns).prompt  # type: ignore[arg-type]
+        return self.formatter(messages=turns).prompt  # type: ignore[arg-type]  # per-role TypedDicts there; the same role/content dicts here
 
     def count(self, text: str, *, special: bool) -> int:
         with self._lock:

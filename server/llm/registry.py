@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from langchain_core.embeddings import Embeddings
 from langchain_core.language_models import BaseChatModel
+from pydantic import SecretStr
 
 from agentctl.config import ROLES, LLMSettings, ModelSpec, Role
 from server.errors import AppError
@@ -111,7 +112,10 @@ class ModelRegistry:
         """Load the local weights now, so that the first conversation does not wait for them."""
         for model in self.models.values():
             if model.spec.provider == "local" and model.chat is not None:
-                await model.chat.aload()  # type: ignore[attr-defined]
+                from server.llm.local import LocalChatModel  # loaded only when a local model is declared
+
+                if isinstance(model.chat, LocalChatModel):
+                    await model.chat.aload()
 
     @classmethod
     def from_settings(cls, settings: LLMSettings) -> ModelRegistry:
@@ -232,7 +236,7 @@ def _quickly_parsing_client() -> type:
             cast_to, data = arguments.get("cast_to"), arguments.get("data")
             if cast_to in validated_first and isinstance(data, dict):
                 try:
-                    return cast_to.model_validate(data)  # type: ignore[union-attr]
+                    return cast_to.model_validate(data)
                 except pydantic.ValidationError:
                     pass
             return super()._process_response_data(**arguments)
@@ -293,8 +297,8 @@ def _openai_embeddings(spec: ModelSpec, api_key: str, http: httpx.AsyncClient) -
 
     return OpenAIEmbeddings(
         model=spec.model_id,
-        base_url=spec.base_url,
-        api_key=api_key,
+        openai_api_base=spec.base_url,
+        openai_api_key=SecretStr(api_key),
         dimensions=spec.embedding_dims,
         max_retries=0,
         request_timeout=spec.timeout_seconds,

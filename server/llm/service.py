@@ -34,7 +34,8 @@ from server.llm.resilience import (
     is_retryable,
     retry_after_seconds,
 )
-from server.observability.logging import RateLimitedLog
+from server.observability.metrics import ModelMetrics
+from server.outages import RateLimitedLog
 
 T = TypeVar("T")
 # Roles whose calls nobody waits for: they get the background lane (connections and circuits of their own).
@@ -402,6 +403,28 @@ async def _close_quietly(stream: AsyncIterator[Any]) -> None:
     if close is not None:
         with contextlib.suppress(Exception):
             await close()
+
+
+def metrics_recorder(metrics: ModelMetrics) -> Callable[[CallReport, str], None]:
+    """What LLMService tells of each call (``observe``), recorded in the model metrics."""
+
+    def record(report: CallReport, outcome: str) -> None:
+        usage = report.usage
+        metrics.record(
+            model=report.model or "none",
+            role=report.role,
+            outcome=outcome,
+            fallbacks=[fallback.model for fallback in report.fallbacks],
+            retries=report.retries,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_usd=usage.cost_usd,
+            latency_seconds=report.latency_seconds,
+            time_to_first_token_seconds=report.time_to_first_token_seconds,
+        )
+
+    return record
 
 
 def _describe(error: BaseException) -> str:

@@ -8,7 +8,7 @@ import time).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -33,8 +33,8 @@ class _OnServerLoop:
         self._loop = loop
         self._background = background
 
-    def _call(self, call: Awaitable[T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(call, self._loop)  # type: ignore[arg-type]
+    def _call(self, call: Coroutine[Any, Any, T]) -> T:
+        future = asyncio.run_coroutine_threadsafe(call, self._loop)
         try:
             return future.result(_CALL_TIMEOUT_SECONDS)
         except TimeoutError:

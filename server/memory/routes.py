@@ -4,22 +4,15 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, delete, get
-from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
 from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.tokens import TokenClaims
-from server.errors import ServiceUnavailableError, problem_responses
+from server.errors import problem_responses
 from server.memory.schemas import ForgetAllResponse, Memory, MemoryList
 from server.memory.service import MemoryItem, MemoryService
 from server.security.text import normalize_text
-
-
-def provide_memory_service(state: State) -> MemoryService:
-    if state.resources.memory is None:
-        raise ServiceUnavailableError("long-term memory is off on this server (AGENTCTL_MEMORY__ENABLED)")
-    return state.resources.memory
 
 
 def _memory(item: MemoryItem) -> Memory:
@@ -39,10 +32,7 @@ class MemoryController(Controller):
     path = "/api/v1/memories"
     tags = ["memories"]
     security = USER_TOKEN
-    dependencies = {
-        "user": Provide(provide_user_claims),
-        "memories": Provide(provide_memory_service, sync_to_thread=False),
-    }
+    dependencies = {"user": Provide(provide_user_claims)}
 
     @get("/", responses=problem_responses(401, 422, 429, 503))
     async def list_memories(
@@ -60,7 +50,7 @@ class MemoryController(Controller):
         if query:
             items = await memories.search(user.subject, query, limit=limit)
         else:
-            items = await memories.list(user.subject, limit=limit)
+            items = await memories.newest(user.subject, limit=limit)
         return MemoryList(memories=[_memory(item) for item in items])
 
     @delete("/{memory_id:uuid}", status_code=204, responses=problem_responses(401, 404, 429, 503))

@@ -27,9 +27,9 @@ from server.llm.service import LLMService
 from server.memory.collection import COLLECTION
 from server.memory.tables import MemoryErasure
 from server.memory.vectors import QueryVectors
-from server.observability.logging import RateLimitedLog
 from server.observability.metrics import MemoryMetrics
 from server.observability.pools import psycopg_pool_usage
+from server.outages import RateLimitedLog
 
 _RECALL_CACHE_ENTRIES = 10_000
 
@@ -147,19 +147,21 @@ class MemoryService:
         loop = asyncio.get_running_loop()
         # Two Mem0 instances on one pool and one history file: one answers turns and users, one writes in the
         # background, so that a turn's search never waits behind an addition's embeddings.
-        memories = []
         queries = QueryVectors()
-        for background in (False, True):
+
+        async def mem0_memory(*, background: bool) -> Any:
             memory = await asyncio.to_thread(AsyncMemory, config)
             memory.llm = RegistryLLM(llm, loop, background=background)
             memory.embedding_model = RegistryEmbedder(llm, loop, background=background, queries=queries)
-            memories.append(memory)
+            return memory
+
         chain = llm.registry.chain("memory")
         infer = settings.memory.extraction == "model" or (
             settings.memory.extraction == "auto" and all(model.spec.provider != "local" for model in chain)
         )
         return cls(
-            *memories,
+            await mem0_memory(background=False),
+            await mem0_memory(background=True),
             settings.memory,
             metrics,
             pool=pool,
@@ -300,7 +302,7 @@ class MemoryService:
 
     # --- the user's own view ---
 
-    async def list(self, user_id: uuid.UUID, *, limit: int) -> list[MemoryItem]:
+    async def newest(self, user_id: uuid.UUID, *, limit: int) -> list[MemoryItem]:
         """The user's memories, newest first."""
         found = await self._memory.get_all(filters={"user_id": str(user_id)}, top_k=limit)
         items = [MemoryItem.of(item) for item in found["results"]]

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
+from litestar import Litestar
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from loguru import logger
 
-from server.observability.request_id import caller_of
+from server.observability.metrics import HttpMetrics
+from server.request_context import caller_of
 
 UNMATCHED_ROUTE = "unmatched"
 _PROBES = frozenset({"/health", "/health/ready", "/metrics"})
 
 
-def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
+def http_metrics_middleware(app: ASGIApp, *, metrics: Callable[[Litestar], HttpMetrics | None]) -> ASGIApp:
+    """Counts and logs every request ``app`` answers; ``metrics`` finds the worker's (none while it starts)."""
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        resources = scope["app"].state.get("resources")
-        if scope["type"] != "http" or resources is None:
+        http = metrics(scope["app"])
+        if scope["type"] != ScopeType.HTTP or http is None:
             await app(scope, receive, send)
             return
-        http = resources.metrics.http
         method = scope["method"]
         status = 500  # what the client gets if the app fails before answering
 
@@ -40,7 +45,7 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
         finally:
             elapsed = time.perf_counter() - started
             # Known once the router has matched the request (this runs around the whole app); none for a 404.
-            route = scope.get("path_template") or UNMATCHED_ROUTE  # type: ignore[typeddict-item]
+            route = scope.get("path_template") or UNMATCHED_ROUTE
             http.in_flight.dec()
             http.requests.labels(method, route, str(status)).inc()
             http.duration.labels(method, route).observe(elapsed)

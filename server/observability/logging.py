@@ -6,15 +6,14 @@ import inspect
 import json
 import logging
 import sys
-import threading
-import time
 import traceback
 from typing import Any
 
 from loguru import logger
 
 from agentctl.config import Settings
-from server.observability.request_id import current_request_id, current_session_id, current_user_id
+from server.outages import RateLimitedLog
+from server.request_context import current_request_id, current_session_id, current_user_id
 
 _TEXT_FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -54,37 +53,6 @@ def _add_request_context(record: Any) -> None:
 
 _CONTEXT_FIELDS = ("request_id", "user_id", "session_id")
 _REPEAT_SECONDS = 60.0
-
-
-class RateLimitedLog:
-    """A recurring problem's warning, at most once per ``every_seconds`` per kind, saying how many were left out
-    since: a dependency failing for every request must not write a line for every request (its counter in
-    /metrics says how often)."""
-
-    def __init__(self, every_seconds: float = _REPEAT_SECONDS, clock: Any = time.monotonic) -> None:
-        self._every = every_seconds
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._left_out: dict[str, int] = {}
-        self._lock = threading.Lock()  # library loggers call from their worker threads too
-
-    def allows(self, kind: str) -> int | None:
-        """None when a line of this kind was written recently (counted); else how many were left out before."""
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(kind)
-            if last is not None and now - last < self._every:
-                self._left_out[kind] = self._left_out.get(kind, 0) + 1
-                return None
-            self._last[kind] = now
-            return self._left_out.pop(kind, 0)
-
-    def warning(self, kind: str, message: str, *args: Any) -> None:
-        left_out = self.allows(kind)
-        if left_out is None:
-            return
-        suffix = f" ({left_out} more like it in the last {self._every:g} s)" if left_out else ""
-        logger.opt(depth=1).warning(message + suffix, *args)
 
 
 class _RateLimitedLibraryTrouble(logging.Filter):

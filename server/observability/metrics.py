@@ -12,18 +12,15 @@ One set of metrics per app rather than module globals, so that tests can build a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
-
-from server.llm.resilience import BreakerState
-from server.llm.service import CallReport
 
 _MODEL_LATENCY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30)
 _HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _TURN_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _RECALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1)
-CIRCUIT_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 def multiprocess_mode() -> bool:
@@ -125,31 +122,40 @@ class ModelMetrics:
         for state, value in (("active", active), ("idle", idle), ("waiting", waiting)):
             self.connections.labels(lane, state).set(value)
 
-    def record(self, report: CallReport, outcome: str) -> None:
-        model = report.model or "none"
-        self.calls.labels(model, report.role, outcome).inc()
-        for fallback in report.fallbacks:
-            self.fallbacks.labels(fallback.model, report.role).inc()
-        if report.retries:
-            self.retries.labels(report.role).inc(report.retries)
+    def record(
+        self,
+        *,
+        model: str,
+        role: str,
+        outcome: str,
+        fallbacks: Sequence[str] = (),
+        retries: int = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_tokens: int = 0,
+        cost_usd: float = 0.0,
+        latency_seconds: float = 0.0,
+        time_to_first_token_seconds: float | None = None,
+    ) -> None:
+        """One model call: who answered (``model``, "none" when nobody did), how it ended, what it cost."""
+        self.calls.labels(model, role, outcome).inc()
+        for fallback in fallbacks:
+            self.fallbacks.labels(fallback, role).inc()
+        if retries:
+            self.retries.labels(role).inc(retries)
         if outcome != "ok":
             return
-        usage = report.usage
-        for kind, count in (
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cached", usage.cached_tokens),
-        ):
+        for kind, count in (("input", input_tokens), ("output", output_tokens), ("cached", cached_tokens)):
             if count:
-                self.tokens.labels(model, report.role, kind).inc(count)
-        if usage.cost_usd:
-            self.cost.labels(model, report.role).inc(usage.cost_usd)
-        self.latency.labels(model, report.role).observe(report.latency_seconds)
-        if report.time_to_first_token_seconds is not None:
-            self.time_to_first_token.labels(model, report.role).observe(report.time_to_first_token_seconds)
+                self.tokens.labels(model, role, kind).inc(count)
+        if cost_usd:
+            self.cost.labels(model, role).inc(cost_usd)
+        self.latency.labels(model, role).observe(latency_seconds)
+        if time_to_first_token_seconds is not None:
+            self.time_to_first_token.labels(model, role).observe(time_to_first_token_seconds)
 
-    def circuit_changed(self, model: str, lane: str) -> Callable[[BreakerState], None]:
-        """The callback a model's breaker calls when its state changes."""
+    def circuit_changed(self, model: str, lane: str) -> Callable[[str], None]:
+        """The callback a model's breaker calls with its new state (closed, half_open, open)."""
         gauge = self.circuit_state.labels(model, lane)
         gauge.set(0)
         return lambda state: gauge.set(CIRCUIT_STATE_VALUES[state])

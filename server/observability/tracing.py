@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 
@@ -123,7 +123,9 @@ class TurnTrace:
         self._finished = True
         try:
             if self._root is not None:
-                level = "ERROR" if status == "error" else "WARNING" if status == "interrupted" else "DEFAULT"
+                level: Literal["ERROR", "WARNING", "DEFAULT"] = (
+                    "ERROR" if status == "error" else "WARNING" if status == "interrupted" else "DEFAULT"
+                )
                 self._root.update(
                     output=output,
                     level=level,

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
+from litestar import Litestar
 from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.ratelimit.service import RouteClass
+from server.ratelimit.service import RateLimiter, RouteClass
 
 # Route handlers name their class with opt={"rate_limit": ...}; None exempts a route (health probes).
 RATE_LIMIT_OPTION = "rate_limit"
 _BY_CLIENT_IP = {RouteClass.REGISTER, RouteClass.LOGIN}
 
 
-def rate_limit_middleware(app: ASGIApp) -> ASGIApp:
+class Subjects(Protocol):
+    def bearer_subject(self, scope: Scope) -> str | None:
+        """The user a request's token names (for keying its limits), without verifying it."""
+        ...
+
+
+class LimitedServices(Protocol):
+    """What the middleware needs of the worker."""
+
+    limiter: RateLimiter
+    auth: Subjects
+
+    def client_ip(self, scope: Scope) -> str: ...
+
+
+def rate_limit_middleware(app: ASGIApp, *, services: Callable[[Litestar], LimitedServices | None]) -> ASGIApp:
+    """Litestar middleware (wired with DefineMiddleware, which hands it ``services``: how to find the limiter)."""
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        resources = scope["app"].state.get("resources")
+        resources = services(scope["app"])
         route_class_name = scope["route_handler"].opt.get(RATE_LIMIT_OPTION, RouteClass.DEFAULT)
         if scope["type"] != "http" or route_class_name is None or resources is None or not resources.limiter.enabled:
             await app(scope, receive, send)

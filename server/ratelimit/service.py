@@ -8,15 +8,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import limits
-from limits.aio.storage import Storage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
 from prometheus_client import Counter
 
 from agentctl.config import Settings
 from server.errors import RateLimitedError, ServiceUnavailableError
-from server.observability.logging import RateLimitedLog
-from server.outages import Outage
+from server.outages import Outage, RateLimitedLog
 
 
 class RouteClass(StrEnum):
@@ -90,7 +88,7 @@ class RateLimiter:
         if settings.redis.url is None:
             self._strategy = _InProcessLimiter()
         else:
-            storage: Storage = storage_from_string(
+            storage = RedisStorage(
                 "async+" + settings.redis.url.get_secret_value(),
                 implementation="redispy",  # limits' default (coredis) is not installed; redis-py is
                 key_prefix=f"{settings.redis.key_prefix}:ratelimit",

@@ -22,7 +22,7 @@ class InvalidBodyError(AppError):
 TOO_DEEP = "the JSON body is nested too deeply"
 
 
-class BoundedRequest(Request):  # type: ignore[type-arg]
+class BoundedRequest(Request):
     async def json(self) -> Any:
         try:
             return await super().json()

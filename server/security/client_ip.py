@@ -19,7 +19,8 @@ def client_ip(scope: Scope, trusted: Sequence[Network]) -> str:
 
     Only addresses appended by proxies we trust are believed: a client can write anything at the left.
     """
-    peer = scope["client"][0] if scope.get("client") else "unknown"
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
     if not trusted or not _is_trusted(peer, trusted):
         return peer
     chain = [

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import Controller, Request, delete, get, patch, post
+from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
@@ -11,6 +11,7 @@ from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.schemas import Token
 from server.auth.service import AuthService
 from server.auth.tokens import TokenClaims
+from server.chat.service import ChatService
 from server.errors import problem_responses
 from server.sessions import service
 from server.sessions.schemas import Session, SessionNameUpdate, SessionPage, SessionWithToken
@@ -67,12 +68,12 @@ class SessionController(Controller):
         user: NamedDependency[TokenClaims],
         session_id: FromPath[uuid.UUID],
         auth: NamedDependency[AuthService],
-        request: Request,
+        chat: NamedDependency[ChatService],
     ) -> None:
         """Delete one of the user's sessions, what belongs to it (turns, checkpoints), and every token issued for it."""
         await service.delete_session(owner_id=user.subject, session_id=session_id)
         await auth.revoke_session_tokens(session_id)
-        await request.app.state.resources.chat.clear(session_id)
+        await chat.clear(session_id)
 
     @post("/session/{session_id:uuid}/token", status_code=200, responses=problem_responses(401, 404, 429))
     async def session_token(

@@ -7,7 +7,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from server.auth.schemas import Strict, Token
+from server.auth.schemas import Token
+from server.schemas import Strict
 from server.security.text import normalize_text
 
 SessionName = Annotated[str, Meta(max_length=200, description="A label for the conversation.")]

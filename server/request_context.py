@@ -33,18 +33,18 @@ def bind_caller(scope: Scope, user_id: object, session_id: object | None) -> Non
     caller = (str(user_id), str(session_id) if session_id is not None else None)
     current_user_id.set(caller[0])
     current_session_id.set(caller[1])
-    scope.setdefault("state", {})[_CALLER_KEY] = caller  # type: ignore[typeddict-item]
+    scope.setdefault("state", {})[_CALLER_KEY] = caller
 
 
 def caller_of(scope: Scope) -> dict[str, str]:
     """user_id and session_id of the request's verified token, as far as known (for binding to a log line)."""
-    user_id, session_id = scope.get("state", {}).get(_CALLER_KEY, (None, None))  # type: ignore[call-overload]
+    user_id, session_id = scope.get("state", {}).get(_CALLER_KEY, (None, None))
     return {key: value for key, value in (("user_id", user_id), ("session_id", session_id)) if value is not None}
 
 
 def request_id_of(scope: Scope) -> str:
     """The scope's request id, created on first use."""
-    state = scope.setdefault("state", {})  # type: ignore[typeddict-item]
+    state = scope.setdefault("state", {})
     request_id = state.get(_SCOPE_KEY)
     if request_id is None:
         incoming = _incoming_header(scope)
@@ -82,6 +82,6 @@ def request_context_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
         finally:
             for variable, token in zip((current_request_id, current_user_id, current_session_id), tokens, strict=True):
-                variable.reset(token)  # type: ignore[attr-defined]
+                variable.reset(token)
 
     return middleware

@@ -1,8 +1,9 @@
-"""Schema upkeep: the vector extension, Piccolo migrations, LangGraph's checkpointer tables and the memory
-collection.
+"""The schema this version of agentctl needs, and the one way to open its database.
 
-Everything here is idempotent and runs under one advisory lock, so that replicas starting together
-cannot migrate twice. The server itself never calls ``apply_migrations`` while serving.
+The schema is the vector extension, the Piccolo tables of every capability (server.tables) and their migrations,
+LangGraph's checkpointer tables and the memory collection. Applying it is idempotent and runs under one advisory
+lock, so that replicas starting together cannot migrate twice. A server migrates only its embedded database (when
+it starts); on an external one it refuses a schema that needs migrating: `agentctl migrate` does that.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import asyncpg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -20,10 +24,34 @@ from piccolo.apps.migrations.tables import Migration
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from server.database.engine import Database
-from server.database.piccolo_app import APP_CONFIG, APP_NAME
+from agentctl.config import Settings
+from server.database.engine import Database, open_pool
 from server.errors import AppError
-from server.memory.collection import collection_dimensions, create_collection, dimensions_mismatch
+from server.memory.collection import collection_dimensions, create_collection, dimensions_mismatch, memory_dimensions
+from server.tables import APP_CONFIG, APP_NAME
+
+SchemaAction = Literal["migrate", "require_current", "as_is"]
+
+
+def schema_action_for(settings: Settings) -> SchemaAction:
+    """What a starting server does with the schema: migrates its embedded database, requires an external one to be
+    current (the operator migrates it, once per release)."""
+    return "migrate" if settings.uses_embedded_database else "require_current"
+
+
+@asynccontextmanager
+async def open_database(url: str, settings: Settings, *, schema: SchemaAction) -> AsyncIterator[Database]:
+    """The one way to open agentctl's database: the pool open, every table bound to it, and the schema migrated
+    (``migrate``: what was done is in ``schema_changes``), required to be current (``require_current``:
+    SchemaOutdatedError otherwise) or left as it is (``as_is``: to look at what is pending)."""
+    async with open_pool(Database(url, settings.database, tables=APP_CONFIG.table_classes)) as database:
+        dimensions = memory_dimensions(settings)
+        if schema == "migrate":
+            database.schema_changes = await apply_migrations(database, dimensions)
+        if schema != "as_is":
+            await ensure_schema_current(database, dimensions)
+        yield database
+
 
 # pg_advisory_lock key: the bytes of "agentctl" read as a number; any constant shared by all replicas works.
 _MIGRATION_LOCK_KEY = int.from_bytes(b"agentctl", "big") >> 1
@@ -76,7 +104,7 @@ def known_migrations() -> list[str]:
 async def pending_work(database: Database, memory_dimensions: int | None = None) -> PendingWork:
     """Compare the database with what this version of agentctl expects (the memory collection only when
     ``memory_dimensions`` says memory is on, and with what vector size)."""
-    pool = database.engine.pool
+    pool = database.pool
     async with pool.acquire() as connection:
         has_vector = await connection.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")
         checkpointer_version = await _checkpointer_version(connection)
@@ -106,7 +134,7 @@ async def ensure_schema_current(database: Database, memory_dimensions: int | Non
 
 async def apply_migrations(database: Database, memory_dimensions: int | None = None) -> list[str]:
     """Bring the schema up to date and return what was done (empty when it already was)."""
-    async with database.engine.pool.acquire() as lock_connection:
+    async with database.pool.acquire() as lock_connection:
         await _take_migration_lock(lock_connection)
         try:
             pending = await pending_work(database, memory_dimensions)
