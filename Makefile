@@ -28,6 +28,7 @@ serve: $(VENV)/.installed
 test: $(VENV)/.installed-dev services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev

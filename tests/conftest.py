@@ -8,10 +8,10 @@ import asyncpg
 import pytest
 
 from agentctl.config import Settings, load_settings
+from agentctl.simulator.process import RunningSimulator
 from server.database.embedded import EmbeddedPostgres
-from server.database.engine import Database, open_database
-from server.database.migrations import apply_migrations
-from server.memory.collection import memory_dimensions
+from server.database.engine import Database
+from server.schema import open_database
 from tests.support import database_url_named, unique_database_name
 
 
@@ -50,15 +50,14 @@ async def migrated_database_url(postgres_server_url: str) -> str:
     finally:
         await admin.close()
     url = database_url_named(postgres_server_url, name)
-    settings = Settings()
-    async with open_database(url, settings.database) as database:
-        await apply_migrations(database, memory_dimensions(settings))
+    async with open_database(url, Settings(), schema="migrate"):
+        pass
     return url
 
 
 @pytest.fixture
 async def database(migrated_database_url: str) -> AsyncIterator[Database]:
-    async with open_database(migrated_database_url, Settings().database) as opened:
+    async with open_database(migrated_database_url, Settings(), schema="require_current") as opened:
         yield opened
 
 
@@ -67,6 +66,20 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A directory with no .env files of the developer's, as the current directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[RunningSimulator]:
+    """The project's model simulator (one per test module), over real HTTP on loopback: the one stand-in."""
+    with RunningSimulator() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _fresh_simulator(request: pytest.FixtureRequest) -> None:
+    """A test that uses the simulator starts with its defaults (instant, no faults), whatever the last one set."""
+    if "simulator" in request.fixturenames:
+        request.getfixturevalue("simulator").configure({})
 
 
 @pytest.fixture(autouse=True)

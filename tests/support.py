@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from agentctl.cli.loadtest import free_loopback_port as free_port
+from agentctl.loadtest.runner import free_loopback_port as free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

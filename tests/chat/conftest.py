@@ -8,19 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.support import ApiClient, ServeProcess
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[RunningSimulator]:
-    with RunningSimulator() as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _healthy_simulator(simulator: RunningSimulator) -> None:
-    simulator.configure({})
 
 
 def serve_with_model(

@@ -10,7 +10,7 @@ import time
 import asyncpg
 import pytest
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation
 from tests.support import ApiClient
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from agentctl.config import Settings
+from agentctl.simulator.process import RunningSimulator
 from server.chat.locks import SessionBusyError, TurnLocks
-from server.llm.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.support import ApiClient
 

@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agentctl.cli.chat_client import Profile, TokenStore
-from server.llm.simulator.process import RunningSimulator
-from tests.chat import conftest as chat_fixtures
+from agentctl.simulator.process import RunningSimulator
+from agentctl.terminal.client import Profile, TokenStore
 from tests.chat.conftest import serve_with_model
 from tests.cli.terminal import Terminal
 from tests.support import ApiClient, clean_environment, unique_email
-
-# The chat tests' simulator (one per module), reset to instant answers before each test.
-simulator = chat_fixtures.simulator
-_healthy_simulator = chat_fixtures._healthy_simulator
 
 
 @pytest.fixture(scope="module")

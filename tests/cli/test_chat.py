@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentctl.cli.chat_client import ChatClient, Profile, TokenStore
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
+from agentctl.terminal.client import ChatClient, Profile, TokenStore
 from tests.cli.conftest import ChatUser
 from tests.cli.terminal import Terminal
 from tests.support import free_port

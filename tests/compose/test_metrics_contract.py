@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.compose.stack import agentctl_series_names, alert_expressions, dashboard_expressions, queried_labels
 from tests.support import ApiClient

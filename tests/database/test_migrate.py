@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from agentctl.cli import app
 from agentctl.config import Settings
 from agentctl.resources import migrations_dir
-from server.database.engine import open_database
-from server.database.migrations import apply_migrations, known_migrations, pending_work
+from server.schema import known_migrations, open_database, pending_work
 
 runner = CliRunner()
 _EMAIL_MIGRATION = "agentctl_2026_12_02t05_00_00_000000.py"
@@ -60,12 +59,12 @@ async def test_migrated_schema_has_every_table(migrated_database_url: str) -> No
 
 async def test_concurrent_migrations_apply_once(empty_database_url: str) -> None:
     async def migrate() -> list[str]:
-        async with open_database(empty_database_url, Settings().database) as database:
-            return await apply_migrations(database)
+        async with open_database(empty_database_url, Settings(), schema="migrate") as database:
+            return database.schema_changes
 
     results = await asyncio.gather(migrate(), migrate())
     assert sorted(len(steps) > 0 for steps in results) == [False, True]
-    async with open_database(empty_database_url, Settings().database) as database:
+    async with open_database(empty_database_url, Settings(), schema="as_is") as database:
         assert not await pending_work(database)
 
 
@@ -94,28 +93,29 @@ async def test_the_email_migration_normalises_addresses_whose_normal_form_is_fre
     assert migration.loader is not None
     module = importlib.util.module_from_spec(migration)
     migration.loader.exec_module(module)
-    async with open_database(empty_database_url, Settings().database) as database:
-        await apply_migrations(database)
-        async with database.engine.pool.acquire() as connection:
-            await connection.execute("ALTER TABLE users DROP CONSTRAINT users_email_normalised")
-            for email, age in (
-                ("ｂ2@x.com", 0),  # full-width b: becomes b2@x.com
-                ("ｃ3@x.com", 0),  # a look-alike of an existing account: left
-                ("c3@x.com", 0),
-                ("ａ9@x.com", 2),  # two look-alikes of a free address: the older one takes it
-                ("ª9@x.com", 1),
-            ):
-                await connection.execute(
-                    "INSERT INTO users (id, email, password_hash, created_at) "
-                    "VALUES (gen_random_uuid(), $1, 'hash', now() - make_interval(days => $2))",
-                    email,
-                    age,
-                )
-            await module.normalise_emails()
-            emails = {row["email"] for row in await connection.fetch("SELECT email FROM users")}
-            assert emails == {"b2@x.com", "ｃ3@x.com", "c3@x.com", "a9@x.com", "ª9@x.com"}
-            with pytest.raises(asyncpg.CheckViolationError):
-                await connection.execute(
-                    "INSERT INTO users (id, email, password_hash, created_at) VALUES (gen_random_uuid(), 'ｄ4@x.com', "
-                    "'hash', now())"
-                )
+    async with (
+        open_database(empty_database_url, Settings(), schema="migrate") as database,
+        database.pool.acquire() as connection,
+    ):
+        await connection.execute("ALTER TABLE users DROP CONSTRAINT users_email_normalised")
+        for email, age in (
+            ("ｂ2@x.com", 0),  # full-width b: becomes b2@x.com
+            ("ｃ3@x.com", 0),  # a look-alike of an existing account: left
+            ("c3@x.com", 0),
+            ("ａ9@x.com", 2),  # two look-alikes of a free address: the older one takes it
+            ("ª9@x.com", 1),
+        ):
+            await connection.execute(
+                "INSERT INTO users (id, email, password_hash, created_at) "
+                "VALUES (gen_random_uuid(), $1, 'hash', now() - make_interval(days => $2))",
+                email,
+                age,
+            )
+        await module.normalise_emails()
+        emails = {row["email"] for row in await connection.fetch("SELECT email FROM users")}
+        assert emails == {"b2@x.com", "ｃ3@x.com", "c3@x.com", "a9@x.com", "ª9@x.com"}
+        with pytest.raises(asyncpg.CheckViolationError):
+            await connection.execute(
+                "INSERT INTO users (id, email, password_hash, created_at) VALUES (gen_random_uuid(), 'ｄ4@x.com', "
+                "'hash', now())"
+            )

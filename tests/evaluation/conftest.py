@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,15 +17,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from agentctl.cli import app
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 
 _WINDOWS = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def simulator() -> Iterator[RunningSimulator]:
-    with RunningSimulator() as running:
-        yield running
 
 
 def judge_says(score: float, reasoning: str = "scripted") -> str:

@@ -86,7 +86,7 @@ async def test_server_gauges_show_the_latest_run(world: EvalWorld, database: Dat
     # The command runs an event loop of its own: in a thread, beside this test's.
     result = await asyncio.to_thread(world.eval, *world.window_args(), "--metric", "relevancy", "--metric", "toxicity")
     assert result.exit_code == 0, result.output
-    database._bind()  # the command bound the tables to its own (now closed) engine
+    database.bind()  # the command bound the tables to its own (now closed) engine
     registry = CollectorRegistry()
     gauges = EvalGauges(registry)
     await refresh(gauges)

@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 from langchain_core.messages import HumanMessage
 
 from agentctl.config import LLMSettings
+from agentctl.simulator.process import RunningSimulator
 from server.llm.registry import ModelRegistry
 from server.llm.resilience import BreakerState, Lane
 from server.llm.service import (
@@ -23,15 +23,8 @@ from server.llm.service import (
     StreamEnd,
     StreamToken,
 )
-from server.llm.simulator.process import RunningSimulator
 
 HEALTHY: dict = {"faults": {}, "ttft_ms": 0, "tokens_per_second": 0, "answer_tokens": 24, "seed": 7}
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[RunningSimulator]:
-    with RunningSimulator() as running:
-        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,18 +16,12 @@ from typer.testing import CliRunner
 
 from agentctl.cli import app
 from agentctl.config import LLMSettings, ModelSpec, Settings, load_settings
+from agentctl.simulator.process import RunningSimulator
 from server.app import create_app
 from server.llm.registry import ModelRegistry, _build_clients
 from server.llm.resilience import Lane
-from server.llm.simulator.process import RunningSimulator
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[RunningSimulator]:
-    with RunningSimulator() as running:
-        yield running
 
 
 def write_models_file(directory: Path, base_url: str) -> Path:

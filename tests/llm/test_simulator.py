@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from agentctl.cli import app as cli_app
-from server.llm.simulator import RunningSimulator
+from agentctl.simulator import RunningSimulator
 
 USER_TURNS = [
     {"role": "user", "content": "Hi! I live in Lisbon. I am allergic to peanuts. What should I cook tonight?"},
@@ -29,20 +29,14 @@ USER_TURNS = [
 USER_FACTS = ["I live in Lisbon.", "I am allergic to peanuts.", "My daughter Ana turns six in May."]
 
 
-@pytest.fixture(scope="module")
-def running_simulator() -> Iterator[RunningSimulator]:
-    with RunningSimulator() as simulator:
-        yield simulator
-
-
 @pytest.fixture
-def simulator(running_simulator: RunningSimulator) -> Iterator[RunningSimulator]:
-    """The module's simulator with the default config and zeroed stats, whatever the previous test did."""
-    running_simulator.configure({})
-    running_simulator.reset()
-    yield running_simulator
-    assert "Traceback" not in running_simulator.output()
-    assert "ERROR" not in running_simulator.output()
+def simulator(simulator: RunningSimulator) -> Iterator[RunningSimulator]:
+    """The module's simulator (tests/conftest.py) with zeroed stats, whatever the previous test did; and after each
+    test, nothing in its output that says it broke."""
+    simulator.reset()
+    yield simulator
+    assert "Traceback" not in simulator.output()
+    assert "ERROR" not in simulator.output()
 
 
 @pytest.fixture

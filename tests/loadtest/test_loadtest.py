@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agentctl.cli import app
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import serve_with_model
 from tests.support import ServeProcess
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.support import ApiClient, ServeProcess
 

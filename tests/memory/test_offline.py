@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.support import clean_environment
 
 # Runs in a fresh interpreter, so that mem0 is imported there for the first time, under an audit hook that sees
@@ -42,7 +42,7 @@ _PROBE = textwrap.dedent(
         user = uuid.uuid4()
         memory.remember(RememberJob(user, uuid.uuid4(), uuid.uuid4(), "I sail on weekends."))
         for _ in range(200):
-            found = [item.text for item in await memory.list(user, limit=10)]
+            found = [item.text for item in await memory.newest(user, limit=10)]
             if found:
                 break
             await asyncio.sleep(0.1)

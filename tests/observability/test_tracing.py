@@ -33,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from agentctl.config import ObservabilitySettings, Settings
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from server.observability.tracing import TRACE_NAME, TurnTrace, TurnTracer, build_tracer
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.support import REPO_ROOT, ApiClient

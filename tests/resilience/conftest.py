@@ -18,7 +18,6 @@ import pytest
 import redis
 
 from server.database.embedded import EmbeddedPostgres
-from tests.chat.conftest import _healthy_simulator, simulator  # noqa: F401  (one simulator per module)
 from tests.support import clean_environment, free_port
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.resilience.conftest import PostgresServer
 from tests.support import ApiClient, unique_email

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.support import ApiClient, ServeProcess, metric_value
 

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.support import ApiClient, metric_value
 

@@ -13,18 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from server.llm.simulator.process import RunningSimulator
+from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import serve_with_model
 from tests.support import ApiClient, clean_environment
 
 _ST = Path(sys.executable).with_name("st")
 _LONG_VALUES = re.compile(r"(\S{200})\S+")
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[RunningSimulator]:
-    with RunningSimulator() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

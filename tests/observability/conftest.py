@@ -1,1 +1,0 @@
-from tests.chat.conftest import _healthy_simulator, simulator  # noqa: F401  (the chat tests' simulator)
