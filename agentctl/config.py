@@ -387,6 +387,43 @@ class AgentSettings(_Section):
     web_search_max_results: int = Field(default=5, ge=1, le=20, description="Results one web search returns.")
 
 
+MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
+OnDisconnect = Literal["continue", "cancel"]
+
+
+class ChatSettings(_Section):
+    """Runs: turns with an id that outlive the connection that asked for them."""
+
+    on_disconnect: OnDisconnect = Field(
+        default="continue",
+        description="What a run does when the client that started it disconnects: continue (its answer lands in "
+        "the history and can be rejoined) or cancel (it stops, keeping its partial answer).",
+    )
+    multitask_strategy: MultitaskStrategy = Field(
+        default="reject",
+        description="A message arriving while its session has an active run: reject (409), enqueue (runs after "
+        "it), interrupt (cancels it, keeping its partial answer) or rollback (cancels it, dropping its partial "
+        "answer).",
+    )
+    max_queued: int = Field(default=10, ge=1, le=1000, description="Runs one session may have queued (429 beyond).")
+    run_events_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="How long a finished run's events can still be replayed."
+    )
+    run_lease_seconds: float = Field(
+        default=15.0,
+        ge=1,
+        description="A running run's worker renews its lease this often (a third of it); a run whose lease lapses "
+        "ended with its worker: error worker-lost.",
+    )
+    event_flush_seconds: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="How long a run's tokens gather before they are written to the shared event log (one write "
+        "per burst); followers on other workers and replicas see them that much later.",
+    )
+
+
 class MemorySettings(_Section):
     enabled: bool = Field(
         default=True, description="Long-term memory (Mem0 on pgvector): recall before each turn, remember after it."
@@ -482,6 +519,7 @@ class Settings(BaseSettings):
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings, description="Rate limits.")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Model provider.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent.")
+    chat: ChatSettings = Field(default_factory=ChatSettings, description="Runs: rejoining, queueing, leases.")
     memory: MemorySettings = Field(default_factory=MemorySettings, description="Long-term memory.")
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings, description="Logs and metrics.")
     evals: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation (LLM as a judge).")

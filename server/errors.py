@@ -187,9 +187,18 @@ _PLAIN_WORDS = {
 }
 
 
+def explain_pattern(pattern: str, words: str) -> str:
+    """Say ``words`` instead of msgspec's "Expected `str` matching regex ..." when a value misses ``pattern``."""
+    _PLAIN_WORDS[f"Expected `str` matching regex '{pattern}'"] = words
+    return pattern
+
+
 def handle_validation_error(request: Request, error: ValidationException) -> Response[dict[str, Any]]:
     fields = [
-        {"field": _field_of(item), "message": _PLAIN_WORDS.get(item.get("message", ""), item.get("message", ""))}
+        {
+            "field": _field_of(item, request),
+            "message": _PLAIN_WORDS.get(item.get("message", ""), item.get("message", "")),
+        }
         for item in (error.extra if isinstance(error.extra, list) else [])
         if isinstance(item, dict)
     ]
@@ -204,12 +213,17 @@ def handle_validation_error(request: Request, error: ValidationException) -> Res
     )
 
 
-def _field_of(item: dict[str, Any]) -> str:
+def _field_of(item: dict[str, Any], request: Request) -> str:
     # Litestar names the whole body "data" when a field is unknown or missing; name the field instead.
     named = _NAMED_FIELD.search(item.get("message", ""))
     if named:
         return named.group(1)
-    return str(item.get("key") or item.get("source") or "body")
+    key = str(item.get("key") or item.get("source") or "body")
+    # A header or query parameter by the name the client sent, not the handler's argument (Last-Event-ID, not
+    # last_event_id).
+    parameter = request.route_handler.parsed_fn_signature.parameters.get(key)
+    definition = getattr(parameter, "kwarg_definition", None)
+    return getattr(definition, "header", None) or getattr(definition, "query", None) or key
 
 
 def handle_http_exception(request: Request, error: HTTPException) -> Response[dict[str, Any]]:

@@ -4,7 +4,7 @@ from piccolo.conf.apps import AppConfig
 
 from agentctl.resources import migrations_dir
 from server.auth.tables import RefreshToken, RevokedToken
-from server.chat.tables import ChatTurn
+from server.chat.tables import ChatRunEvents, ChatTurn
 from server.evaluation.tables import EvalRun, EvalScore
 from server.memory.tables import MemoryErasure
 from server.sessions.tables import ChatSession
@@ -15,7 +15,17 @@ APP_NAME = "agentctl"
 APP_CONFIG = AppConfig(
     app_name=APP_NAME,
     migrations_folder_path=str(migrations_dir()),
-    table_classes=[User, ChatSession, RefreshToken, RevokedToken, ChatTurn, EvalRun, EvalScore, MemoryErasure],
+    table_classes=[
+        User,
+        ChatSession,
+        RefreshToken,
+        RevokedToken,
+        ChatTurn,
+        ChatRunEvents,
+        EvalRun,
+        EvalScore,
+        MemoryErasure,
+    ],
     migration_dependencies=[],
     commands=[],
 )

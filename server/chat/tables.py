@@ -1,4 +1,14 @@
-from piccolo.columns import JSONB, UUID, DoublePrecision, ForeignKey, Integer, OnDelete, Text, Varchar
+from piccolo.columns import (
+    JSONB,
+    UUID,
+    DoublePrecision,
+    ForeignKey,
+    Integer,
+    OnDelete,
+    Text,
+    Timestamptz,
+    Varchar,
+)
 
 from server.database.tables import TimestampedTable
 from server.sessions.tables import ChatSession
@@ -6,7 +16,9 @@ from server.users.tables import User
 
 
 class ChatTurn(TimestampedTable, tablename="chat_turns"):
-    """One finished or failed turn: the source for evaluation and analytics, queried by time range."""
+    """One run: created when its message is accepted (queued or running), finished as the turn's record, the source
+    for evaluation and analytics (queried by time range). At most one run of a session is running (a partial unique
+    index, migrations/), which is what serialises a session's turns across workers and replicas."""
 
     id = UUID(primary_key=True)
     session = ForeignKey(ChatSession, on_delete=OnDelete.cascade, null=False)
@@ -22,6 +34,23 @@ class ChatTurn(TimestampedTable, tablename="chat_turns"):
     cost_usd = DoublePrecision(default=0.0)
     time_to_first_token_ms = DoublePrecision(null=True, default=None)
     latency_ms = DoublePrecision(default=0.0)
+    # queued, running, awaiting_human, done, error, cancelled
     status = Varchar(length=32, null=False)
     error_type = Varchar(length=100, null=True, default=None)
     trace_id = Varchar(length=100, null=True, default=None)
+    strategy = Varchar(length=16, null=False, default="reject")
+    on_disconnect = Varchar(length=16, null=False, default="continue")
+    worker = Varchar(length=100, null=True, default=None)  # the worker running it
+    lease_until = Timestamptz(null=True, default=None)  # renewed by that worker while it runs
+    started_at = Timestamptz(null=True, default=None)
+    finished_at = Timestamptz(null=True, default=None)
+    last_event = Integer(null=False, default=0)  # the sequence number of its last event, once finished
+
+
+class ChatRunEvents(TimestampedTable, tablename="chat_run_events"):
+    """A burst of a run's events, for followers on other workers and replicas when no Redis is configured (with
+    Redis, a stream per run holds them); deleted once the run has been finished for the events' TTL."""
+
+    run = ForeignKey(ChatTurn, on_delete=OnDelete.cascade, null=False)
+    last_seq = Integer(null=False)  # the sequence number of the burst's last event
+    events = JSONB(null=False)  # [[seq, kind, data], ...]

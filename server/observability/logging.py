@@ -38,7 +38,8 @@ class _InterceptHandler(logging.Handler):
 
 
 def _add_request_context(record: Any) -> None:
-    """request_id always ("-" outside a request); user_id and session_id once the request's token said so."""
+    """request_id always ("-" outside a request); user_id and session_id once the request's token said so; run_id
+    in a run's task."""
     extra = record["extra"]
     extra.setdefault("request_id", current_request_id.get() or "-")
     caller = ""
@@ -48,10 +49,12 @@ def _add_request_context(record: Any) -> None:
     if (session_id := current_session_id.get()) is not None:
         extra.setdefault("session_id", session_id)
         caller += f" session={session_id}"
+    if (run_id := extra.get("run_id")) is not None:  # bound by the task running a run (server.chat.service)
+        caller += f" run={run_id}"
     extra["caller"] = caller
 
 
-_CONTEXT_FIELDS = ("request_id", "user_id", "session_id")
+_CONTEXT_FIELDS = ("request_id", "user_id", "session_id", "run_id")
 _REPEAT_SECONDS = 60.0
 
 

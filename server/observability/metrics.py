@@ -177,7 +177,7 @@ class PoolMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.in_use = Gauge(
             "agentctl_db_pool_connections_in_use",
-            "Database connections lent out, by pool (main, turn_locks, checkpoints, memory).",
+            "Database connections lent out, by pool (main, checkpoints, memory).",
             ["pool"],
             registry=registry,
             multiprocess_mode="livesum",
@@ -244,7 +244,7 @@ class ChatMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.turns = Counter(
             "agentctl_chat_turns_total",
-            "Chat turns by how they ended: ok, error, interrupted or awaiting_human.",
+            "Chat turns by how they ended: done, error, cancelled or awaiting_human.",
             ["status"],
             registry=registry,
         )
@@ -259,6 +259,52 @@ class ChatMetrics:
             "Chat turns: time until the first token of the answer.",
             buckets=_TURN_LATENCY_BUCKETS,
             registry=registry,
+        )
+        self.runs = Counter(
+            "agentctl_chat_runs_total",
+            "Runs by status reached (queued, running, then done, error, cancelled or awaiting_human) and by the "
+            "strategy they were sent with (reject, enqueue, interrupt, rollback).",
+            ["status", "strategy"],
+            registry=registry,
+        )
+        self.followers_open = Gauge(
+            "agentctl_chat_run_followers_open",
+            "Streams following a run (its first stream, rejoins, waits), by where they read it: memory (the run "
+            "is in this worker) or log (the shared event log).",
+            ["source"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.rejoins = Counter(
+            "agentctl_chat_run_rejoins_total", "Streams that rejoined a run.", ["source"], registry=registry
+        )
+        self.rejoin_latency = Histogram(
+            "agentctl_chat_run_rejoin_seconds",
+            "Rejoins: from the request to the first replayed event.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=registry,
+        )
+        self.events_replayed = Counter(
+            "agentctl_chat_run_events_replayed_total",
+            "Events sent again to followers that rejoined.",
+            registry=registry,
+        )
+        self.events_logged = Counter(
+            "agentctl_chat_run_events_logged_total",
+            "Events written to the shared event log (in bursts; Redis streams or PostgreSQL).",
+            registry=registry,
+        )
+        self.event_log_writes = Counter(
+            "agentctl_chat_run_event_log_writes_total",
+            "Writes (bursts) to the shared event log, by outcome: ok or error.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.events_held = Gauge(
+            "agentctl_chat_run_events_in_memory",
+            "Events of the runs in progress held in memory by the workers.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
 
 
