@@ -14,7 +14,7 @@ from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
 from server.auth.dependencies import BEARER_SCHEME
 from server.auth.routes import AuthController
-from server.chat.routes import ChatController
+from server.chat.routes import ChatController, RunsController
 from server.dependencies import SERVICES
 from server.errors import EXCEPTION_HANDLERS, is_database_unavailable
 from server.health.routes import HealthController
@@ -53,7 +53,15 @@ def create_app(settings: Settings) -> Litestar:
         else None
     )
     app = Litestar(
-        route_handlers=[HealthController, AuthController, SessionController, ChatController, MemoryController, metrics],
+        route_handlers=[
+            HealthController,
+            AuthController,
+            SessionController,
+            ChatController,
+            RunsController,
+            MemoryController,
+            metrics,
+        ],
         lifespan=[build_lifespan(settings)],
         dependencies=SERVICES,
         middleware=[DefineMiddleware(rate_limit_middleware, services=open_resources_of)],

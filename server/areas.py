@@ -31,6 +31,8 @@ from server.auth.revocation import (
 )
 from server.auth.service import AuthService
 from server.auth.tokens import token_codec_for
+from server.chat.events import DatabaseEventLog, RedisEventLog, SharedEventLog
+from server.chat.runs import RunStore, worker_name
 from server.chat.service import ChatService
 from server.database.embedded import database_url
 from server.database.engine import Database, ping_checkpoint_pool
@@ -207,6 +209,7 @@ async def open_conversations(
     *,
     llm: LLMService,
     storage: Storage,
+    redis: Redis | None,
     memory: MemoryService | None,
     observability: Observability,
 ) -> AsyncIterator[Conversations]:
@@ -244,22 +247,26 @@ async def open_conversations(
                 checkpointer=AsyncPostgresSaver(checkpoints),  # type: ignore[arg-type]  # psycopg's row type is dict
             )
         )
+        shared_events: SharedEventLog = (
+            RedisEventLog(redis, settings.redis.key_prefix, settings.chat.run_events_ttl_seconds)
+            if redis is not None
+            else DatabaseEventLog(database, settings.chat.run_events_ttl_seconds)
+        )
         chat = ChatService(
             agent=agent,
             llm=llm,
             database=database,
             settings=settings.agent,
+            chat_settings=settings.chat,
+            runs=RunStore(database, worker=worker_name(), lease_seconds=settings.chat.run_lease_seconds),
+            shared_events=shared_events,
             memory=memory,
             metrics=metrics.chat,
             tracer=observability.tracer,
         )
-        await chat.open()
-        try:
-            metrics.pools.watch("turn_locks", chat.lock_connection_usage)
+        async with chat.serving():
             storage.notifications.subscribe(chat.cancellations())
             yield Conversations(chat, checkpoints)
-        finally:
-            await chat.close()
     finally:
         await checkpoints.close()
 

@@ -39,7 +39,9 @@ def build_lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncCont
             llm = await enter(open_models(settings, metrics))
             memory = await enter(open_memory(settings, llm=llm, storage=storage, metrics=metrics))
             conversations = await enter(
-                open_conversations(settings, llm=llm, storage=storage, memory=memory, observability=observability)
+                open_conversations(
+                    settings, llm=llm, storage=storage, redis=redis, memory=memory, observability=observability
+                )
             )
             await enter(open_evaluation_gauges(settings, metrics))
             await enter(storage.notifications.listening())  # every area has subscribed by now

@@ -26,7 +26,7 @@ async def answered_turns(
     where = (
         (ChatTurn.created_at >= since)
         & (ChatTurn.created_at < until)
-        & (ChatTurn.status == "ok")
+        & (ChatTurn.status == "done")
         & (ChatTurn.output != "")
     )
     if session_id is not None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -18,6 +20,27 @@ class ClientMessage(Strict):
 
 class ChatRequest(Strict):
     messages: Annotated[list[ClientMessage], Meta(min_length=1, max_length=50)]
+    multitask_strategy: (
+        Annotated[
+            Literal["reject", "enqueue", "interrupt", "rollback"],
+            Meta(
+                description="If the session is answering another message: reject (409), enqueue (answer this one "
+                "after it), interrupt (stop it, keeping its partial answer) or rollback (stop it, dropping its "
+                "partial answer). Default: the server's AGENTCTL_CHAT__MULTITASK_STRATEGY."
+            ),
+        ]
+        | None
+    ) = None
+    on_disconnect: (
+        Annotated[
+            Literal["continue", "cancel"],
+            Meta(
+                description="If the client leaves before the answer ends: continue (the answer lands in the "
+                "history and can be rejoined) or cancel. Default: the server's AGENTCTL_CHAT__ON_DISCONNECT."
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ChatMessage(msgspec.Struct):
@@ -41,3 +64,32 @@ class MessagesResponse(msgspec.Struct):
 
 class CancelResponse(msgspec.Struct):
     cancelled: bool
+
+
+class RunError(msgspec.Struct):
+    type: str
+    detail: str
+
+
+class Run(msgspec.Struct):
+    """One message being answered or answered: a turn with an id."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    status: Literal["queued", "running", "awaiting_human", "done", "error", "cancelled"]
+    strategy: str
+    on_disconnect: str
+    input: str
+    created_at: datetime
+    # The id of its last event so far: GET /runs/{id}/stream with it as Last-Event-ID sends what comes next.
+    last_event_id: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    answer: str | None = None
+    usage: dict[str, Any] | None = None
+    error: RunError | None = None
+
+
+class RunPage(msgspec.Struct):
+    items: list[Run]
+    next_cursor: uuid.UUID | None = None  # ?cursor= for the next (older) page

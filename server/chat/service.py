@@ -1,5 +1,6 @@
-"""Turns: one at a time per session (across workers), run as a task the caller can abandon or cancel,
-streamed as typed events, recorded when they end."""
+"""Runs: turns with an id, accepted into PostgreSQL, one running at a time per session (across workers and
+replicas), run as a task that outlives the request that asked for it, streamed as numbered events that any
+worker can replay, recorded when they end."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
@@ -20,25 +22,37 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from loguru import logger
 
-from agentctl.config import AgentSettings
+from agentctl.config import AgentSettings, ChatSettings, MultitaskStrategy, OnDisconnect
 from server.agent.turn import TurnRecorder
-from server.chat.locks import SessionBusyError, TurnLocks, turn_lock_key
-from server.chat.tables import ChatTurn
+from server.chat.events import HEARTBEAT, RunLog, SharedEventLog, TurnEvent
+from server.chat.runs import WORKER_LOST, Claimed, RunOutcome, RunRow, RunStore
 from server.database.engine import Database
 from server.database.notifications import Subscription
-from server.errors import AppError, ConflictError, DatabaseUnavailableError, is_database_unavailable
+from server.errors import (
+    AppError,
+    ConflictError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    RateLimitedError,
+    is_database_unavailable,
+)
 from server.llm.service import LLMService, ModelStreamError
 from server.memory.service import MemoryService, RememberJob
 from server.observability.metrics import ChatMetrics
 from server.observability.tracing import TurnTrace, TurnTracer
+from server.sessions.service import owner_name_of_session
+from server.tasks import running
 
-EventKind = Literal["memory", "token", "tool", "interrupt", "usage", "error", "done", "heartbeat"]
-_CANCEL_CHANNEL = "agentctl_cancel_turn"
+_CANCEL_CHANNEL = "agentctl_cancel_run"
 # Error types of error events and turn records, besides the codes of AppErrors.
 _MODEL_STREAM_FAILED = "model-stream-failed"
 _INTERNAL_ERROR = "internal-error"
 # How long a new message waits for a cancelled turn of its session to finish recording itself.
 _CANCELLED_TURN_WAIT_SECONDS = 5.0
+# A follower of a run elsewhere waits this long for its next event before it asks whether the run has ended.
+_SHARED_READ_SECONDS = 1.0
+_FINAL_FLUSH_ATTEMPTS = 3
+CancelMode = Literal["cancel", "rollback"]
 
 
 class TurnInProgressError(ConflictError):
@@ -48,86 +62,30 @@ class TurnInProgressError(ConflictError):
         super().__init__("this session is already answering a message; wait for it or cancel it")
 
 
-@dataclass(frozen=True)
-class TurnEvent:
-    kind: EventKind
-    data: dict[str, Any]
-    cause: BaseException | None = None  # an error event's exception, for a caller that answers with a status
+class RunQueueFullError(RateLimitedError):
+    code = "run-queue-full"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this session already has {limit} messages queued; wait for them or cancel one",
+            headers={"Retry-After": "5"},
+        )
 
 
-class Turn:
-    """A running turn, seen from its caller: its events, until the turn ends or the caller stops listening."""
+class RunNotFoundError(NotFoundError):
+    code = "run-not-found"
 
-    def __init__(self, task: asyncio.Task[None], events: asyncio.Queue[TurnEvent | None]) -> None:
-        self._task = task
-        self._events = events
-
-    async def events(self) -> AsyncIterator[TurnEvent]:
-        """The turn's events, one by one, until it ends (or the caller stops reading, which cancels it)."""
-        try:
-            async with contextlib.aclosing(self.event_batches()) as batches:
-                async for batch in batches:
-                    for event in batch:
-                        yield event
-        finally:
-            await self.settled()
-
-    async def event_batches(self, heartbeat_seconds: float | None = None) -> AsyncGenerator[list[TurnEvent]]:
-        """The turn's events in lists of those that were waiting together, so that a stream can send each list
-        in one write (a fast model's tokens arrive in bursts); with ``heartbeat_seconds``, a heartbeat event that
-        often too, for streams that must not look idle to proxies. A timer puts it in the queue: a per-event
-        timeout would cost a task and a wait for every token."""
-        ended = False
-        beat = None if heartbeat_seconds is None else _Heartbeat(self._events, heartbeat_seconds)
-        queue = self._events
-        try:
-            while not ended:
-                waiting: list[TurnEvent | None] = [await queue.get()]
-                while not queue.empty():
-                    waiting.append(queue.get_nowait())
-                if None in waiting:  # the turn's end: nothing after it counts
-                    ended = True
-                    waiting = waiting[: waiting.index(None)]
-                if waiting:
-                    yield cast(list[TurnEvent], waiting)  # no None left in it
-        finally:
-            if beat is not None:
-                beat.cancel()
-            if not ended and not self._task.cancelling():
-                self._task.cancel()  # the caller left: stop the turn, keep its partial answer
-
-    async def settled(self) -> None:
-        """Wait until the turn has recorded itself and released its session (it may be keeping a partial answer).
-
-        Waits for the task without awaiting it: a waiter that is cancelled (a server answering a client that left
-        cancels it again and again) would pass each cancellation on to an awaited task, cutting short the turn's
-        own cleanup (its record, its partial answer, its model connection)."""
-        await asyncio.wait([self._task])
+    def __init__(self) -> None:
+        super().__init__("no such run in this session")
 
 
-class _Heartbeat:
-    """Puts a heartbeat event into a turn's queue every ``seconds`` until cancelled."""
+class RunExpiredError(AppError):
+    status = 410
+    code = "run-events-expired"
+    title = "Gone"
 
-    def __init__(self, events: asyncio.Queue[TurnEvent | None], seconds: float) -> None:
-        self._events = events
-        self._seconds = seconds
-        self._handle = asyncio.get_running_loop().call_later(seconds, self._beat)
-
-    def _beat(self) -> None:
-        self._events.put_nowait(_HEARTBEAT)
-        self._handle = asyncio.get_running_loop().call_later(self._seconds, self._beat)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
-
-
-_HEARTBEAT = TurnEvent("heartbeat", {})
-
-
-@dataclass
-class _RunningTurn:
-    task: asyncio.Task[None]
-    events: asyncio.Queue[TurnEvent | None]
+    def __init__(self) -> None:
+        super().__init__("this run ended too long ago for its events to be replayed; its answer is in the history")
 
 
 @dataclass(frozen=True)
@@ -139,7 +97,8 @@ class TurnContext:
     session_id: uuid.UUID
     text: str
     recorder: TurnRecorder
-    events: asyncio.Queue[TurnEvent | None]
+    log: RunLog
+    strategy: str = "reject"
     trace: TurnTrace = field(default_factory=TurnTrace)
 
     @property
@@ -147,6 +106,28 @@ class TurnContext:
         """The user's message as the history keeps it; its id is the turn's, so a cancelled turn can tell whether
         it reached the checkpoint."""
         return HumanMessage(self.text, id=str(self.turn_id))
+
+
+@dataclass
+class _LocalRun:
+    """A run this worker is running."""
+
+    turn: TurnContext
+    task: asyncio.Task[None]
+    on_disconnect: str
+    keep_partial: bool = True  # False once rolled back: its partial answer leaves the history
+    queued_behind: bool = True  # runs of its session wait for it to end (as far as its record told)
+
+
+@dataclass(frozen=True)
+class RunTicket:
+    """An accepted run: running here or elsewhere, or queued behind its session's active run."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    status: Literal["running", "queued"]
+    strategy: MultitaskStrategy
+    on_disconnect: OnDisconnect
 
 
 class ChatService:
@@ -157,6 +138,9 @@ class ChatService:
         llm: LLMService,
         database: Database,
         settings: AgentSettings,
+        chat_settings: ChatSettings,
+        runs: RunStore,
+        shared_events: SharedEventLog,
         memory: MemoryService | None = None,
         metrics: ChatMetrics | None = None,
         tracer: TurnTracer | None = None,
@@ -165,12 +149,20 @@ class ChatService:
         self._llm = llm
         self._database = database
         self._settings = settings
+        self._chat = chat_settings
+        self._runs = runs
+        self._shared = shared_events
         self._memory = memory
         self._metrics = metrics
         self._tracer = tracer
-        self._running: dict[uuid.UUID, _RunningTurn] = {}
+        self._local: dict[uuid.UUID, _LocalRun] = {}  # by run id
+        self._local_by_session: dict[uuid.UUID, _LocalRun] = {}
 
-    async def start_turn(
+    @property
+    def settings(self) -> ChatSettings:
+        return self._chat
+
+    async def submit(
         self,
         *,
         owner_id: uuid.UUID,
@@ -178,27 +170,69 @@ class ChatService:
         text: str,
         user_name: str | None = None,
         streaming: bool = True,
-    ) -> Turn:
-        """Take the session's turn (TurnInProgressError if another is running) and start it.
-
-        The turn runs in its own task and releases the session itself when it ends; whoever watches its
-        events can stop watching at any time, which cancels it and keeps what was said so far, marked as
-        interrupted. With every chat model's circuit open, it is refused at once (503 with Retry-After) instead."""
+        strategy: MultitaskStrategy | None = None,
+        on_disconnect: OnDisconnect | None = None,
+    ) -> RunTicket:
+        """Accept a message as a run: started at once in this worker when its session has no active run, else
+        refused (409), queued, or queued after cancelling the active run, by ``strategy``. With every chat model's
+        circuit open, it is refused at once (503 with Retry-After) instead."""
         self._llm.ensure_available("chat")
-        running = self._running.get(session_id)
-        if running is not None and running.task.cancelling():
+        strategy = strategy or self._chat.multitask_strategy
+        on_disconnect = on_disconnect or self._chat.on_disconnect
+        local = self._local_by_session.get(session_id)
+        if local is not None and local.task.cancelling():
             # A cancelled turn of this session still keeping its partial answer: the new message waits for it.
-            await asyncio.wait([running.task], timeout=_CANCELLED_TURN_WAIT_SECONDS)
-        try:
-            await self._locks.take(session_id)
-        except SessionBusyError:
-            raise TurnInProgressError() from None
-        events: asyncio.Queue[TurnEvent | None] = asyncio.Queue()
+            await asyncio.wait([local.task], timeout=_CANCELLED_TURN_WAIT_SECONDS)
+        run_id = uuid.uuid4()
+        if await self._runs.start_now(
+            run_id, session_id=session_id, owner_id=owner_id, text=text, strategy=strategy, on_disconnect=on_disconnect
+        ):
+            self._launch(Claimed(run_id, session_id, owner_id, text, strategy, on_disconnect), user_name, streaming)
+            self._count("running", strategy)
+            return RunTicket(run_id, session_id, "running", strategy, on_disconnect)
+        if strategy == "reject":
+            raise TurnInProgressError()
+        if not await self._runs.enqueue(
+            run_id,
+            session_id=session_id,
+            owner_id=owner_id,
+            text=text,
+            strategy=strategy,
+            on_disconnect=on_disconnect,
+            max_queued=self._chat.max_queued,
+        ):
+            raise RunQueueFullError(self._chat.max_queued)
+        self._count("queued", strategy)
+        if strategy != "enqueue":
+            await self._cancel_running(session_id, "rollback" if strategy == "rollback" else "cancel")
+        # The active run may have ended between the two statements without seeing this one.
+        claimed = await self._claim_and_launch(session_id)
+        status: Literal["running", "queued"] = "running" if claimed == run_id else "queued"
+        return RunTicket(run_id, session_id, status, strategy, on_disconnect)
+
+    def _count(self, status: str, strategy: str) -> None:
+        if self._metrics is not None:
+            self._metrics.runs.labels(status, strategy).inc()
+
+    async def _claim_and_launch(self, session_id: uuid.UUID) -> uuid.UUID | None:
+        claimed = await self._runs.claim_next(session_id)
+        if claimed is None:
+            return None
+        user_name = await owner_name_of_session(owner_id=claimed.owner_id, session_id=session_id)
+        self._launch(claimed, user_name, streaming=True)
+        self._count("running", claimed.strategy)
+        return claimed.id
+
+    def _launch(self, claimed: Claimed, user_name: str | None, streaming: bool) -> None:
         recorder = TurnRecorder(user_name=user_name, streaming=streaming)
-        turn = TurnContext(uuid.uuid4(), owner_id, session_id, text, recorder, events)
-        task = asyncio.create_task(self._run_holding(turn), name=f"turn-{session_id}")
-        self._running[session_id] = _RunningTurn(task=task, events=events)
-        return Turn(task, events)
+        log = RunLog(claimed.id)
+        turn = TurnContext(
+            claimed.id, claimed.owner_id, claimed.session_id, claimed.input, recorder, log, claimed.strategy
+        )
+        task = asyncio.create_task(self._run_holding(turn), name=f"run-{claimed.id}")
+        local = _LocalRun(turn, task, claimed.on_disconnect)
+        self._local[claimed.id] = local
+        self._local_by_session[claimed.session_id] = local
 
     async def _run_holding(self, turn: TurnContext) -> None:
         # Opened and finished in this task: the trace's root is the task's current span meanwhile.
@@ -207,29 +241,100 @@ class ChatService:
                 user_id=turn.owner_id, session_id=turn.session_id, turn_id=turn.turn_id, input_text=turn.text
             )
             turn = dataclasses.replace(turn, trace=trace)
+        persisting = asyncio.ensure_future(self._persist(turn.log))
         try:
-            await self._run(turn)
+            with logger.contextualize(run_id=str(turn.turn_id)):
+                await self._run(turn)
         finally:
             # Normally finished by _record with the turn's outcome; this only ends a trace _record never reached.
             turn.trace.finish(output=turn.recorder.partial, status="error", error_type=_INTERNAL_ERROR)
             if self._memory is not None:  # what the user said stands, however the turn ended
                 self._memory.remember(RememberJob(turn.owner_id, turn.session_id, turn.turn_id, turn.text))
-            running = self._running.get(turn.session_id)
-            if running is not None and running.events is turn.events:
-                del self._running[turn.session_id]
-            await self._locks.release(turn.session_id)
+            turn.log.end()
+            try:
+                # Every event reaches the shared log before the run leaves this worker's memory: a follower that
+                # arrives afterwards reads it there.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(persisting)
+            finally:
+                local = self._local.pop(turn.turn_id)
+                here = self._local_by_session.get(turn.session_id)
+                if here is not None and here.turn.turn_id == turn.turn_id:
+                    del self._local_by_session[turn.session_id]
+            if local.queued_behind:
+                with contextlib.suppress(Exception):  # else the sweeper claims the next one
+                    await asyncio.shield(self._claim_and_launch(turn.session_id))
+
+    async def _persist(self, log: RunLog) -> None:
+        """Write the run's events to the shared log in bursts (one write per ``event_flush_seconds`` at most),
+        until the run has ended and every event is written. A failed write is retried with the next burst."""
+        written = 0
+        failures = 0
+        while True:
+            await log.wait_beyond(written)
+            if log.ended and len(log.events) == written:
+                return
+            if not log.ended and self._chat.event_flush_seconds:
+                await asyncio.sleep(self._chat.event_flush_seconds)
+            burst = log.events[written:]
+            if not burst:
+                continue
+            try:
+                await self._shared.append(log.run_id, burst)
+            except Exception as error:
+                failures += 1
+                self._observe_write("error")
+                if failures == 1 or log.ended:
+                    logger.warning("run events not written to the shared log: {}: {}", type(error).__name__, error)
+                if log.ended and failures >= _FINAL_FLUSH_ATTEMPTS:
+                    return
+                await asyncio.sleep(min(1.0, 0.1 * failures))
+                continue
+            failures = 0
+            written += len(burst)
+            self._observe_write("ok", len(burst))
+
+    def _observe_write(self, outcome: str, events: int = 0) -> None:
+        if self._metrics is not None:
+            self._metrics.event_log_writes.labels(outcome).inc()
+            if events:
+                self._metrics.events_logged.inc(events)
 
     async def cancel(self, session_id: uuid.UUID) -> bool:
-        """Stop the session's running turn, in whichever worker or replica runs it; True if one was running."""
-        if self._cancel_here(session_id):
+        """Stop the session's running run, in whichever worker or replica runs it; True if one was running."""
+        return await self._cancel_running(session_id, "cancel")
+
+    async def _cancel_running(self, session_id: uuid.UUID, mode: CancelMode) -> bool:
+        local = self._local_by_session.get(session_id)
+        if local is not None and not local.task.done():
+            self._cancel_local(local, mode)
             return True
-        async with self._database.pool.acquire() as connection:
-            key = turn_lock_key(session_id)
-            if await connection.fetchval("SELECT pg_try_advisory_lock($1)", *key):
-                await connection.execute("SELECT pg_advisory_unlock($1)", *key)
-                return False  # nobody holds the turn lock: no turn is running anywhere
-            await connection.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, str(session_id))
+        running_run = await self._runs.running_in(session_id)
+        if running_run is None:
+            return False
+        await self._notify_cancel(running_run[0], mode)
         return True
+
+    async def _notify_cancel(self, run_id: uuid.UUID, mode: CancelMode) -> None:
+        if (local := self._local.get(run_id)) is not None:
+            self._cancel_local(local, mode)
+            return
+        await self._database.pool.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, f"{run_id} {mode}")
+
+    async def cancel_run(self, run_id: uuid.UUID, *, session_id: uuid.UUID) -> RunRow:
+        """Stop one run: a queued one never starts, a running one stops wherever it runs (keeping its partial
+        answer). The run as it stands afterwards (a running one may take a moment to record itself)."""
+        row = await self._runs.get(run_id, session_id=session_id)
+        if row is None:
+            raise RunNotFoundError()
+        if row.status == "queued" and await self._runs.cancel_queued(run_id):
+            self._count("cancelled", row.strategy)
+            cancelled = TurnEvent("error", _cancelled_data(), seq=1)
+            with contextlib.suppress(Exception):  # its followers end; without the log, at their next status check
+                await self._shared.append(run_id, [cancelled])
+        elif row.status == "running":
+            await self._notify_cancel(run_id, "cancel")
+        return await self._runs.get(run_id, session_id=session_id) or row
 
     def cancellations(self) -> Subscription:
         """What this worker listens for: cancellations asked of other workers and replicas."""
@@ -237,28 +342,149 @@ class ChatService:
 
     def _on_cancel_notice(self, payload: str) -> None:
         try:
-            self._cancel_here(uuid.UUID(payload))
+            run, mode = payload.split(" ", 1)
+            local = self._local.get(uuid.UUID(run))
         except ValueError:
             logger.warning("ignored a malformed cancellation notice")
+            return
+        if local is not None and not local.task.done():
+            self._cancel_local(local, "rollback" if mode == "rollback" else "cancel")
 
-    def _cancel_here(self, session_id: uuid.UUID) -> bool:
-        running = self._running.get(session_id)
-        if running is None or running.task.done():
-            return False
+    def _cancel_local(self, local: _LocalRun, mode: CancelMode) -> None:
+        if mode == "rollback":
+            local.keep_partial = False
         # Once: a second cancellation would reach the turn mid-cleanup, where the libraries close the model's
         # response without shielding it, and leave its connection taken.
-        if not running.task.cancelling():
-            running.task.cancel()
-        return True
+        if not local.task.cancelling():
+            local.task.cancel()
+
+    # -- following -----------------------------------------------------------------------------------------------
+
+    async def find(self, run_id: uuid.UUID, *, session_id: uuid.UUID) -> RunRow:
+        row = await self._runs.get(run_id, session_id=session_id)
+        if row is None:
+            raise RunNotFoundError()
+        return row
+
+    def runs_here(self, run_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+        local = self._local.get(run_id)
+        return local is not None and local.turn.session_id == session_id
+
+    async def open_follow(
+        self, run_id: uuid.UUID, *, session_id: uuid.UUID, after: int = 0
+    ) -> tuple[str, AsyncGenerator[list[TurnEvent]]]:
+        """Where the run's events after ``after`` will come from ("memory" or "log") and the events themselves, in
+        batches, until the run ends; 404 for a run not of this session, 410 for one whose events have expired."""
+        if self.runs_here(run_id, session_id):
+            return "memory", self._follow_here(run_id, after)
+        row = await self.find(run_id, session_id=session_id)
+        ttl = timedelta(seconds=self._chat.run_events_ttl_seconds)
+        if row.finished_at is not None and row.finished_at + ttl < datetime.now(UTC):
+            raise RunExpiredError()
+        return "log", self._follow_shared(row, after)
+
+    def _follow_here(self, run_id: uuid.UUID, after: int) -> AsyncGenerator[list[TurnEvent]]:
+        """From the run's log in memory, taken now: it stays whole after the run leaves this worker's table."""
+        return self._local[run_id].turn.log.follow(after, self._settings.stream_heartbeat_seconds)
+
+    async def _follow_shared(self, row: RunRow, after: int) -> AsyncGenerator[list[TurnEvent]]:
+        """A run's events from the shared log (from memory should the run come to this worker meanwhile), with
+        heartbeats; a run that ended without its last events in the log (its worker died) ends with its outcome."""
+        loop = asyncio.get_running_loop()
+        heartbeat = self._settings.stream_heartbeat_seconds
+        cursor, beat_at = after, loop.time() + heartbeat
+        while True:
+            if self.runs_here(row.id, row.session_id):
+                async with contextlib.aclosing(self._follow_here(row.id, cursor)) as events:
+                    async for batch in events:
+                        yield batch
+                return
+            batch = await self._shared.read(row.id, cursor, min(heartbeat, _SHARED_READ_SECONDS))
+            if batch:
+                yield batch
+                cursor = batch[-1].seq
+                if batch[-1].final:
+                    return
+                continue
+            current = await self._runs.get(row.id, session_id=row.session_id)
+            if current is None or not current.active:
+                batch = await self._shared.read(row.id, cursor, 0)
+                if batch:
+                    yield batch
+                    cursor = batch[-1].seq
+                    if batch[-1].final:
+                        return
+                    continue
+                yield [_final_event_of(current, cursor + 1)]
+                return
+            if loop.time() >= beat_at:
+                beat_at = loop.time() + heartbeat
+                yield [HEARTBEAT]
+
+    async def settled_if_cancelled(self, run_id: uuid.UUID) -> None:
+        """Wait until a cancelled run of this worker has recorded itself and released its session (it may be keeping
+        a partial answer). Waits for the task without awaiting it: a waiter that is cancelled would pass each
+        cancellation on to an awaited task, cutting short the turn's own cleanup."""
+        local = self._local.get(run_id)
+        if local is not None and local.task.cancelling():
+            await asyncio.wait([local.task])
+
+    async def last_event_of(self, row: RunRow) -> int:
+        local = self._local.get(row.id)
+        if local is not None:
+            return len(local.turn.log.events)
+        if not row.active:
+            return row.last_event
+        return await self._shared.last_seq(row.id)
+
+    async def page(
+        self, *, session_id: uuid.UUID, statuses: list[str] | None, limit: int, before: uuid.UUID | None
+    ) -> list[RunRow]:
+        return await self._runs.page(session_id=session_id, statuses=statuses, limit=limit, before=before)
+
+    # -- keeping runs alive ----------------------------------------------------------------------------------------
+
+    async def _maintain_forever(self) -> None:
+        """Renew this worker's leases; end the runs of workers that died; start queued runs nobody claimed; forget
+        expired events. Every worker does it (each lapsed run is taken by one)."""
+        period = self._chat.run_lease_seconds / 3
+        forget_every = max(1, round(60 / period))
+        rounds = 0
+        while True:
+            await asyncio.sleep(period)
+            rounds += 1
+            try:
+                if self._local:
+                    await self._runs.renew(list(self._local))
+                for lost in await self._runs.expire_lost():
+                    await self._end_lost(lost)
+                for session_id in await self._runs.sessions_waiting():
+                    await self._claim_and_launch(session_id)
+                if rounds % forget_every == 0:
+                    await self._shared.forget_expired()
+            except Exception as error:
+                if is_database_unavailable(error):
+                    self._database.suspect_outage()
+                logger.warning("run upkeep failed: {}: {}", type(error).__name__, error)
+
+    async def _end_lost(self, lost: RunRow) -> None:
+        logger.warning("run {} lost its worker; ended as {}", lost.id, WORKER_LOST)
+        self._count("error", lost.strategy)
+        if self._metrics is not None:
+            self._metrics.turns.labels("error").inc()
+        with contextlib.suppress(Exception):
+            seq = await self._shared.last_seq(lost.id) + 1
+            await self._shared.append(lost.id, [_final_event_of(lost, seq)])
+        await self._claim_and_launch(lost.session_id)
 
     async def _run(self, turn: TurnContext) -> None:
-        recorder, events = turn.recorder, turn.events
+        recorder, log = turn.recorder, turn.log
         config: RunnableConfig = {
             "configurable": {"thread_id": str(turn.session_id), "turn": recorder},
             "recursion_limit": 2 * self._settings.max_steps + 4,
             "callbacks": turn.trace.callbacks,  # Langfuse's handler when tracing, else none
         }
-        status, error_type = "ok", None
+        status, error_type = "done", None
         resuming = False
         try:
             if self._memory is None:
@@ -268,18 +494,18 @@ class ChatService:
                     self._agent.aget_state(config), self._memory.recall(turn.owner_id, turn.text)
                 )
             if recorder.memories:  # the user sees what the agent was reminded of, before its answer
-                await events.put(TurnEvent("memory", {"content": "", "done": False, "memories": recorder.memories}))
+                log.append("memory", {"content": "", "done": False, "memories": recorder.memories})
             resuming = bool(state.interrupts)
             graph_input: Command[Any] | dict[str, Any] = (
                 Command(resume=turn.text) if resuming else {"messages": [turn.question]}
             )
-            recorder.emit = partial(_put_event, events)
+            recorder.emit = partial(_put_event, log)
             async for chunk in self._agent.astream(graph_input, config, stream_mode="updates"):
                 if "__interrupt__" in chunk:
                     asked = chunk["__interrupt__"][0].value
                     status = "awaiting_human"
                     question = asked.get("question") if isinstance(asked, dict) else str(asked)
-                    await events.put(TurnEvent("interrupt", {"content": "", "question": question, "done": False}))
+                    log.append("interrupt", {"content": "", "question": question, "done": False})
         except asyncio.CancelledError:
             # The cleanup runs in a task of its own: whoever cancelled this turn may cancel it again (and again),
             # and the partial answer and the record must be written all the same.
@@ -287,9 +513,7 @@ class ChatService:
             try:
                 await asyncio.shield(cleanup)
             finally:
-                cancelled = {"error": {"type": "cancelled", "detail": "the turn was cancelled"}, "done": True}
-                events.put_nowait(TurnEvent("error", cancelled))
-                events.put_nowait(None)
+                log.append("error", _cancelled_data())
             raise
         except (ModelStreamError, AppError) as error:
             # Model failures, an over-long context: the user learns what happened, and the turn is recorded.
@@ -297,9 +521,7 @@ class ChatService:
             error_type = error.code if isinstance(error, AppError) else _MODEL_STREAM_FAILED
             await self._keep_partial_answer(turn, config, status, question_first=not resuming)
             detail = error.detail if isinstance(error, AppError) else str(error)
-            await events.put(
-                TurnEvent("error", {"error": {"type": error_type, "detail": detail}, "done": True}, cause=error)
-            )
+            log.append("error", {"error": {"type": error_type, "detail": detail}, "done": True}, cause=error)
         except Exception as error:
             status = "error"
             cause: AppError | None = None
@@ -312,32 +534,40 @@ class ChatService:
                 logger.opt(exception=error).error("turn {} failed", turn.turn_id)
                 error_type, detail = _INTERNAL_ERROR, "the turn failed"
             failure = {"error": {"type": error_type, "detail": detail}, "done": True}
-            await events.put(TurnEvent("error", failure, cause=cause))
+            log.append("error", failure, cause=cause)
         try:
-            record = await self._record(turn, status, error_type)
+            record = await self._record(turn, status, error_type, events_to_come=0 if status == "error" else 2)
             if status != "error":
-                await events.put(TurnEvent("usage", {"content": "", "done": False, "usage": _usage_of(record)}))
-                await events.put(TurnEvent("done", {"content": "", "done": True, "message_id": str(turn.turn_id)}))
+                log.append("usage", {"content": "", "done": False, "usage": _usage_of(record)})
+                log.append("done", {"content": "", "done": True, "message_id": str(turn.turn_id)})
         except Exception as error:
             # The answer was given (or the failure told); its record is what is missing.
             logger.warning("turn {} could not be recorded: {}: {}", turn.turn_id, type(error).__name__, error)
             if status != "error":
                 lost = DatabaseUnavailableError("the answer could not be saved; the database is unavailable")
                 failure = {"error": {"type": lost.code, "detail": lost.detail}, "done": True}
-                await events.put(TurnEvent("error", failure, cause=lost))
-        finally:
-            await events.put(None)
+                log.append("error", failure, cause=lost)
 
     async def _end_cancelled(self, turn: TurnContext, config: RunnableConfig, *, asks_anew: bool) -> None:
         """A cancelled turn (a cancel, or a client gone) keeps what it said and is recorded as interrupted."""
         try:
-            await self._keep_partial_answer(turn, config, "interrupted", question_first=asks_anew)
-            await self._record(turn, "interrupted", "cancelled")
+            local = self._local.get(turn.turn_id)
+            rolled_back = local is not None and not local.keep_partial
+            await self._keep_partial_answer(
+                turn, config, "interrupted", question_first=asks_anew, answer_too=not rolled_back
+            )
+            await self._record(turn, "cancelled", "rolled-back" if rolled_back else "cancelled", events_to_come=1)
         except Exception as error:
             logger.warning("cancelled turn {} not fully recorded: {}: {}", turn.turn_id, type(error).__name__, error)
 
     async def _keep_partial_answer(
-        self, turn: TurnContext, config: RunnableConfig, status: str, *, question_first: bool = False
+        self,
+        turn: TurnContext,
+        config: RunnableConfig,
+        status: str,
+        *,
+        question_first: bool = False,
+        answer_too: bool = True,
     ) -> None:
         """What reached the user stays in the history, marked so nobody takes it for a complete answer, and always
         after the question it answers: a turn stopped before LangGraph saved its input checkpoint (saved in the
@@ -347,21 +577,23 @@ class ChatService:
             saved = (await self._agent.aget_state(config)).values.get("messages", [])
             if not any(message.id == str(turn.turn_id) for message in saved):
                 missing.append(turn.question)
-        if turn.recorder.partial:
+        if turn.recorder.partial and answer_too:
             missing.append(AIMessage(content=turn.recorder.partial, response_metadata={"status": status}))
         if missing:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._agent.aupdate_state(config, {"messages": missing}, as_node="chat"))
 
-    async def _record(self, turn: TurnContext, status: str, error_type: str | None) -> ChatTurn:
+    async def _record(
+        self, turn: TurnContext, status: str, error_type: str | None, *, events_to_come: int
+    ) -> RunOutcome:
+        """The run's record (its row, finished), with the number its last event will have once the ``events_to_come``
+        after the record are sent."""
         recorder = turn.recorder
         reports = recorder.reports
         now = time.perf_counter()
-        record = ChatTurn(
-            id=turn.turn_id,
-            session=turn.session_id,
-            owner=turn.owner_id,
-            input=turn.text,
+        outcome = RunOutcome(
+            status=status,
+            error_type=error_type,
             output=recorder.partial,
             tool_calls=recorder.tool_calls,
             model=reports[-1].model if reports else None,
@@ -374,28 +606,33 @@ class ChatService:
             if recorder.first_token_at
             else None,
             latency_ms=(now - recorder.started) * 1000,
-            status=status,
-            error_type=error_type,
             trace_id=turn.trace.trace_id,
+            last_event=len(turn.log.events) + events_to_come,
         )
         turn.trace.finish(output=recorder.partial, status=status, error_type=error_type)
         if self._metrics is not None:  # counted whether or not the record can be written
             self._metrics.turns.labels(status).inc()
-            self._metrics.duration.observe(record.latency_ms / 1000)
-            if record.time_to_first_token_ms is not None:
-                self._metrics.time_to_first_token.observe(record.time_to_first_token_ms / 1000)
-        await asyncio.shield(record.save().run())
-        return record
+            self._metrics.runs.labels(status, turn.strategy).inc()
+            self._metrics.duration.observe(outcome.latency_ms / 1000)
+            if outcome.time_to_first_token_ms is not None:
+                self._metrics.time_to_first_token.observe(outcome.time_to_first_token_ms / 1000)
+        queued_behind = await asyncio.shield(self._runs.finish(turn.turn_id, outcome))
+        if (local := self._local.get(turn.turn_id)) is not None:
+            local.queued_behind = queued_behind
+        return outcome
 
-    async def open(self) -> None:
-        self._locks = TurnLocks(self._database.url, self._database.settings)
-        await self._locks.open()
-
-    async def close(self) -> None:
-        await self._locks.close()
-
-    def lock_connection_usage(self) -> tuple[int, int]:
-        return self._locks.usage()
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """The upkeep of runs (leases, lost workers, queued runs nobody claimed) for the worker's life. A worker
+        that stops cancels the runs it still runs, which keep their partial answers and record themselves."""
+        async with running(self._maintain_forever()):
+            try:
+                yield
+            finally:
+                for local in list(self._local.values()):
+                    self._cancel_local(local, "cancel")
+                if tasks := [local.task for local in self._local.values()]:
+                    await asyncio.wait(tasks, timeout=_CANCELLED_TURN_WAIT_SECONDS)
 
     async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
         state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
@@ -408,13 +645,28 @@ class ChatService:
             await checkpointer.adelete_thread(str(session_id))
 
 
-def _put_event(events: asyncio.Queue[TurnEvent | None], event: dict[str, Any]) -> None:
-    """A token or tool event of the graph, into the turn's queue (unbounded: put_nowait never fails)."""
+def _put_event(log: RunLog, event: dict[str, Any]) -> None:
+    """A token or tool event of the graph, into the run's log."""
     kind = event.pop("type")
-    events.put_nowait(TurnEvent(kind, {**event, "done": False, "content": event.get("content", "")}))
+    log.append(kind, {**event, "done": False, "content": event.get("content", "")})
 
 
-def _usage_of(turn: ChatTurn) -> dict[str, Any]:
+def _cancelled_data() -> dict[str, Any]:
+    return {"error": {"type": "cancelled", "detail": "the turn was cancelled"}, "done": True}
+
+
+def _final_event_of(row: RunRow | None, seq: int) -> TurnEvent:
+    """The last event of a run that ended without it reaching the shared log (its worker died, or the events have
+    been forgotten): what its record says."""
+    if row is None or row.status == "cancelled":
+        return TurnEvent("error", _cancelled_data(), seq=seq)
+    if row.status == "error":
+        detail = "the worker running this turn stopped" if row.error_type == WORKER_LOST else "the turn failed"
+        return TurnEvent("error", {"error": {"type": row.error_type, "detail": detail}, "done": True}, seq=seq)
+    return TurnEvent("done", {"content": "", "done": True, "message_id": str(row.id)}, seq=seq)
+
+
+def _usage_of(turn: RunOutcome) -> dict[str, Any]:
     return {
         "input_tokens": turn.input_tokens,
         "output_tokens": turn.output_tokens,

@@ -124,7 +124,7 @@ class TurnTrace:
         try:
             if self._root is not None:
                 level: Literal["ERROR", "WARNING", "DEFAULT"] = (
-                    "ERROR" if status == "error" else "WARNING" if status == "interrupted" else "DEFAULT"
+                    "ERROR" if status == "error" else "WARNING" if status == "cancelled" else "DEFAULT"
                 )
                 self._root.update(
                     output=output,
