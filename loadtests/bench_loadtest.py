@@ -142,6 +142,14 @@ def _parse_arguments() -> argparse.Namespace:
     for name in ("users", "spawn_rate", "duration", "ttft", "tps", "processes", "think_time"):
         parser.add_argument(f"--{name.replace('_', '-')}", default=None, help="Override the mode's value.")
     parser.add_argument("--server-workers", type=int, default=2, help="Worker processes of the server.")
+    parser.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="ACTION=WEIGHT",
+        help="Override one action's weight (chat, stream, history, new_session, drop_rejoin); repeatable. "
+        "overhead with --weight chat=0 measures streamed turns only; --weight drop_rejoin=1 measures rejoins.",
+    )
     parser.add_argument("--memory", action="store_true", help="Keep long-term memory on (off by default).")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="overhead: skip py-spy.")
     parser.add_argument("--profile-after", type=float, default=20.0, help="Seconds into the run py-spy starts.")
@@ -151,13 +159,20 @@ def _parse_arguments() -> argparse.Namespace:
     for name in ("users", "spawn_rate", "duration", "ttft", "tps", "processes", "think_time"):
         if getattr(options, name) is None:
             setattr(options, name, MODES[options.mode][name])
+    options.weights = dict(MODES[options.mode]["weights"])
+    for override in options.weight:
+        action, _, weight = override.partition("=")
+        try:
+            options.weights[action.strip()] = float(weight)
+        except ValueError:
+            parser.error(f"--weight wants ACTION=NUMBER, not {override!r}")
     return options
 
 
 def _loadtest_command(options: argparse.Namespace, mode: dict[str, Any], runs_dir: Path) -> list[str]:
     server_env = {**mode["server_env"], **({} if options.memory else {"AGENTCTL_MEMORY__ENABLED": "false"})}
     scenario = ["--think-time", str(options.think_time)]
-    for action, weight in mode["weights"].items():
+    for action, weight in options.weights.items():
         scenario += [f"--{action.replace('_', '-')}-weight", str(weight)]
     return [
         sys.executable, "-m", "agentctl", "loadtest", "--simulate",
@@ -197,6 +212,8 @@ def overhead_results(run: dict[str, Any], options: argparse.Namespace) -> dict[s
         if everything
         else None,
         "turn_latency_ms": {name: _endpoint(run, name).get("latency_ms") for name in TURNS},
+        # With --weight drop_rejoin=N: from the rejoin request to its first replayed event, as the client saw it.
+        "rejoin_to_first_event_ms": run["requests"].get("rejoin_to_first_event_ms", []),
         "success_percent": total["success_percent"],
         "cpu_seconds": cpu_seconds,
         "server_counters": run["server"]["counter_deltas"],

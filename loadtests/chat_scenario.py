@@ -30,9 +30,12 @@ SESSION = "POST /api/v1/auth/session"
 CHAT = "POST /api/v1/chatbot/chat"
 STREAM = "POST /api/v1/chatbot/chat/stream"
 HISTORY = "GET /api/v1/chatbot/messages"
+STREAM_DROPPED = "POST /api/v1/chatbot/chat/stream (dropped)"
+REJOIN_STREAM = "GET /api/v1/chatbot/runs/{id}/stream"
 TTFT = "TTFT"  # the request type of the time-to-first-token entries
+REJOIN = "REJOIN"  # the request type of the rejoin-latency entries: request to first replayed event
 PASSWORD = "Load-test-password-7"
-ACTIONS = ("chat", "stream", "history", "new_session")
+ACTIONS = ("chat", "stream", "history", "new_session", "drop_rejoin")
 _WORDS = ("what", "should", "I", "cook", "tonight", "with", "rice", "beans", "and", "a", "few", "tomatoes",
           "please", "explain", "the", "steps", "then", "suggest", "a", "dessert")  # fmt: skip
 _run_id = uuid.uuid4().hex[:8]
@@ -40,7 +43,7 @@ _run_id = uuid.uuid4().hex[:8]
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
-    for action, default in zip(ACTIONS, (3, 6, 1, 0.2), strict=True):
+    for action, default in zip(ACTIONS, (3, 6, 1, 0.2, 0), strict=True):
         parser.add_argument(
             f"--{action.replace('_', '-')}-weight",
             type=float,
@@ -209,6 +212,82 @@ class ChatUser(FastHttpUser):
                 request_type=TTFT,
                 name=STREAM,
                 response_time=first_token_ms,
+                response_length=0,
+                exception=None,
+                context={},
+            )
+
+    def drop_rejoin(self) -> None:
+        """A streamed turn whose connection drops after a few tokens (a phone that slept), then rejoined with
+        Last-Event-ID and read to its end; the time from the rejoin request to its first event goes to REJOIN."""
+        run_id, last_id = "", ""
+        with self.client.request(
+            "POST",
+            f"{API}/chatbot/chat/stream",
+            name=STREAM_DROPPED,
+            json=self._message(),
+            headers={"Authorization": f"Bearer {self.session_token}", "Accept": "text/event-stream"},
+            stream=True,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(_http_failure(response))
+                return
+            run_id = response.headers.get("X-Run-Id") or ""
+            tokens, wanted, ended = 0, random.randint(1, 5), False
+            for line in _lines(response):
+                if line.startswith("id:"):
+                    last_id = line[3:].strip()
+                elif line.startswith("event:"):
+                    tokens += line[6:].strip() == "token"
+                    ended = line[6:].strip() in ("done", "error")
+                if tokens >= wanted or ended:
+                    break  # hang up mid-answer
+            if not run_id:
+                response.failure("stream without an X-Run-Id header")
+                return
+            response.success()
+        if ended:
+            return  # the answer was shorter than the drop: nothing to rejoin
+        began = time.perf_counter()
+        first_event_ms: float | None = None
+        with self.client.request(
+            "GET",
+            f"{API}/chatbot/runs/{run_id}/stream",
+            name=REJOIN_STREAM,
+            headers={"Authorization": f"Bearer {self.session_token}", "Last-Event-ID": last_id},
+            stream=True,
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(_http_failure(response))
+                return
+            event, error, done = "", "", False
+            try:
+                for line in _lines(response):
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                        if first_event_ms is None:
+                            first_event_ms = (time.perf_counter() - began) * 1000
+                    elif line.startswith("data:"):
+                        if event == "error":
+                            error = _error_detail(line[5:])
+                        elif event == "done":
+                            done = True
+            except Exception as failure:
+                error = f"stream cut: {type(failure).__name__}"
+            response.request_meta["response_time"] = (time.perf_counter() - began) * 1000
+            if error:
+                response.failure(error if error.startswith("stream cut") else f"error event: {error}")
+            elif not done:
+                response.failure("rejoined stream ended without a done event")
+            else:
+                response.success()
+        if first_event_ms is not None:
+            self.environment.events.request.fire(
+                request_type=REJOIN,
+                name=REJOIN_STREAM,
+                response_time=first_event_ms,
                 response_length=0,
                 exception=None,
                 context={},

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 
 TTFT = "TTFT"  # request type of the scenario's time-to-first-token entries (loadtests/chat_scenario.py)
-NOT_REQUESTS = {TTFT, "CHECK"}  # entries that are measurements or late checks, not HTTP requests
+REJOIN = "REJOIN"  # request type of the drop-and-rejoin action's rejoin latency (request to first replayed event)
+NOT_REQUESTS = {TTFT, REJOIN, "CHECK"}  # entries that are measurements or late checks, not HTTP requests
 TURN_PATHS = ("/chatbot/chat", "/chatbot/chat/stream")
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 
@@ -68,14 +69,17 @@ def endpoint_report(stats: list[dict[str, Any]], errors: list[dict[str, Any]]) -
     causes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for error in errors:
         causes[(error["method"], error["name"])][_cause(error["error"])] += int(error["occurrences"])
-    endpoints, ttft, late = [], [], Counter[str]()
+    endpoints, late = [], Counter[str]()
+    ttft: list[dict[str, Any]] = []
+    rejoin: list[dict[str, Any]] = []
     total_histogram: Counter[float] = Counter()
     total_max = 0.0
     for entry in sorted(stats, key=lambda item: (item["name"], item["method"])):
         method, name = entry["method"], entry["name"]
         histogram, maximum = _histogram(entry), entry.get("max_response_time")
-        if method == TTFT:
-            ttft.append({"name": name, "count": entry["num_requests"], **latency_summary(histogram, maximum)})
+        if method in (TTFT, REJOIN):
+            measured = ttft if method == TTFT else rejoin
+            measured.append({"name": name, "count": entry["num_requests"], **latency_summary(histogram, maximum)})
             continue
         if method in NOT_REQUESTS:
             late.update(causes.get((method, name), Counter()))
@@ -103,6 +107,7 @@ def endpoint_report(stats: list[dict[str, Any]], errors: list[dict[str, Any]]) -
         "window_seconds": round(window, 2),
         "endpoints": endpoints,
         "time_to_first_token_ms": ttft,
+        "rejoin_to_first_event_ms": rejoin,
         "late_failures_by_cause": dict(late.most_common()),
         "total": {
             "requests": requests,
@@ -293,11 +298,12 @@ def print_report(report: Mapping[str, Any], console: Any) -> None:
             *(_ms(latency[key]) for key in ("p50", "p95", "p99", "max")),
         )
     console.print(table)
-    for entry in requests["time_to_first_token_ms"]:
-        console.print(
-            f"time to first token ({entry['name']}, {entry['count']}): "
-            + ", ".join(f"{key} {_ms(entry[key])} ms" for key in ("p50", "p95", "p99", "max"))
-        )
+    for title, key in (("time to first token", "time_to_first_token_ms"), ("rejoin", "rejoin_to_first_event_ms")):
+        for entry in requests.get(key, []):
+            console.print(
+                f"{title} ({entry['name']}, {entry['count']}): "
+                + ", ".join(f"{name} {_ms(entry[name])} ms" for name in ("p50", "p95", "p99", "max"))
+            )
     total = requests["total"]
     if total["success_percent"] is not None:
         console.print(

@@ -10,7 +10,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,13 @@ CANCEL_TIMEOUT_SECONDS = 5.0
 EXPIRY_MARGIN = dt.timedelta(seconds=30)
 # After a cancel the server releases the session a moment later; a message sent meanwhile waits this long for it.
 BUSY_AFTER_CANCEL_SECONDS = 5.0
+# A stream cut mid-answer is rejoined (GET /runs/{id}/stream with Last-Event-ID) this many times, after these pauses.
+REJOIN_PAUSES_SECONDS = (0.2, 0.5, 1.0, 2.0, 4.0)
+# Errors after which rejoining can help: the connection, not the server's answer, failed.
+_CUT_CODES = frozenset({"unreachable", "timeout", "connection-lost", "stream-cut"})
 SESSION_PAGE_SIZE = 100
 SESSIONS_SEARCHED_AT_MOST = 1000
+_STREAMING = httpx.Timeout(REQUEST_TIMEOUT_SECONDS, read=STREAM_SILENCE_SECONDS)
 _ERRNO_PREFIX = re.compile(r"^\[Errno -?\d+\]\s*")
 
 
@@ -211,11 +216,16 @@ class ActiveSession:
 class StreamEvent:
     kind: str
     data: dict[str, Any]
+    id: str | None = None  # "<run id>:<number>": where a rejoin picks up
+
+    @property
+    def final(self) -> bool:
+        return self.kind in ("done", "error")
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[StreamEvent]:
     """Server-sent events whose data is JSON; comments (the server's keep-alives) are skipped."""
-    kind, data = "message", list[str]()
+    kind, data, event_id = "message", list[str](), None
     for line in lines:
         if not line:
             if data:
@@ -223,8 +233,8 @@ def parse_sse(lines: Iterable[str]) -> Iterator[StreamEvent]:
                     payload = json.loads("\n".join(data))
                 except ValueError:
                     raise ChatError("the server sent an event that is not JSON", code="bad-stream") from None
-                yield StreamEvent(kind, payload if isinstance(payload, dict) else {"content": str(payload)})
-            kind, data = "message", []
+                yield StreamEvent(kind, payload if isinstance(payload, dict) else {"content": str(payload)}, event_id)
+            kind, data, event_id = "message", [], None
             continue
         if line.startswith(":"):
             continue
@@ -232,6 +242,8 @@ def parse_sse(lines: Iterable[str]) -> Iterator[StreamEvent]:
         value = value.removeprefix(" ")
         if name == "event":
             kind = value
+        elif name == "id":
+            event_id = value
         elif name == "data":
             data.append(value)
 
@@ -275,7 +287,7 @@ class ChatClient:
         timeout: httpx.Timeout | float | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         request = self._http.build_request(
             method, path, headers=headers, timeout=timeout or REQUEST_TIMEOUT_SECONDS, **kwargs
         )
@@ -482,12 +494,14 @@ class ChatClient:
     # -- the conversation
 
     @contextlib.contextmanager
-    def stream_turn(self, text: str) -> Iterator[Iterator[StreamEvent]]:
-        """Send one message and yield the answer's events as they arrive; leaving early hangs up."""
+    def stream_turn(
+        self, text: str, *, on_rejoin: Callable[[int, int], None] | None = None
+    ) -> Iterator[Iterator[StreamEvent]]:
+        """Send one message and yield the answer's events as they arrive; a stream cut mid-answer is rejoined where
+        it stopped (``on_rejoin(attempt, attempts)`` is told); leaving early hangs up (the answer goes on)."""
         body = {"messages": [{"role": "user", "content": text}]}
-        timeout = httpx.Timeout(REQUEST_TIMEOUT_SECONDS, read=STREAM_SILENCE_SECONDS)
         while True:
-            response = self._session_call("POST", "/chatbot/chat/stream", json=body, stream=True, timeout=timeout)
+            response = self._session_call("POST", "/chatbot/chat/stream", json=body, stream=True, timeout=_STREAMING)
             if response.status_code == 200:
                 break
             response.read()
@@ -496,10 +510,72 @@ class ChatClient:
             if not (isinstance(error, SessionBusyError) and time.monotonic() < self._busy_grace_until):
                 raise error
             time.sleep(0.2)  # the turn just cancelled is still letting go of the session
+        events = self._resumable(response, response.headers.get("X-Run-Id"), on_rejoin)
         try:
-            yield self._events_of(response)
+            yield events
         finally:
+            events.close()
+
+    @contextlib.contextmanager
+    def follow_run(
+        self, run_id: str, *, on_rejoin: Callable[[int, int], None] | None = None
+    ) -> Iterator[Iterator[StreamEvent]]:
+        """The events of a run already under way, from its start, then live ones until it ends."""
+        events = self._resumable(self._open_run_stream(run_id, None), run_id, on_rejoin)
+        try:
+            yield events
+        finally:
+            events.close()
+
+    def active_run(self) -> dict[str, Any] | None:
+        """The session's run still being answered (one a reloaded client should show), if any."""
+        page = self._checked(self._session_call("GET", "/chatbot/runs", params={"active": "true", "limit": 1}))
+        return page["items"][0] if page["items"] else None
+
+    def _open_run_stream(self, run_id: str, last_event_id: str | None) -> httpx.Response:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        response = self._session_call(
+            "GET", f"/chatbot/runs/{run_id}/stream", headers=headers, stream=True, timeout=_STREAMING
+        )
+        if response.status_code != 200:
+            response.read()
             response.close()
+            raise error_from_response(response)
+        return response
+
+    def _resumable(
+        self, response: httpx.Response, run_id: str | None, on_rejoin: Callable[[int, int], None] | None
+    ) -> Generator[StreamEvent]:
+        """The run's events; when the stream is cut before its last event, rejoined after the last event received,
+        a bounded number of times."""
+        last_id: str | None = None
+        attempt = 0
+        while True:
+            try:
+                for event in self._events_of(response):
+                    last_id = event.id or last_id
+                    attempt = 0  # events flow again: the next cut gets every attempt anew
+                    yield event
+                    if event.final:
+                        return
+            except ChatError as error:
+                if error.code not in _CUT_CODES or run_id is None or attempt >= len(REJOIN_PAUSES_SECONDS):
+                    raise
+            finally:
+                response.close()
+            if run_id is None or attempt >= len(REJOIN_PAUSES_SECONDS):
+                return  # cut for good: the caller says the answer is incomplete
+            while True:
+                attempt += 1
+                if on_rejoin is not None:
+                    on_rejoin(attempt, len(REJOIN_PAUSES_SECONDS))
+                time.sleep(REJOIN_PAUSES_SECONDS[attempt - 1])
+                try:
+                    response = self._open_run_stream(run_id, last_id)
+                    break
+                except ChatError as error:
+                    if error.code not in _CUT_CODES or attempt >= len(REJOIN_PAUSES_SECONDS):
+                        raise
 
     def _events_of(self, response: httpx.Response) -> Iterator[StreamEvent]:
         try:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -123,7 +124,7 @@ def run_turn(client: ChatClient, text: str, view: AnswerView) -> TurnResult:
     started = time.monotonic()
     view.start()
     try:
-        with client.stream_turn(text) as events:
+        with client.stream_turn(text, on_rejoin=partial(_rejoining, view)) as events:
             for event in events:
                 _record(result, event, time.monotonic() - started)
                 _show(view, event)
@@ -139,6 +140,29 @@ def run_turn(client: ChatClient, text: str, view: AnswerView) -> TurnResult:
         with contextlib.suppress(ChatError):  # a name is a convenience: never worth failing the turn for
             client.rename_session(session_title(text))
     return result
+
+
+def follow_running_answer(client: ChatClient, run: dict[str, Any], view: AnswerView) -> TurnResult:
+    """Show an answer that was still being given when this client started (a reload, a dropped connection): its
+    events from the start, then live ones. Ctrl-C stops watching; the answer goes on on the server."""
+    result = TurnResult()
+    started = time.monotonic()
+    view.start()
+    try:
+        with client.follow_run(str(run["id"]), on_rejoin=partial(_rejoining, view)) as events:
+            for event in events:
+                _record(result, event, time.monotonic() - started)
+                _show(view, event)
+    except KeyboardInterrupt:
+        result.cancelled = True
+    finally:
+        result.seconds = time.monotonic() - started
+        view.close(result)
+    return result
+
+
+def _rejoining(view: AnswerView, attempt: int, attempts: int) -> None:
+    view.notice("rejoining", {"content": f"connection lost; rejoining the answer (attempt {attempt} of {attempts})"})
 
 
 def _record(result: TurnResult, event: StreamEvent, elapsed: float) -> None:
@@ -653,6 +677,19 @@ class ChatRepl:
         )
         self._describe_session("session")
         self.say("/help lists the commands · Ctrl-C stops an answer · Ctrl-D leaves")
+        self._show_running_answer()
+
+    def _show_running_answer(self) -> None:
+        """An answer of this session still being given (the last client left, or lost its connection, before it
+        ended) is shown to its end, from its start."""
+        try:
+            run = self.client.active_run()
+        except ChatError:
+            return  # an older server without runs: nothing to show
+        if run is None:
+            return
+        self.say(f"an answer is still being given to: {_one_line(run['input'])}")
+        follow_running_answer(self.client, run, view_for(self.console, self.console, show_usage=self.show_usage))
 
     def _describe_session(self, verb: str) -> None:
         session = self.client.session
