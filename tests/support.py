@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -162,3 +165,65 @@ def metric_value(exposition: str, series: str) -> float:
         if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+class CuttingProxy:
+    """A loopback TCP proxy in front of a server that cuts, once, the first connection whose request starts with
+    ``cut_request`` after ``cut_after`` bytes of its response: a dropped stream, as a proxy or a network drops it."""
+
+    def __init__(self, target_port: int, *, cut_request: bytes, cut_after: int) -> None:
+        self._target = ("127.0.0.1", target_port)
+        self._cut_request = cut_request
+        self._cut_after = cut_after
+        self.cuts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(self._target)
+        armed = threading.Event()  # this connection carries the request to cut (clients reuse connections)
+        threading.Thread(target=self._requests, args=(client, upstream, armed), daemon=True).start()
+        sent = 0
+        try:
+            while chunk := upstream.recv(4096):
+                if armed.is_set():
+                    if sent + len(chunk) > self._cut_after:
+                        client.sendall(chunk[: self._cut_after - sent])
+                        break
+                    sent += len(chunk)
+                client.sendall(chunk)
+        except OSError:
+            pass
+        _close(client, upstream)
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, armed: threading.Event) -> None:
+        try:
+            while chunk := client.recv(65536):
+                if self.cuts == 0 and chunk.startswith(self._cut_request):
+                    self.cuts += 1
+                    armed.set()
+                upstream.sendall(chunk)
+        except OSError:
+            pass
+        _close(client, upstream)
+
+
+def _close(*ends: socket.socket) -> None:
+    for end in ends:
+        with contextlib.suppress(OSError):
+            end.shutdown(socket.SHUT_RDWR)
+        end.close()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -55,25 +55,31 @@ class Conversation:
         self.token = session["token"]["access_token"]
         self.stream_headers = httpx.Headers()  # of the last stream
 
-    def send(self, text: str) -> httpx.Response:
+    def send(self, text: str, **options: str) -> httpx.Response:
+        """``options``: multitask_strategy, on_disconnect."""
         return self.api.request(
-            "POST", "/chatbot/chat", token=self.token, json={"messages": [{"role": "user", "content": text}]}
+            "POST",
+            "/chatbot/chat",
+            token=self.token,
+            json={"messages": [{"role": "user", "content": text}], **options},
         )
 
-    def open_stream(self, text: str, *, timeout: float = 30) -> contextlib.AbstractContextManager[httpx.Response]:
+    def open_stream(
+        self, text: str, *, timeout: float = 30, base_url: str | None = None, **options: str
+    ) -> contextlib.AbstractContextManager[httpx.Response]:
         """The streamed answer to ``text``, as the raw SSE response, for a test to read (or leave) as it likes."""
         return httpx.stream(
             "POST",
-            f"{self.api.base_url}/chatbot/chat/stream",
+            f"{base_url or self.api.base_url}/chatbot/chat/stream",
             headers={"Authorization": f"Bearer {self.token}"},
-            json={"messages": [{"role": "user", "content": text}]},
+            json={"messages": [{"role": "user", "content": text}], **options},
             timeout=timeout,
         )
 
-    def stream(self, text: str) -> list[tuple[str, dict]]:
+    def stream(self, text: str, **options: str) -> list[tuple[str, dict]]:
         """(event name, data) of every SSE event of one turn."""
         events = []
-        with self.open_stream(text) as response:
+        with self.open_stream(text, **options) as response:
             assert response.status_code == 200, response.read()
             self.stream_headers = response.headers
             name = None
@@ -88,3 +94,42 @@ class Conversation:
         response = self.api.request("GET", "/chatbot/messages", token=self.token)
         assert response.status_code == 200, response.text
         return response.json()["messages"]
+
+
+Event = tuple[str, str, dict]  # (id, name, data)
+
+
+def parse_events(lines: Iterable[str], *, stop_after_tokens: int | None = None) -> list[Event]:
+    """The SSE events in ``lines`` (heartbeats left out); with ``stop_after_tokens``, up to that many tokens."""
+    events: list[Event] = []
+    event_id = name = ""
+    tokens = 0
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = line[len("id: ") :]
+        elif line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((event_id, name, json.loads(line[len("data: ") :])))
+            tokens += name == "token"
+            if stop_after_tokens is not None and tokens >= stop_after_tokens:
+                break
+    return events
+
+
+def read_events(
+    api: ApiClient, path: str, token: str, *, headers: dict[str, str] | None = None, timeout: float = 60
+) -> list[Event]:
+    """Every event of a GET stream (a rejoin), until the server ends it."""
+    with httpx.stream(
+        "GET",
+        f"{api.base_url}{path}",
+        headers={"Authorization": f"Bearer {token}", **(headers or {})},
+        timeout=timeout,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        return parse_events(response.iter_lines())
+
+
+def answer_of(events: list[Event]) -> str:
+    return "".join(data["content"] for _id, name, data in events if name == "token")

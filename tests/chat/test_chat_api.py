@@ -114,12 +114,12 @@ def test_a_second_message_while_a_turn_runs_is_409(chat_api: ApiClient, simulato
     assert talk.send("third").status_code == 200  # accepted once the first is done
 
 
-def test_client_disconnect_cancels_and_keeps_the_partial_answer(
+def test_client_disconnect_with_on_disconnect_cancel_cancels_and_keeps_the_partial_answer(
     chat_api: ApiClient, simulator: RunningSimulator
 ) -> None:
     simulator.configure({"tokens_per_second": 10, "answer_tokens": 60})
     talk = Conversation(chat_api)
-    with talk.open_stream("a long story please") as response:
+    with talk.open_stream("a long story please", on_disconnect="cancel") as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 break  # the first token arrived: hang up
@@ -182,7 +182,10 @@ def test_turns_are_recorded(chat_api: ApiClient, migrated_database_url: str) -> 
             await connection.close()
 
     (turn,) = asyncio.run(turns())
-    assert turn["status"] == "ok"
+    assert turn["status"] == "done"
+    assert turn["started_at"] is not None
+    assert turn["finished_at"] >= turn["started_at"]
+    assert turn["lease_until"] is None
     assert turn["input"] == 'call:calculator {"expression": "2+3"}'
     assert "calculator: 5" in turn["output"]
     assert turn["model"] == "default"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
 from agentctl.simulator.process import RunningSimulator
-from tests.chat.conftest import Conversation, serve_with_model
+from tests.chat.conftest import Conversation, read_events, serve_with_model
 from tests.support import ApiClient
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,10 @@ pytestmark = pytest.mark.slow
 def test_sigkill_mid_turn_then_recovery(
     tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
 ) -> None:
-    server = serve_with_model(tmp_path, migrated_database_url, simulator)
+    """Within the run lease the killed run is error worker-lost, its followers get that error, the history holds
+    nothing half-written, and the next message works."""
+    lease = {"AGENTCTL_CHAT__RUN_LEASE_SECONDS": "3"}
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, **lease)
     server.wait_until_healthy()
     talk = Conversation(ApiClient(server))
     assert talk.send("a first, complete exchange").status_code == 200
@@ -29,12 +33,18 @@ def test_sigkill_mid_turn_then_recovery(
     time.sleep(1.2)  # some tokens reached the client
     server.kill()  # SIGKILL to the whole process group: no shutdown code runs
     streaming.join(20)
+    run_id = talk.stream_headers["X-Run-Id"]
 
     simulator.configure({})
-    restarted = serve_with_model(tmp_path, migrated_database_url, simulator)
+    restarted = serve_with_model(tmp_path, migrated_database_url, simulator, **lease)
     try:
         restarted.wait_until_healthy()
         talk.api = ApiClient(restarted)
+        # A follower of the lost run: it ends with the error once the lease has lapsed.
+        followed = read_events(talk.api, f"/chatbot/runs/{run_id}/stream", talk.token)
+        assert followed[-1][1:] == ("error", {"error": {"type": "worker-lost", "detail": ANY}, "done": True})
+        run = talk.api.request("GET", f"/chatbot/runs/{run_id}", token=talk.token).json()
+        assert (run["status"], run["error"]["type"]) == ("error", "worker-lost")
         history = talk.history()
         assert history[-1] == {**history[-1], "role": "user", "content": "a story that will be cut short"}
         assert [message["role"] for message in history] == ["user", "assistant", "user"]  # nothing half-written
@@ -73,7 +83,7 @@ def test_idle_stream_sends_heartbeats(tmp_path: Path, migrated_database_url: str
 def test_more_concurrent_turns_than_pool_connections(
     tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
 ) -> None:
-    """A turn holds its lock connection while it needs others: that must not starve the pool."""
+    """Six sessions' turns at once through a pool of three: runs take connections only for their statements."""
     server = serve_with_model(tmp_path, migrated_database_url, simulator, AGENTCTL_DATABASE__POOL_MAX_SIZE="3")
     try:
         server.wait_until_healthy()

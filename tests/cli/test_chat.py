@@ -16,7 +16,7 @@ from agentctl.simulator.process import RunningSimulator
 from agentctl.terminal.client import ChatClient, Profile, TokenStore
 from tests.cli.conftest import ChatUser
 from tests.cli.terminal import Terminal
-from tests.support import free_port
+from tests.support import CuttingProxy, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -326,4 +326,47 @@ def test_memory_forget_clear_and_help_at_the_prompt(user: ChatUser, terminals: l
     terminal.wait_for(r"conversation is forgotten" + ANYTHING + PROMPT, after=mark)
     assert user.api.request("GET", "/chatbot/messages", token=session_token).json()["messages"] == []
     terminal.type("/quit")
+    assert terminal.exit_status() == 0
+
+
+def test_a_stream_cut_mid_answer_is_rejoined_where_it_stopped(user: ChatUser, simulator: RunningSimulator) -> None:
+    """A proxy drops the answer's connection: the client rejoins the run after the last event it received and
+    gets the rest, no gap and no duplicate, and says so once."""
+    profile = user.signed_in()
+    simulator.configure({"tokens_per_second": 40, "answer_tokens": 60})
+    proxy = CuttingProxy(user.api.server.port, cut_request=b"POST /api/v1/chatbot/chat/stream", cut_after=1500)
+    TokenStore(user.config_dir).save(proxy.base_url, profile)  # the same sign-in, through the proxy
+    rejoins: list[tuple[int, int]] = []
+    try:
+        with ChatClient(proxy.base_url, TokenStore(user.config_dir)) as client:
+            client.open_session(new=True)
+            with client.stream_turn("tell me a story", on_rejoin=lambda *attempt: rejoins.append(attempt)) as events:
+                received = list(events)
+            history = client.history()
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert rejoins == [(1, 5)]
+    numbers = [int(event.id.rsplit(":", 1)[1]) for event in received if event.id]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert received[-1].kind == "done"
+    assert "".join(event.data["content"] for event in received if event.kind == "token") == history[-1]["content"]
+
+
+def test_an_answer_still_being_given_is_shown_on_start(
+    user: ChatUser, terminals: list[Terminal], simulator: RunningSimulator
+) -> None:
+    user.signed_in()
+    simulator.configure({"tokens_per_second": 10, "answer_tokens": 40})
+    with ChatClient(user.server_url, TokenStore(user.config_dir)) as other_client:
+        session = other_client.new_session("left running")
+        with other_client.stream_turn("a story for later") as events:
+            next(events)  # started; this client now leaves, the answer goes on
+    terminal = open_terminal(user, terminals, "--session", session.id)
+    shown = terminal.wait_for(r"an answer is still being given to: a story for later" + ANYTHING + PROMPT)
+    simulator.configure({})
+    answer = user.api.request("GET", "/chatbot/messages", token=_session_token(user)).json()["messages"][-1]
+    assert answer["role"] == "assistant"
+    assert answer["content"].split()[-1] in shown  # shown to its end
+    terminal.press("C-d")
     assert terminal.exit_status() == 0

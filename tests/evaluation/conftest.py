@@ -70,7 +70,7 @@ class EvalWorld:
             ids = [uuid.uuid4() for _ in answers]
             await connection.executemany(
                 "INSERT INTO chat_turns (id, session, owner, input, output, status, created_at, tool_calls, fallbacks)"
-                " VALUES ($1, $2, $3, $4, $5, 'ok', $6, '[]', '[]')",
+                " VALUES ($1, $2, $3, $4, $5, 'done', $6, '[]', '[]')",
                 [
                     (turn_id, session_id, user_id, question, answer, self.since + timedelta(seconds=index))
                     for index, (turn_id, (question, answer)) in enumerate(zip(ids, answers, strict=True))

@@ -52,7 +52,7 @@ def test_a_short_run_reports_every_endpoint_and_exits_0(server: ServeProcess, tm
     names = {endpoint["name"] for endpoint in report["requests"]["endpoints"]}
     assert {"POST /api/v1/auth/register", "POST /api/v1/chatbot/chat/stream"} <= names
     assert report["requests"]["time_to_first_token_ms"][0]["count"] > 0
-    assert report["server"]["counter_deltas"]["agentctl_chat_turns_total"]["ok"] >= total["turns"]
+    assert report["server"]["counter_deltas"]["agentctl_chat_turns_total"]["done"] >= total["turns"]
     assert Path(report["files"]["html"]).stat().st_size > 0
     assert "success rate 100%" in output
 

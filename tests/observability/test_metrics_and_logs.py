@@ -123,7 +123,7 @@ def test_every_scrape_counts_the_whole_flow_of_both_workers(observed: tuple[Serv
         ("agentctl_http_requests_total", {"method": "POST", "route": "/api/v1/auth/register", "status": "201"}, 1),
         ("agentctl_http_request_duration_seconds_count", {"method": "POST", "route": CHAT}, CHAT_LIMIT),
         ("agentctl_ratelimit_rejections_total", {"route_class": "chat"}, 1),
-        ("agentctl_chat_turns_total", {"status": "ok"}, CHAT_LIMIT),
+        ("agentctl_chat_turns_total", {"status": "done"}, CHAT_LIMIT),
         ("agentctl_chat_turn_duration_seconds_count", {}, CHAT_LIMIT),
         ("agentctl_chat_time_to_first_token_seconds_count", {}, CHAT_LIMIT),
         ("agentctl_model_calls_total", {"model": "default", "role": "chat", "outcome": "ok"}, CHAT_LIMIT),
@@ -139,7 +139,7 @@ def test_every_scrape_counts_the_whole_flow_of_both_workers(observed: tuple[Serv
         assert value(exposition, "agentctl_memory_queue_capacity") == 2 * 1000
         assert value(exposition, "agentctl_sse_streams_open") == 0
         assert value(exposition, "agentctl_http_requests_in_flight") == 1  # the scrape itself
-        for pool in ("main", "turn_locks", "checkpoints", "memory"):
+        for pool in ("main", "checkpoints", "memory"):
             assert ("agentctl_db_pool_connections_in_use", (("pool", pool),)) in samples(exposition), pool
             assert value(exposition, "agentctl_db_pool_waiting", pool=pool) == 0
 

@@ -1,5 +1,6 @@
-"""Clients that leave a streamed answer after its first token, many at once, in rounds: every model connection is
-back in its pool at once, every history has the question before its partial answer, every turn is recorded as
+"""Clients that leave a streamed answer after its first token, many at once, in rounds, on a server whose runs stop
+when their client leaves (AGENTCTL_CHAT__ON_DISCONNECT=cancel): every model connection is back in its pool at
+once, every history has the question before its partial answer, every turn is recorded as
 interrupted, every session takes its next message at once, and the live gauges are right within a second."""
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def test_abandoned_streams_return_everything_at_once(
         AGENTCTL_LLM__MAX_CONNECTIONS="5",
         AGENTCTL_MEMORY__ENABLED="false",
         AGENTCTL_RATELIMIT__CHAT="100000/minute",
+        AGENTCTL_CHAT__ON_DISCONNECT="cancel",
     )
     server.wait_until_healthy()
     api = ApiClient(server)
@@ -109,4 +111,4 @@ async def _assert_recorded_as_interrupted(database_url: str, user_token: str, ap
         )
     finally:
         await connection.close()
-    assert [tuple(row) for row in rows] == [("interrupted", "cancelled", STREAMS * ROUNDS), ("ok", None, STREAMS)]
+    assert [tuple(row) for row in rows] == [("cancelled", "cancelled", STREAMS * ROUNDS), ("done", None, STREAMS)]
