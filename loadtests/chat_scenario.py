@@ -18,6 +18,7 @@ import json
 import random
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from locust import FastHttpUser, events, task
@@ -170,7 +171,6 @@ class ChatUser(FastHttpUser):
     def stream(self) -> None:
         """A streamed turn, read to its last event; its time to first token goes to its own entry."""
         began = time.perf_counter()
-        first_token_ms: float | None = None
         with self.client.request(
             "POST",
             f"{API}/chatbot/chat/stream",
@@ -183,39 +183,14 @@ class ChatUser(FastHttpUser):
             if response.status_code != 200:
                 response.failure(_http_failure(response))
                 return
-            event, error, done = "", "", False
-            try:
-                for line in _lines(response):
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("data:"):
-                        if event == "token" and first_token_ms is None:
-                            first_token_ms = (time.perf_counter() - began) * 1000
-                        elif event == "error":
-                            error = _error_detail(line[5:])
-                        elif event == "done":
-                            done = True
-            except Exception as failure:  # a connection cut mid-stream is a result to count, not a crash
-                error = f"stream cut: {type(failure).__name__}"
-            # Locust timed only the response head; a streamed turn lasts until its last event.
-            response.request_meta["response_time"] = (time.perf_counter() - began) * 1000
-            if error:
-                response.failure(error if error.startswith("stream cut") else f"error event: {error}")
-            elif not done:
-                response.failure("stream ended without a done event")
-            elif first_token_ms is None:
+            read = _read_to_end(response, began, timed_kind="token")
+            if read.failure:
+                response.failure(read.failure)
+            elif read.first_ms is None:
                 response.failure("stream without a token event")
             else:
                 response.success()
-        if first_token_ms is not None:
-            self.environment.events.request.fire(
-                request_type=TTFT,
-                name=STREAM,
-                response_time=first_token_ms,
-                response_length=0,
-                exception=None,
-                context={},
-            )
+        self._measured(TTFT, STREAM, read.first_ms)
 
     def drop_rejoin(self) -> None:
         """A streamed turn whose connection drops after a few tokens (a phone that slept), then rejoined with
@@ -250,7 +225,6 @@ class ChatUser(FastHttpUser):
         if ended:
             return  # the answer was shorter than the drop: nothing to rejoin
         began = time.perf_counter()
-        first_event_ms: float | None = None
         with self.client.request(
             "GET",
             f"{API}/chatbot/runs/{run_id}/stream",
@@ -262,32 +236,20 @@ class ChatUser(FastHttpUser):
             if response.status_code != 200:
                 response.failure(_http_failure(response))
                 return
-            event, error, done = "", "", False
-            try:
-                for line in _lines(response):
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                        if first_event_ms is None:
-                            first_event_ms = (time.perf_counter() - began) * 1000
-                    elif line.startswith("data:"):
-                        if event == "error":
-                            error = _error_detail(line[5:])
-                        elif event == "done":
-                            done = True
-            except Exception as failure:
-                error = f"stream cut: {type(failure).__name__}"
-            response.request_meta["response_time"] = (time.perf_counter() - began) * 1000
-            if error:
-                response.failure(error if error.startswith("stream cut") else f"error event: {error}")
-            elif not done:
-                response.failure("rejoined stream ended without a done event")
+            read = _read_to_end(response, began, timed_kind=None)
+            if read.failure:
+                response.failure(read.failure)
             else:
                 response.success()
-        if first_event_ms is not None:
+        self._measured(REJOIN, REJOIN_STREAM, read.first_ms)
+
+    def _measured(self, request_type: str, name: str, milliseconds: float | None) -> None:
+        """A measurement of its own (TTFT, REJOIN) beside the request it was taken in."""
+        if milliseconds is not None:
             self.environment.events.request.fire(
-                request_type=REJOIN,
-                name=REJOIN_STREAM,
-                response_time=first_event_ms,
+                request_type=request_type,
+                name=name,
+                response_time=milliseconds,
                 response_length=0,
                 exception=None,
                 context={},
@@ -320,6 +282,36 @@ class ChatUser(FastHttpUser):
         self.environment.events.request.fire(
             request_type="CHECK", name=name, response_time=0, response_length=0, exception=Exception(reason)
         )
+
+
+@dataclass
+class _StreamRead:
+    first_ms: float | None = None  # until the first event of the timed kind (any kind if None)
+    failure: str = ""  # why the stream counts as failed; empty when it ended with done
+
+
+def _read_to_end(response: Any, began: float, *, timed_kind: str | None) -> _StreamRead:
+    """Read an SSE response to its end; Locust timed only its head, so its time becomes the whole stream's."""
+    read, event, error, done = _StreamRead(), "", "", False
+    try:
+        for line in _lines(response):
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                if read.first_ms is None and timed_kind in (None, event):
+                    read.first_ms = (time.perf_counter() - began) * 1000
+                if event == "error":
+                    error = _error_detail(line[5:])
+                elif event == "done":
+                    done = True
+    except Exception as failure:  # a connection cut mid-stream is a result to count, not a crash
+        error = f"stream cut: {type(failure).__name__}"
+    response.request_meta["response_time"] = (time.perf_counter() - began) * 1000
+    if error:
+        read.failure = error if error.startswith("stream cut") else f"error event: {error}"
+    elif not done:
+        read.failure = "stream ended without a done event"
+    return read
 
 
 def _lines(response: Any) -> Any:

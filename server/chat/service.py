@@ -400,23 +400,16 @@ class ChatService:
                         yield batch
                 return
             batch = await self._shared.read(row.id, cursor, min(heartbeat, _SHARED_READ_SECONDS))
+            if not batch:
+                current = await self._runs.get(row.id, session_id=row.session_id)
+                if current is None or not current.active:  # ended: what reached the log meanwhile, else its outcome
+                    batch = await self._shared.read(row.id, cursor, 0) or [_final_event_of(current, cursor + 1)]
             if batch:
                 yield batch
                 cursor = batch[-1].seq
                 if batch[-1].final:
                     return
                 continue
-            current = await self._runs.get(row.id, session_id=row.session_id)
-            if current is None or not current.active:
-                batch = await self._shared.read(row.id, cursor, 0)
-                if batch:
-                    yield batch
-                    cursor = batch[-1].seq
-                    if batch[-1].final:
-                        return
-                    continue
-                yield [_final_event_of(current, cursor + 1)]
-                return
             if loop.time() >= beat_at:
                 beat_at = loop.time() + heartbeat
                 yield [HEARTBEAT]
