@@ -31,6 +31,9 @@ SERVER_COUNTERS = {
     "agentctl_model_fallbacks_total": "model",
     "agentctl_ratelimit_rejections_total": "route_class",
     "agentctl_http_requests_total": "status",
+    # Whether memory kept up: recalls in time or past their budget, turns remembered or still queued at the end.
+    "agentctl_memory_recalls_total": "outcome",
+    "agentctl_memory_writes_total": "outcome",
 }
 
 

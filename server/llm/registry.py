@@ -49,6 +49,12 @@ class RegisteredModel:
         """The circuit chat goes through: the one health checks and operators care about."""
         return self.breakers[Lane.FOREGROUND]
 
+    @property
+    def embeds_queries_apart(self) -> bool:
+        """Whether a search and a stored text of the same words get different vectors: the local e5 prefixes them
+        ("query: ", "passage: "); OpenAI-style endpoints embed a text one way."""
+        return self.spec.kind == "embedding" and self.spec.provider == "local"
+
     def chat_model(self, lane: Lane) -> BaseChatModel:
         model = self.background_chat if lane is Lane.BACKGROUND else self.chat
         assert model is not None, f"model {self.name} is not a chat model"

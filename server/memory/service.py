@@ -26,6 +26,7 @@ from server.errors import NotFoundError
 from server.llm.service import LLMService
 from server.memory.collection import COLLECTION
 from server.memory.tables import MemoryErasure
+from server.memory.vector_forms import SEARCH_FORM_MARK, keep_every_vector_in_the_search_form
 from server.memory.vectors import QueryVectors
 from server.observability.metrics import MemoryMetrics
 from server.observability.pools import psycopg_pool_usage
@@ -84,6 +85,7 @@ class MemoryService:
         history_path: Path,
         llm: LLMService,
         queries: QueryVectors,
+        reembed_old_vectors: bool,
     ) -> None:
         self._memory = memory  # searches and the user's requests
         self._writer_memory = writer_memory  # the background writers, with models on their own lane
@@ -103,6 +105,8 @@ class MemoryService:
         self._generations: defaultdict[str, int] = defaultdict(int)
         self._queue: asyncio.Queue[RememberJob] = asyncio.Queue(maxsize=settings.queue_size)
         self._writers: list[asyncio.Task[None]] = []
+        self._reembed_old_vectors = reembed_old_vectors
+        self._reembedding: asyncio.Task[None] | None = None
         self._accepting = True
         self._failures = RateLimitedLog()  # a model outage fails every write: one line a minute, and the counter
         metrics.queue_capacity.set(settings.queue_size)
@@ -169,6 +173,7 @@ class MemoryService:
             history_path=history_path,
             llm=llm,
             queries=queries,
+            reembed_old_vectors=llm.registry.chain("embedding")[0].embeds_queries_apart,
         )
 
     def start(self) -> None:
@@ -176,10 +181,17 @@ class MemoryService:
             asyncio.create_task(self._write_forever(), name=f"memory-writer-{number}")
             for number in range(self._settings.writers)
         ]
+        if self._reembed_old_vectors:
+            self._reembedding = asyncio.create_task(
+                keep_every_vector_in_the_search_form(self._pool, self._llm, self._metrics), name="memory-reembed"
+            )
 
     async def close(self) -> None:
         """Finish what is queued (within drain_seconds), then stop the writers and close the pool."""
         self._accepting = False
+        if self._reembedding is not None:  # the next start carries on where it stopped
+            self._reembedding.cancel()
+            await asyncio.gather(self._reembedding, return_exceptions=True)
         if self._writers:
             try:
                 async with asyncio.timeout(self._settings.drain_seconds):
@@ -276,7 +288,7 @@ class MemoryService:
                 added = await self._writer_memory.add(
                     [{"role": "user", "content": job.text}],
                     user_id=str(job.user_id),
-                    metadata={"session_id": str(job.session_id), "turn_id": str(job.turn_id)},
+                    metadata={"session_id": str(job.session_id), "turn_id": str(job.turn_id), **SEARCH_FORM_MARK},
                     infer=self._infer,
                 )
                 if await self._erased_since(job):

@@ -232,6 +232,11 @@ class MemoryMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.reembedded = Counter(
+            "agentctl_memory_reembedded_total",
+            "Memories stored in the old document form, embedded again in the search form (once, after upgrading).",
+            registry=registry,
+        )
         self.queue_capacity = Gauge(
             "agentctl_memory_queue_capacity",
             "Turns that may wait to be remembered (depth / capacity: saturation).",

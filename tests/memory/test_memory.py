@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 import uuid
@@ -201,6 +202,135 @@ def test_a_late_recall_lets_the_turn_go_on_without_memories(
         assert metric(server, 'agentctl_memory_recalls_total{outcome="timeout"}') >= 2
         assert metric(server, 'agentctl_memory_recalls_total{outcome="ok"}') == 0
         assert "memory recall ran past its" in server.output()
+    finally:
+        assert server.terminate() == 0
+
+
+def embedding_calls(server: ServeProcess) -> float:
+    """Embedding calls the server made, whatever their model and outcome."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in server.get("/metrics").text.splitlines()
+        if line.startswith("agentctl_model_calls_total{") and 'role="embedding"' in line
+    )
+
+
+def test_a_verbatim_memory_is_stored_with_the_vector_its_turns_recall_used(
+    tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
+) -> None:
+    """Memories stored verbatim are the user's own words, embedded in the form a search is: each turn's message is
+    embedded once, for the recall before the turn, and stored with that vector after it."""
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, AGENTCTL_MEMORY__EXTRACTION="verbatim")
+    try:
+        server.wait_until_healthy()
+        api = ApiClient(server)
+        conversation = Conversation(api)
+        facts = [f"My locker at the {place} is number {n}." for n, place in enumerate(("gym", "pool", "station"))]
+        for fact in facts:
+            tell(api, conversation, fact)
+        assert embedding_calls(server) == len(facts)
+
+        # The same words find their memory first, with the vector the turn already had: no embedding either.
+        ranked = memories_of(api, conversation.user_token, query=facts[1])
+        assert ranked[0]["memory"] == facts[1]
+        assert embedding_calls(server) == len(facts)
+        # Other words are embedded once, in the same form, and still find it.
+        ranked = memories_of(api, conversation.user_token, query="which locker do I use at the pool?")
+        assert ranked[0]["memory"] == facts[1]
+        assert embedding_calls(server) == len(facts) + 1
+    finally:
+        assert server.terminate() == 0
+
+
+def test_an_extracted_memory_costs_the_turn_one_embedding_besides_its_recall(
+    tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
+) -> None:
+    """With model extraction Mem0 embeds its transcript of the message to find memories to update: the recall's
+    vector of the same words stands in for it, so a turn embeds its message once and each extracted fact once."""
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, AGENTCTL_MEMORY__EXTRACTION="model")
+    try:
+        server.wait_until_healthy()
+        api = ApiClient(server)
+        conversation = Conversation(api)
+        told = [("I sing in a choir.", "My bicycle is green."), ("I was born in Riga.", "I collect stamps.")]
+        for facts in told:
+            tell(api, conversation, *facts)  # one turn, two facts extracted from it
+        assert embedding_calls(server) == len(told) * (1 + 2)
+        ranked = memories_of(api, conversation.user_token, query="where was I born?")
+        assert ranked[0]["memory"] == "I was born in Riga."
+    finally:
+        assert server.terminate() == 0
+
+
+async def vectors_of(database_url: str, user_id: str) -> dict[str, tuple[list[float], bool]]:
+    """Each of the user's memories: its vector, and whether it is marked as embedded in the search form."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT payload->>'data' AS text, vector::text AS vector, payload ? 'embedded_as' AS marked "
+            "FROM memories WHERE payload->>'user_id' = $1",
+            user_id,
+        )
+    finally:
+        await connection.close()
+    return {row["text"]: (json.loads(row["vector"]), row["marked"]) for row in rows}
+
+
+async def store_as_an_older_version_did(database_url: str, user_id: str, vectors: dict[str, list[float]]) -> None:
+    """Document-form vectors and no mark: how memories were stored before every vector took the search form."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        for text, vector in vectors.items():
+            await connection.execute(
+                "UPDATE memories SET vector = $1::vector, payload = payload - 'embedded_as' "
+                "WHERE payload->>'user_id' = $2 AND payload->>'data' = $3",
+                str(vector),
+                user_id,
+                text,
+            )
+    finally:
+        await connection.close()
+
+
+def test_memories_stored_in_the_old_document_form_are_embedded_again_in_the_search_form(
+    tmp_path: Path, migrated_database_url: str, simulator: RunningSimulator
+) -> None:
+    """A collection holding both forms ranks badly, so a server that finds memories an older version stored
+    re-embeds them in the background: the vectors become what a memory written now gets, and each is marked."""
+    from server.llm.local import LocalEmbeddings
+
+    settings = {"AGENTCTL_MEMORY__EXTRACTION": "verbatim"}
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, **settings)
+    try:
+        server.wait_until_healthy()
+        api = ApiClient(server)
+        conversation = Conversation(api)
+        facts = ["My car is a red van.", "I teach maths on Tuesdays.", "Our cat is called Pixel."]
+        for fact in facts:
+            tell(api, conversation, fact)
+        user_id = user_id_of(api, conversation.user_token)
+    finally:
+        assert server.terminate() == 0
+    written_now = asyncio.run(vectors_of(migrated_database_url, user_id))
+    assert sorted(written_now) == sorted(facts)
+    assert all(marked for _, marked in written_now.values())
+    as_documents = dict(zip(facts, LocalEmbeddings().embed_documents(facts), strict=True))
+    asyncio.run(store_as_an_older_version_did(migrated_database_url, user_id, as_documents))
+
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, **settings)
+    try:
+        server.wait_until_healthy()
+        deadline = time.monotonic() + 30
+        while True:
+            stored = asyncio.run(vectors_of(migrated_database_url, user_id))
+            if all(marked for _, marked in stored.values()):
+                break
+            assert time.monotonic() < deadline, "the old vectors were never embedded again"
+            time.sleep(0.2)
+        for text, (vector, _) in stored.items():
+            assert vector == pytest.approx(written_now[text][0], abs=1e-5)
+            assert vector != pytest.approx(as_documents[text], abs=1e-3)
+        assert metric(server, "agentctl_memory_reembedded_total") == len(facts)
     finally:
         assert server.terminate() == 0
 
