@@ -1,10 +1,12 @@
 """What relaying one streamed token costs the server: sequential streamed turns at two answer lengths.
 
     .venv/bin/python loadtests/bench_relay.py [--turns 100 --short 24 --long 240 --workers 1 --profile]
+                                               [--turns-per-session 1]
 
 One `agentctl serve --workers 1` (long-term memory off) on a fresh embedded PostgreSQL, the simulator answering
 instantly with answers of ``--short`` and then ``--long`` tokens, one client sending streamed turns one after the
-other (POST /api/v1/chatbot/chat/stream, read to its last event). The server's CPU (its processes, PostgreSQL
+other (POST /api/v1/chatbot/chat/stream, read to its last event), each in a session of its own by default (sessions
+made beforehand), so that both lengths read and trim equal histories. The server's CPU (its processes, PostgreSQL
 excluded) per turn at each length; their difference over the difference in tokens is the CPU per relayed token:
 what a token costs from the model's stream to the client's SSE write, everything else in the turn being equal.
 With ``--profile``, py-spy samples the worker during a second run of long answers, and the report lists where
@@ -68,11 +70,12 @@ def server_cpu_seconds(server: Server, postgres_pid: int | None) -> float:
     return sum(table[pid][2] for pid in pids)
 
 
-async def streamed_turns(base_url: str, token: str, count: int) -> tuple[int, int]:
-    """``count`` streamed turns one after another: (turns that ended with done, token events received)."""
+async def streamed_turns(base_url: str, sessions: list[str]) -> tuple[int, int]:
+    """A streamed turn in each of ``sessions`` (a session's token; repeated, the session's next turn), one after
+    another: (turns that ended with done, token events received)."""
     done = tokens = 0
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        for index in range(count):
+        for index, token in enumerate(sessions):
             async with client.stream(
                 "POST",
                 "/api/v1/chatbot/chat/stream",
@@ -87,28 +90,37 @@ async def streamed_turns(base_url: str, token: str, count: int) -> tuple[int, in
     return done, tokens
 
 
-def session_token(base_url: str) -> str:
+def turn_sessions(base_url: str, turns: int, per_session: int) -> list[str]:
+    """Session tokens of a new user, one per turn: a session takes ``per_session`` turns before the next one."""
     with httpx.Client(base_url=f"{base_url}/api/v1", timeout=30) as client:
         email = f"relay-{uuid.uuid4().hex[:10]}@example.com"
         registered = client.post("/auth/register", json={"email": email, "password": "Relay-bench-password-7"})
         registered.raise_for_status()
         user = registered.json()["token"]["access_token"]
-        session = client.post("/auth/session", headers={"Authorization": f"Bearer {user}"})
-        session.raise_for_status()
-        return session.json()["token"]["access_token"]
+        sessions = []
+        for _ in range(-(-turns // per_session)):
+            session = client.post("/auth/session", headers={"Authorization": f"Bearer {user}"})
+            session.raise_for_status()
+            sessions.append(session.json()["token"]["access_token"])
+    return [sessions[index // per_session] for index in range(turns)]
 
 
-def measure(server: RelayServer, simulator: Any, postgres_pid: int | None, tokens: int, turns: int) -> dict[str, Any]:
+def measure(
+    server: RelayServer, simulator: Any, postgres_pid: int | None, tokens: int, turns: int, per_session: int
+) -> dict[str, Any]:
+    """Sessions are made before the measured turns; with one turn per session (the default), every turn reads and
+    trims the same short history at both lengths, so that the difference is the relaying, not a longer history
+    (a session of 100 turns of 1,000 tokens is a 400 KB checkpoint to load and a history to count each turn)."""
     simulator.configure({"answer_tokens": tokens})
-    token = session_token(server.base_url)  # a fresh session per length: histories of equal size
-    asyncio.run(streamed_turns(server.base_url, token, 3))  # warm
-    token = session_token(server.base_url)
+    asyncio.run(streamed_turns(server.base_url, turn_sessions(server.base_url, 3, per_session)))  # warm
+    sessions = turn_sessions(server.base_url, turns, per_session)
     before, began = server_cpu_seconds(server, postgres_pid), time.monotonic()
-    done, received = asyncio.run(streamed_turns(server.base_url, token, turns))
+    done, received = asyncio.run(streamed_turns(server.base_url, sessions))
     cpu = server_cpu_seconds(server, postgres_pid) - before
     return {
         "answer_tokens": tokens,
         "turns": turns,
+        "turns_per_session": per_session,
         "done": done,
         "token_events": received,
         "seconds": round(time.monotonic() - began, 2),
@@ -116,7 +128,9 @@ def measure(server: RelayServer, simulator: Any, postgres_pid: int | None, token
     }
 
 
-def profile_long_answers(server: RelayServer, simulator: Any, tokens: int, turns: int, base: Path) -> dict[str, Any]:
+def profile_long_answers(
+    server: RelayServer, simulator: Any, tokens: int, turns: int, per_session: int, base: Path
+) -> dict[str, Any]:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(pyspy).exists():
         return {"skipped": "py-spy is not installed"}
@@ -126,7 +140,7 @@ def profile_long_answers(server: RelayServer, simulator: Any, tokens: int, turns
     workers = descendants(table, server.process.pid) - postgres
     busiest = max(workers, key=lambda pid: table[pid][2])
     simulator.configure({"answer_tokens": tokens})
-    token = session_token(server.base_url)
+    sessions = turn_sessions(server.base_url, turns, per_session)
     collapsed = Path(f"{base}.relay-profile.txt")
     spy = subprocess.Popen(
         [pyspy, "record", "--pid", str(busiest), "--rate", "500", "--format", "raw", "--nonblocking",
@@ -135,7 +149,7 @@ def profile_long_answers(server: RelayServer, simulator: Any, tokens: int, turns
     )  # fmt: skip
     try:
         time.sleep(1.0)
-        asyncio.run(streamed_turns(server.base_url, token, turns))
+        asyncio.run(streamed_turns(server.base_url, sessions))
     finally:
         spy.send_signal(2)
         spy.wait(30)
@@ -159,6 +173,12 @@ def main() -> int:
     parser.add_argument("--short", type=int, default=24, help="Tokens of the short answers.")
     parser.add_argument("--long", type=int, default=240, help="Tokens of the long answers.")
     parser.add_argument("--workers", type=int, default=1, help="Worker processes of agentctl serve.")
+    parser.add_argument(
+        "--turns-per-session",
+        type=int,
+        default=1,
+        help="Turns in one session before the next (1: equal histories at both lengths; --turns: one session).",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the worker during long answers.")
     parser.add_argument("--results-dir", default=str(LOADTESTS / "results"), help="Where the reports go.")
     options = parser.parse_args()
@@ -184,8 +204,9 @@ def main() -> int:
             server.start()
             server.wait_until_ready(timeout=120)
             postgres_pid = server.postmaster_pid()
-            short = measure(server, simulator, postgres_pid, options.short, options.turns)
-            long = measure(server, simulator, postgres_pid, options.long, options.turns)
+            per_session = max(1, options.turns_per_session)
+            short = measure(server, simulator, postgres_pid, options.short, options.turns, per_session)
+            long = measure(server, simulator, postgres_pid, options.long, options.turns, per_session)
             per_token_us = (
                 1000
                 * (long["server_cpu_ms_per_turn"] - short["server_cpu_ms_per_turn"])
@@ -194,7 +215,9 @@ def main() -> int:
             report["phases"] = [short, long]
             report["server_cpu_us_per_token"] = round(per_token_us, 1)
             report["profile"] = (
-                profile_long_answers(server, simulator, options.long, options.turns, base) if options.profile else {}
+                profile_long_answers(server, simulator, options.long, options.turns, per_session, base)
+                if options.profile
+                else {}
             )
             every_turn_done = all(phase["done"] == phase["turns"] for phase in report["phases"])
             report["verdict"] = {

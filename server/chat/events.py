@@ -5,12 +5,12 @@ on any other worker or replica read them, live or after a dropped connection."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
+import msgspec
 from redis.asyncio import Redis
 
 from server.database.engine import Database
@@ -127,11 +127,20 @@ class SharedEventLog(Protocol):
 
 
 def _encoded(events: Sequence[TurnEvent]) -> str:
-    return json.dumps([[event.seq, event.kind, event.data] for event in events], ensure_ascii=False)
+    return as_json([[event.seq, event.kind, event.data] for event in events])
 
 
 def _decoded(burst: str | bytes, after: int) -> list[TurnEvent]:
-    return [TurnEvent(kind, data, None, seq) for seq, kind, data in json.loads(burst) if seq > after]
+    return [TurnEvent(kind, data, None, seq) for seq, kind, data in msgspec.json.decode(burst) if seq > after]
+
+
+def as_json(value: Any) -> str:
+    """JSON by msgspec, Litestar's own serializer: a tenth of json.dumps' time, and every token passes here twice
+    (the log's burst, the stream's event)."""
+    return _json_encoder.encode(value).decode()
+
+
+_json_encoder = msgspec.json.Encoder()
 
 
 class RedisEventLog:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -17,7 +16,7 @@ from litestar.response import ServerSentEventMessage, Stream
 from agentctl.config import AgentSettings
 from server.auth.dependencies import BEARER_SCHEME, provide_session_claims
 from server.auth.tokens import SessionClaims
-from server.chat.events import TurnEvent
+from server.chat.events import TurnEvent, as_json
 from server.chat.runs import RunRow
 from server.chat.schemas import (
     CancelResponse,
@@ -398,6 +397,4 @@ _TURN_CLEANUP_SECONDS = 10.0
 
 
 def _encoded(prefix: str, event: TurnEvent) -> bytes:
-    return ServerSentEventMessage(
-        id=f"{prefix}{event.seq}", event=event.kind, data=json.dumps(event.data, ensure_ascii=False)
-    ).encode()
+    return ServerSentEventMessage(id=f"{prefix}{event.seq}", event=event.kind, data=as_json(event.data)).encode()

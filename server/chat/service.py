@@ -639,9 +639,12 @@ class ChatService:
 
 
 def _put_event(log: RunLog, event: dict[str, Any]) -> None:
-    """A token or tool event of the graph, into the run's log."""
+    """A token or tool event of the graph (a dict of its own, completed in place: no copy per token), into the
+    run's log."""
     kind = event.pop("type")
-    log.append(kind, {**event, "done": False, "content": event.get("content", "")})
+    event["done"] = False
+    event.setdefault("content", "")
+    log.append(kind, event)
 
 
 def _cancelled_data() -> dict[str, Any]:
