@@ -226,6 +226,30 @@ async def test_stream_failure_after_the_first_token_is_an_error_not_a_fallback(s
     assert simulator.stats()["models"].get("backup-model", {}).get("requests", 0) == 0
 
 
+async def test_the_deadline_cuts_a_slow_stream_mid_answer_and_spares_the_consumers_own_waits(
+    simulator: RunningSimulator,
+) -> None:
+    """One deadline for the whole answer: a stream still trickling when it passes ends as a stream error with
+    what came so far; time the consumer spends between tokens counts, but its own awaits are never cut."""
+    simulator.configure({**HEALTHY, "tokens_per_second": 10, "answer_tokens": 100})
+    service = service_for(settings_for(simulator, "primary"))
+    received: list[str] = []
+    started = time.perf_counter()
+
+    async def consume() -> None:
+        async for event in service.stream("chat", ask(), deadline_seconds=1.0):
+            if isinstance(event, StreamToken):
+                received.append(event.text)
+                await asyncio.sleep(0.02)  # the consumer's own work between tokens: not interrupted
+
+    with pytest.raises(ModelStreamError) as failure:
+        await consume()
+    assert 0.9 < time.perf_counter() - started < 1.6
+    assert received
+    assert failure.value.partial == "".join(received)
+    assert isinstance(failure.value.__cause__, TimeoutError)
+
+
 async def test_an_abandoned_stream_hands_its_connection_back_at_once(simulator: RunningSimulator) -> None:
     """A consumer cancelled after the first token (a client gone): the model's response is closed and its
     connection is back in the pool at once, not left in CLOSE-WAIT."""
