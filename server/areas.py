@@ -37,6 +37,7 @@ from server.chat.service import ChatService
 from server.database.embedded import database_url
 from server.database.engine import Database, ping_checkpoint_pool
 from server.database.notifications import DatabaseNotifications
+from server.errors import DatabaseUnavailableError
 from server.evaluation.gauges import EvalGauges, refresh_periodically
 from server.health.service import Dependency, ReadinessProbe
 from server.llm.health import ModelProbes
@@ -295,6 +296,9 @@ def readiness_probe(
     requires = set(settings.server.readiness_requires)
 
     async def database_pools() -> None:
+        if storage.database.recovering:
+            # A ping takes one connection, which may be a fresh one while others in the pools are still broken.
+            raise DatabaseUnavailableError("back from an outage: the pooled connections are being renewed")
         await asyncio.gather(storage.database.ping(), ping_checkpoint_pool(conversations.checkpoints, timeout))
 
     probes = ModelProbes(

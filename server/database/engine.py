@@ -49,6 +49,11 @@ class Database:
         if self._recovering is None or self._recovering.done():
             self._recovering = asyncio.ensure_future(self._recover())
 
+    @property
+    def recovering(self) -> bool:
+        """An outage was seen and the pools are not renewed yet: a request could still meet a broken connection."""
+        return self._recovering is not None and not self._recovering.done()
+
     async def _recover(self) -> None:
         while True:
             await asyncio.sleep(_RECOVERY_POLL_SECONDS)
