@@ -225,8 +225,24 @@ async function send(event) {
     input.value = "";
     setAsking(false);
     startAnswer(run.id, text);
+    nameAfterFirstMessage(state.sessionId, text);
   } catch (error) {
     showError(error);
+  }
+}
+
+/** A chat with no name yet is named after its first message, as people find it again in the list. */
+async function nameAfterFirstMessage(sessionId, text) {
+  const session = state.sessions.find((s) => s.session_id === sessionId);
+  if (!session || session.name) return;
+  const name = text.split("\n")[0].slice(0, 60).trim();
+  try {
+    const renamed = await api.json(api.asUser(`/api/v1/auth/session/${sessionId}/name`, { method: "PATCH", body: { name } }));
+    session.name = renamed.name;
+    renderSessions();
+    if (state.sessionId === sessionId) $("session-title").textContent = renamed.name;
+  } catch {
+    // A name is a convenience: the chat works without one.
   }
 }
 

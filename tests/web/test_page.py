@@ -1,0 +1,305 @@
+"""The web chat page in Chromium (Debian's, driven by Playwright for Python) against a real `agentctl serve` whose
+model is the project's simulator."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from agentctl.simulator.process import RunningSimulator
+from tests.chat.conftest import Conversation
+from tests.support import ApiClient, CuttingProxy, unique_email
+from tests.web.conftest import AXE, DESKTOP, PHONE, SCREENSHOTS, Tab
+
+pytestmark = pytest.mark.slow
+PASSWORD = ApiClient.password
+
+
+def sign_up(page: Page, email: str | None = None) -> str:
+    email = email or unique_email("web")
+    page.get_by_role("button", name="New here? Create an account").click()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page.locator("#app-view")).to_be_visible()
+    expect(page.locator("#sessions li")).to_have_count(1)
+    return email
+
+
+def send(page: Page, text: str) -> None:
+    page.get_by_label("Message", exact=True).fill(text)
+    page.get_by_label("Message", exact=True).press("Enter")
+
+
+def last_answer(page: Page):
+    return page.locator("article.assistant").last
+
+
+def wait_words(page: Page, count: int) -> None:
+    """Until the streaming answer shows more than ``count`` words."""
+    page.wait_for_function(
+        "n => (document.querySelector('article.assistant .markdown')?.textContent || '').split(' ').length > n", arg=count
+    )
+
+
+def wait_done(page: Page, status: str = "done", timeout: float = 30_000) -> None:
+    expect(last_answer(page)).to_have_attribute("data-status", status, timeout=timeout)
+
+
+def history_answer(api: ApiClient, page: Page) -> str:
+    """The last answer as the server recorded it, through the JSON API with the page's own session."""
+    session_id = page.evaluate("localStorage.getItem('agentctl.session')")
+    email = page.locator("#who").inner_text().removeprefix("Signed in as ")
+    token = api.login(email)["access_token"]
+    session_token = api.request("POST", f"/auth/session/{session_id}/token", token=token).json()["token"]
+    messages = api.request("GET", "/chatbot/messages", token=session_token["access_token"]).json()["messages"]
+    return next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+
+
+def test_sign_up_then_an_answer_streams_as_markdown_with_its_usage(new_tab, web_server: ApiClient) -> None:
+    """Sign up in the page, send with Enter (Shift+Enter is a newline), watch the answer stream and end."""
+    tab: Tab = new_tab()
+    page = tab.open()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    sign_up(page)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    assert box.input_value() == "first line\nsecond line"
+    box.press("Enter")
+    expect(page.locator("article.user").last).to_have_text("first line\nsecond line")
+    wait_done(page)
+    answer = last_answer(page)
+    assert answer.locator(".markdown").inner_text().strip().startswith("first line")
+    answer.locator(".usage summary").click()
+    expect(answer.locator(".usage dl")).to_contain_text("Tokens out")
+    assert answer.locator(".usage dd").nth(1).inner_text().isdigit()
+    assert tab.errors == []
+
+
+def test_a_scripted_tool_call_shows_inline_and_ask_human_is_answered_in_the_input(
+    new_tab, simulator: RunningSimulator
+) -> None:
+    simulator.configure(
+        {
+            "script": [
+                {"match": "multiply", "tool_calls": [{"name": "calculator", "arguments": {"expression": "6*7"}}]},
+                {"match": "plan a trip", "tool_calls": [{"name": "ask_human", "arguments": {"question": "Which city?"}}]},
+            ]
+        }
+    )
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "please multiply six by seven")
+    wait_done(page)
+    tool = last_answer(page).locator("details.tool[data-tool='calculator']")
+    expect(tool).to_be_visible()
+    expect(tool.locator(".tool-status")).to_have_text(" done")
+    tool.locator("summary").click()
+    expect(tool.locator(".tool-result")).to_contain_text("42")
+    expect(last_answer(page).locator(".markdown")).to_contain_text("42")
+
+    send(page, "plan a trip for me")
+    expect(last_answer(page).locator(".question")).to_contain_text("Which city?")
+    expect(page.get_by_label("Message", exact=True)).to_have_attribute("placeholder", "Answer the agent's question")
+    wait_done(page)
+    send(page, "Lisbon")
+    wait_done(page)
+    expect(last_answer(page).locator(".markdown")).to_contain_text("Lisbon")
+
+
+def test_stop_mid_answer_keeps_the_partial_answer(new_tab, simulator: RunningSimulator) -> None:
+    """Esc stops the answer (the Stop button's action); the partial answer stays, marked stopped."""
+    simulator.configure({"tokens_per_second": 20, "answer_tokens": 200})
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "tell me a long story")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    wait_words(page, 8)
+    page.keyboard.press("Escape")
+    wait_done(page, "stopped")
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+    partial = last_answer(page).locator(".markdown").inner_text()
+    assert 8 <= len(partial.split()) < 150
+    expect(last_answer(page).locator(".note")).to_have_text("Stopped.")
+
+
+def test_reload_mid_answer_then_the_answer_completes_exactly_once(
+    new_tab, simulator: RunningSimulator, web_server: ApiClient
+) -> None:
+    simulator.configure({"tokens_per_second": 40, "answer_tokens": 120})
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "an answer worth keeping")
+    wait_words(page, 10)
+    page.reload()
+    page.wait_for_function("() => document.documentElement.dataset.ready === 'true'")
+    expect(page.locator("#app-view")).to_be_visible()  # still signed in: the refresh cookie survived the reload
+    wait_done(page)
+    expect(page.locator("article.user")).to_have_count(1)
+    expect(page.locator("article.assistant")).to_have_count(1)
+    shown = last_answer(page).locator(".markdown").inner_text()
+    recorded = history_answer(web_server, page)
+    assert " ".join(shown.split()) == " ".join(recorded.split())
+    assert len(recorded.split()) == 120
+    # After it ended, a reload shows it once, from the history.
+    page.reload()
+    page.wait_for_function("() => document.documentElement.dataset.ready === 'true'")
+    expect(page.locator("article.assistant")).to_have_count(1)
+    assert " ".join(last_answer(page).locator(".markdown").inner_text().split()) == " ".join(recorded.split())
+
+
+def test_a_lost_network_mid_answer_resumes_where_it_stopped(
+    new_tab, simulator: RunningSimulator, web_server: ApiClient
+) -> None:
+    """The page talks through a proxy that cuts its first answer stream part-way, as a lost network does: the page
+    rejoins with Last-Event-ID and the answer ends whole, once."""
+    simulator.configure({"tokens_per_second": 30, "answer_tokens": 90})
+    proxy = CuttingProxy(web_server.server.port, cut_request=b"GET /api/v1/chatbot/runs/", cut_after=4000)
+    try:
+        tab: Tab = new_tab(base_url=proxy.base_url)
+        page = tab.open()
+        rejoins: list[str] = []
+        page.on(
+            "request",
+            lambda request: rejoins.append(request.headers.get("last-event-id", ""))
+            if request.url.endswith("/stream")
+            else None,
+        )
+        tab.context.set_offline(True)
+        expect(page.locator("#offline")).to_be_visible()
+        tab.context.set_offline(False)
+        expect(page.locator("#offline")).to_be_hidden()
+        sign_up(page)
+        send(page, "keep going while the network drops")
+        wait_done(page)
+        assert proxy.cuts == 1
+        assert len(rejoins) == 2 and rejoins[0] == "" and rejoins[1].endswith(tuple("0123456789")), rejoins
+        expect(page.locator("article.assistant")).to_have_count(1)
+        shown = " ".join(last_answer(page).locator(".markdown").inner_text().split())
+        assert shown == " ".join(history_answer(web_server, page).split())
+        assert len(shown.split()) == 90
+    finally:
+        proxy.close()
+
+
+def test_sessions_new_switch_rename_delete(new_tab) -> None:
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "alpha question")
+    wait_done(page)
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator("#sessions li")).to_have_count(2)
+    expect(page.locator("article")).to_have_count(0)
+    send(page, "bravo question")
+    wait_done(page)
+    # Each chat is named after its first message; back to the first one: only its messages.
+    expect(page.locator("#sessions .session-open")).to_have_text(["bravo question", "alpha question"])
+    page.get_by_role("button", name="alpha question", exact=True).click()
+    expect(page.locator("article.user")).to_have_text(["alpha question"])
+    expect(page.locator("#session-title")).to_have_text("alpha question")
+    page.get_by_role("button", name="Rename chat alpha question").click()
+    page.get_by_role("textbox", name="Name").fill("Renamed chat")
+    page.get_by_role("button", name="Rename", exact=True).click()
+    expect(page.locator("#session-title")).to_have_text("Renamed chat")
+    expect(page.get_by_role("button", name="Renamed chat", exact=True)).to_have_attribute("aria-current", "page")
+    page.get_by_role("button", name="Delete chat Renamed chat").click()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    expect(page.locator("#sessions li")).to_have_count(1)
+    expect(page.locator("article.user")).to_have_text(["bravo question"])
+
+
+def test_memory_panel_lists_searches_and_forgets(new_tab, web_server: ApiClient) -> None:
+    email, user_token = web_server.new_user()
+    conversation = Conversation(web_server, user_token=user_token)
+    facts = ["My name is Ada.", "I live in Lisbon.", "I like green tea."]
+    assert conversation.send(" ".join(facts)).status_code == 200
+    deadline = time.monotonic() + 30
+    while len(web_server.request("GET", "/memories", token=user_token).json()["memories"]) < 3:
+        assert time.monotonic() < deadline, "the memories were never written"
+        time.sleep(0.2)
+    page = new_tab().open()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Memory").click()
+    dialog = page.get_by_role("dialog", name="What the agent remembers about you")
+    expect(dialog.locator("li")).to_have_count(3)
+    dialog.get_by_role("button", name="Forget: I live in Lisbon.").click()
+    expect(dialog.locator("li")).to_have_count(2)
+    expect(dialog).not_to_contain_text("Lisbon")
+    dialog.get_by_label("Search memories").fill("tea")
+    dialog.get_by_role("button", name="Search").click()
+    expect(dialog.locator("li").first).to_contain_text("green tea")
+    dialog.get_by_label("Search memories").fill("")
+    dialog.get_by_role("button", name="Search").click()
+    expect(dialog.locator("li")).to_have_count(2)
+    dialog.get_by_role("button", name="Forget everything").click()
+    page.get_by_role("button", name="Cancel").click()  # the confirmation can be refused
+    expect(dialog.locator("li")).to_have_count(2)
+    dialog.get_by_role("button", name="Forget everything").click()
+    page.locator("#confirm-ok").click()
+    expect(dialog.locator("#memory-status")).to_have_text("Forgot 2 memories.")
+    expect(dialog.locator("li")).to_have_count(0)
+    assert web_server.request("GET", "/memories", token=user_token).json()["memories"] == []
+
+
+def test_the_refresh_token_lives_in_an_http_only_cookie_and_dies_at_sign_out(new_tab, web_server: ApiClient) -> None:
+    tab: Tab = new_tab()
+    page = tab.open()
+    sign_up(page)
+    (cookie,) = [c for c in tab.context.cookies() if c["name"] == "agentctl_refresh"]
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/api/v1/auth/web/refresh"
+    assert page.evaluate("document.cookie") == ""  # scripts cannot read it
+    refresh_url = f"{web_server.server.base_url}/api/v1/auth/web/refresh"
+    jar = {"agentctl_refresh": cookie["value"]}
+    no_csrf = httpx.post(refresh_url, cookies=jar)
+    assert no_csrf.status_code == 403
+    assert no_csrf.headers["content-type"] == "application/problem+json"
+    assert no_csrf.json()["request_id"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert [c for c in tab.context.cookies() if c["name"] == "agentctl_refresh"] == []
+    after = httpx.post(refresh_url, cookies=jar, headers={"X-Agentctl-CSRF": "1"})
+    assert after.status_code == 401, after.text
+    assert after.json()["detail"] == "the token has been revoked"
+    # Reloading finds no sign-in.
+    tab.open()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+
+_HOSTILE = (
+    '<img src=x onerror="window.__xss.push(1)"> <script>window.__xss.push(2)</script> '
+    "[click me](javascript:window.__xss.push(3)) <a href=\"javascript:window.__xss.push(4)\">raw link</a> "
+    '<svg onload="window.__xss.push(5)"></svg> ![pic](javascript:window.__xss.push(6))'
+)
+
+
+def test_hostile_markup_from_the_user_and_the_model_stays_inert(new_tab, simulator: RunningSimulator) -> None:
+    """The user's message and the model's answer carry the same payloads; nothing runs, nothing loads."""
+    simulator.configure({"script": [{"match": "hostile", "content": f"Here you go: {_HOSTILE}\n\n`code`"}]})
+    tab: Tab = new_tab()
+    page = tab.open()
+    sign_up(page)
+    send(page, f"hostile {_HOSTILE}")
+    wait_done(page)
+    user = page.locator("article.user").last
+    expect(user).to_contain_text('<img src=x onerror="window.__xss.push(1)">')
+    assert user.locator("img, script, a, svg").count() == 0
+    answer = last_answer(page).locator(".markdown")
+    expect(answer).to_contain_text("<script>window.__xss.push(2)</script>")
+    expect(answer).to_contain_text('<img src=x onerror="window.__xss.push(1)">')
+    assert answer.locator("img, script, svg, iframe").count() == 0
+    for href in answer.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))"):
+        assert href is None or not href.lower().startswith("javascript"), href
+    for link in answer.locator("a").all():
+        link.click(modifiers=[])
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__xss") == []
+    assert tab.dialogs == []
