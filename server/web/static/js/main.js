@@ -89,7 +89,7 @@ function renderSessions() {
       });
       const rename = h("button", { type: "button", class: "icon", "aria-label": `Rename chat ${name}`, title: "Rename", text: "✎" });
       rename.addEventListener("click", () => renameSession(session));
-      const remove = h("button", { type: "button", class: "icon", "aria-label": `Delete chat ${name}`, title: "Delete", text: "🗑" });
+      const remove = h("button", { type: "button", class: "icon", "aria-label": `Delete chat ${name}`, title: "Delete", text: "✕" });
       remove.addEventListener("click", () => deleteSession(session));
       return h("li", { "data-session": session.session_id }, open, rename, remove);
     }),
@@ -325,6 +325,7 @@ async function boot() {
     $("email").focus();
   }
   document.documentElement.dataset.ready = "true";
+  performance.mark("agentctl-ready"); // interactive: the sign-in form or the chat is on screen and wired
 }
 
 boot();
