@@ -101,7 +101,12 @@ class BrowserAuthController(Controller):
     path = BROWSER_AUTH_PATH
     tags = ["auth"]
 
-    @post("/register", status_code=201, opt={"rate_limit": RouteClass.REGISTER}, responses=problem_responses(409, 422))
+    @post(
+        "/register",
+        status_code=201,
+        opt={"rate_limit": RouteClass.REGISTER},
+        responses=problem_responses(409, 413, 422, 429),
+    )
     async def register(
         self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService], refresh_cookie: RefreshCookie
     ) -> Response[BrowserSignIn]:
@@ -109,14 +114,16 @@ class BrowserAuthController(Controller):
         registration = await auth.register(email=data.email, password=data.password, username=data.username)
         return await _signed_in(registration.tokens, refresh_cookie, 201)
 
-    @post("/login", status_code=200, opt={"rate_limit": RouteClass.LOGIN}, responses=problem_responses(401, 422))
+    @post(
+        "/login", status_code=200, opt={"rate_limit": RouteClass.LOGIN}, responses=problem_responses(401, 413, 422, 429)
+    )
     async def login(
         self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], refresh_cookie: RefreshCookie
     ) -> Response[BrowserSignIn]:
         """Sign in; the access token in the body, the refresh token in an httpOnly cookie."""
         return await _signed_in(await auth.login(email=data.email, password=data.password), refresh_cookie, 200)
 
-    @post("/refresh", status_code=200, responses=problem_responses(401, 403))
+    @post("/refresh", status_code=200, responses=problem_responses(401, 403, 429))
     async def refresh(
         self,
         auth: NamedDependency[AuthService],
@@ -142,7 +149,7 @@ class BrowserAuthController(Controller):
         status_code=204,
         security=USER_TOKEN,
         dependencies={"user": Provide(provide_user_claims)},
-        responses=problem_responses(401),
+        responses=problem_responses(401, 429),
     )
     async def logout(
         self, user: NamedDependency[TokenClaims], auth: NamedDependency[AuthService], refresh_cookie: RefreshCookie
