@@ -95,6 +95,10 @@ async def _signed_in(tokens: TokenPair, cookie: RefreshCookie, status_code: int)
     return Response(body, status_code=status_code, cookies=[cookie.carrying(tokens.refresh.token)])
 
 
+class BrowserSignOut(msgspec.Struct):
+    signed_out: bool
+
+
 class BrowserAuthController(Controller):
     """Cookie-based sign-in for the web page; programs keep using /api/v1/auth/register, /login and /refresh."""
 
@@ -146,14 +150,15 @@ class BrowserAuthController(Controller):
 
     @post(
         "/logout",
-        status_code=204,
+        status_code=200,
         security=USER_TOKEN,
         dependencies={"user": Provide(provide_user_claims)},
         responses=problem_responses(401, 429),
     )
     async def logout(
         self, user: NamedDependency[TokenClaims], auth: NamedDependency[AuthService], refresh_cookie: RefreshCookie
-    ) -> Response[None]:
+    ) -> Response[BrowserSignOut]:
         """Revoke the sign-in (its access and refresh tokens, on every worker) and clear the cookie."""
         await auth.logout(claims=user)
-        return Response(None, status_code=204, cookies=[refresh_cookie.cleared()])
+        # A body, unlike the JSON API's 204: a 204 that sets a cookie cannot be documented as having no content.
+        return Response(BrowserSignOut(signed_out=True), status_code=200, cookies=[refresh_cookie.cleared()])
