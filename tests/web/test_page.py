@@ -4,6 +4,7 @@ model is the project's simulator."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -432,5 +433,43 @@ def test_the_page_is_off_with_its_setting_and_the_api_keeps_its_csp(
         off = httpx.post(f"{server.base_url}/api/v1/auth/web/login", json={"email": "a@example.com", "password": "x"})
         assert off.status_code == 404
         assert ApiClient(server).register()["token"]["access_token"]
+    finally:
+        server.terminate()
+
+
+def test_errors_in_plain_words(new_tab, simulator: RunningSimulator, tmp_path, migrated_database_url: str) -> None:
+    """Session busy, the model failing and the rate limit (with its wait), as the page words them."""
+    simulator.configure({"tokens_per_second": 20, "answer_tokens": 100})
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "first message")
+    wait_words(page, 3)
+    send(page, "second message while busy")
+    expect(page.locator("#chat-error")).to_have_text(
+        "This chat is still answering your last message: wait for it, or press Stop."
+    )
+    expect(page.get_by_label("Message", exact=True)).to_have_value("second message while busy")  # kept to resend
+    page.get_by_role("button", name="Stop").click()
+    wait_done(page, "stopped")
+
+    simulator.configure({"faults": {"*": {"rate_500": 1.0}}})
+    send(page, "third message")
+    wait_done(page, "error")
+    expect(last_answer(page).locator(".note")).to_have_text(re.compile(r"^The model "))
+    expect(page.locator("#chat-error")).to_have_text("")
+
+    simulator.configure({})
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, AGENTCTL_RATELIMIT__CHAT="2/minute")
+    try:
+        server.wait_until_healthy()
+        limited = new_tab(base_url=server.base_url).open()
+        sign_up(limited)
+        for text in ("one", "two"):
+            send(limited, text)
+            wait_done(limited)
+        send(limited, "three")
+        expect(limited.locator("#chat-error")).to_have_text(
+            re.compile(r"^Too many requests: you have reached the rate limit\. Try again in \d+ s\.$")
+        )
     finally:
         server.terminate()
