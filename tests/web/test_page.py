@@ -32,9 +32,13 @@ def sign_up(page: Page, email: str | None = None) -> str:
     return email
 
 
-def send(page: Page, text: str) -> None:
+def send(page: Page, text: str, *, accepted: bool = True) -> None:
+    """Type ``text`` and press Enter; ``accepted``: until its answer has started on the page."""
+    answers = page.locator("article.assistant").count()
     page.get_by_label("Message", exact=True).fill(text)
     page.get_by_label("Message", exact=True).press("Enter")
+    if accepted:
+        expect(page.locator("article.assistant")).to_have_count(answers + 1)
 
 
 def last_answer(page: Page):
@@ -444,7 +448,7 @@ def test_errors_in_plain_words(new_tab, simulator: RunningSimulator, tmp_path, m
     sign_up(page)
     send(page, "first message")
     wait_words(page, 3)
-    send(page, "second message while busy")
+    send(page, "second message while busy", accepted=False)
     expect(page.locator("#chat-error")).to_have_text(
         "This chat is still answering your last message: wait for it, or press Stop."
     )
@@ -467,7 +471,7 @@ def test_errors_in_plain_words(new_tab, simulator: RunningSimulator, tmp_path, m
         for text in ("one", "two"):
             send(limited, text)
             wait_done(limited)
-        send(limited, "three")
+        send(limited, "three", accepted=False)
         expect(limited.locator("#chat-error")).to_have_text(
             re.compile(r"^Too many requests: you have reached the rate limit\. Try again in \d+ s\.$")
         )

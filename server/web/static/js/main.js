@@ -222,7 +222,7 @@ async function send(event) {
     const run = await api.json(
       api.asSession(state.sessionId, "/api/v1/chatbot/runs", { method: "POST", body: { messages: [{ role: "user", content: text }] } }),
     );
-    input.value = "";
+    if (input.value.trim() === text) input.value = ""; // what was typed while it was sending stays
     setAsking(false);
     startAnswer(run.id, text);
     nameAfterFirstMessage(state.sessionId, text);
@@ -299,8 +299,13 @@ function watchConnection() {
   update();
   // A tab that slept long may have missed an answer that ended meanwhile: show the chat as it now stands.
   document.addEventListener("visibilitychange", () => {
-    if (document.hidden) state.hiddenAt = Date.now();
-    else if (state.sessionId && !state.follow && Date.now() - state.hiddenAt > 10_000) openSession(state.sessionId);
+    if (document.hidden) {
+      state.hiddenAt = Date.now();
+      return;
+    }
+    const slept = state.hiddenAt && Date.now() - state.hiddenAt > 10_000;
+    state.hiddenAt = 0;
+    if (slept && state.sessionId && !state.follow) openSession(state.sessionId);
   });
 }
 
