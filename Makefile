@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 REDIS_PORT := 6379
 
-.PHONY: serve test lint services docs migration clean
+.PHONY: serve test lint services docs migration vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## Local services the tests use: Redis (PostgreSQL is embedded), promtool for compose/'s alert rules, and tmux,
-## the terminal the interactive `agentctl chat` tests type into.
+## Local services the tests use: Redis (PostgreSQL is embedded), promtool for compose/'s alert rules, tmux,
+## the terminal the interactive `agentctl chat` tests type into, and Debian's Chromium, the browser the web page's
+## tests drive through Playwright (whose own browser download needs a network the tests do not assume).
 services: | $(BIN)/python
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(REDIS_PORT)), 1)" 2>/dev/null \
 	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
@@ -53,6 +54,8 @@ services: | $(BIN)/python
 	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
 	@command -v tmux >/dev/null \
 	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends tmux; }
+	@command -v chromium >/dev/null \
+	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
 
 ## Regenerate the README's configuration table from the settings.
 docs: $(VENV)/.installed
@@ -63,6 +66,41 @@ docs: $(VENV)/.installed
 ## New Piccolo migration from the table definitions: make migration DESC="what changes"
 migration: $(VENV)/.installed
 	PICCOLO_CONF=server.database.piccolo_conf $(BIN)/piccolo migrations new agentctl --auto --desc="$(DESC)"
+
+# The web page's browser libraries (server/web/static/vendor) and axe-core for its tests (tests/web/vendor), pinned.
+MARKED_VERSION := 18.2.1
+DOMPURIFY_VERSION := 3.5.0
+EVENTSOURCE_PARSER_VERSION := 4.1.3
+AXE_CORE_VERSION := 4.14.1
+WEB_VENDOR := server/web/static/vendor
+TEST_VENDOR := tests/web/vendor
+
+## Refresh the vendored browser libraries from npm at the versions above (needs npm; nothing is built).
+vendor:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	for pkg in marked@$(MARKED_VERSION) dompurify@$(DOMPURIFY_VERSION) eventsource-parser@$(EVENTSOURCE_PARSER_VERSION) \
+	           axe-core@$(AXE_CORE_VERSION); do \
+	  name=$${pkg%@*}; mkdir -p $$tmp/$$name; (cd $$tmp && npm pack -q --silent $$pkg >/dev/null); \
+	  tar xzf $$tmp/$$name-*.tgz -C $$tmp/$$name; \
+	done; \
+	rm -rf $(WEB_VENDOR) $(TEST_VENDOR); mkdir -p $(WEB_VENDOR)/eventsource-parser $(TEST_VENDOR); \
+	strip() { sed '/^\/\/# sourceMappingURL=/d' "$$1" > "$$2"; }; \
+	strip $$tmp/marked/package/lib/marked.esm.js $(WEB_VENDOR)/marked.esm.js; \
+	cp $$tmp/marked/package/LICENSE $(WEB_VENDOR)/marked.LICENSE; \
+	strip $$tmp/dompurify/package/dist/purify.es.mjs $(WEB_VENDOR)/purify.es.mjs; \
+	cp $$tmp/dompurify/package/LICENSE $(WEB_VENDOR)/dompurify.LICENSE; \
+	for f in index parse errors; do \
+	  strip $$tmp/eventsource-parser/package/dist/$$f.js $(WEB_VENDOR)/eventsource-parser/$$f.js; done; \
+	cp $$tmp/eventsource-parser/package/LICENSE $(WEB_VENDOR)/eventsource-parser/LICENSE; \
+	cp $$tmp/axe-core/package/axe.min.js $$tmp/axe-core/package/LICENSE $(TEST_VENDOR)/; \
+	printf '%s\n' "Vendored by \`make vendor\` (versions pinned in the Makefile); do not edit." "" \
+	  "| library | version | licence | file |" "|---|---|---|---|" \
+	  "| marked | $(MARKED_VERSION) | MIT | marked.esm.js |" \
+	  "| DOMPurify | $(DOMPURIFY_VERSION) | MPL-2.0 or Apache-2.0 | purify.es.mjs |" \
+	  "| eventsource-parser | $(EVENTSOURCE_PARSER_VERSION) | MIT | eventsource-parser/ |" > $(WEB_VENDOR)/VERSIONS.md; \
+	printf '%s\n' "axe-core $(AXE_CORE_VERSION), MPL-2.0, vendored by \`make vendor\` for the web page's tests." \
+	  > $(TEST_VENDOR)/VERSION.md; \
+	echo "vendored: marked $(MARKED_VERSION), DOMPurify $(DOMPURIFY_VERSION), eventsource-parser $(EVENTSOURCE_PARSER_VERSION), axe-core $(AXE_CORE_VERSION)"
 
 clean:
 	rm -rf $(VENV) .agentctl .pytest_cache .ruff_cache dist build

@@ -143,6 +143,11 @@ class ServerSettings(_Section):
         default_factory=list,
         description="Addresses or networks (CIDR) of proxies whose X-Forwarded-For is believed, comma-separated.",
     )
+    web_enabled: bool = Field(
+        default=True,
+        description="Serve the web chat page at / (its assets under /web/, its cookie sign-in under "
+        "/api/v1/auth/web/). Off: the server is an API only.",
+    )
     readiness_requires: Annotated[list[Literal["models", "redis", "memory"]], NoDecode] = Field(
         default_factory=list,
         description="Shared dependencies whose failure makes /health/ready answer 503, comma-separated (models, "

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
+from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.types import Scope
+from litestar.types import ControllerRouterHandler, Scope
 
 from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
+from server.auth.browser import BrowserAuthController, RefreshCookie
 from server.auth.dependencies import BEARER_SCHEME
 from server.auth.routes import AuthController
 from server.chat.routes import ChatController, RunsController
@@ -31,6 +33,7 @@ from server.resources import open_resources_of
 from server.security.body import BoundedRequest
 from server.security.headers import security_headers_hook
 from server.sessions.routes import SessionController
+from server.web.routes import PAGE_CSP, PAGE_PATH, web_routes
 
 OPENAPI_PATH = "/schema"
 
@@ -52,6 +55,7 @@ def create_app(settings: Settings) -> Litestar:
         if settings.server.cors_allowed_origins
         else None
     )
+    web = settings.server.web_enabled
     app = Litestar(
         route_handlers=[
             HealthController,
@@ -61,11 +65,15 @@ def create_app(settings: Settings) -> Litestar:
             RunsController,
             MemoryController,
             metrics,
+            *(_web_page(settings) if web else []),
         ],
         lifespan=[build_lifespan(settings)],
         dependencies=SERVICES,
         middleware=[DefineMiddleware(rate_limit_middleware, services=open_resources_of)],
-        before_send=[add_request_id_header, security_headers_hook(settings, docs_path=OPENAPI_PATH)],
+        before_send=[
+            add_request_id_header,
+            security_headers_hook(settings, docs_path=OPENAPI_PATH, page_policies={PAGE_PATH: PAGE_CSP} if web else {}),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         after_exception=[notice_database_outage],
         cors_config=cors,
@@ -99,6 +107,17 @@ def create_app(settings: Settings) -> Litestar:
     # request context wraps the metrics, so that the access line carries the request id.
     app.asgi_handler = request_context_middleware(http_metrics_middleware(app.asgi_handler, metrics=_http_metrics))
     return app
+
+
+def _web_page(settings: Settings) -> list[ControllerRouterHandler]:
+    """The chat page, its assets, and the cookie sign-in that only the page uses."""
+    cookie = RefreshCookie.for_settings(settings)
+    browser_auth = Router(
+        path="/",
+        route_handlers=[BrowserAuthController],
+        dependencies={"refresh_cookie": Provide(lambda: cookie, sync_to_thread=False, use_cache=True)},
+    )
+    return [*web_routes(), browser_auth]
 
 
 def _http_metrics(app: Litestar) -> HttpMetrics | None:

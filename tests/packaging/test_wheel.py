@@ -35,6 +35,12 @@ def test_wheel_ships_prompts_and_migrations_and_uses_them(tmp_path: Path, migrat
     expected = {path.name for path in (REPO_ROOT / "migrations").glob("*.py")}
     assert expected
     assert expected <= shipped_migrations
+    # The web page and its vendored libraries, with their licences: everything under server/web/static.
+    static = REPO_ROOT / "server" / "web" / "static"
+    page_files = {path.relative_to(REPO_ROOT).as_posix() for path in static.rglob("*") if path.is_file()}
+    assert "server/web/static/index.html" in page_files
+    assert "server/web/static/vendor/dompurify.LICENSE" in page_files
+    assert page_files <= names
 
     target = tmp_path / "installed"
     subprocess.run(

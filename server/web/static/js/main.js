@@ -1,0 +1,336 @@
+// The page: signing in, the chats in the sidebar, sending and following answers, the memory panel.
+import * as api from "/web/js/api.js";
+import { Answer, renderHistory, userMessage } from "/web/js/chat.js";
+import { $, confirmDialog, h, renameDialog } from "/web/js/dom.js";
+import { openMemory } from "/web/js/memory.js";
+import { followRun } from "/web/js/stream.js";
+
+const LAST_SESSION = "agentctl.session"; // which chat was open: an id, not a secret
+const ACTIVE = new Set(["queued", "running"]);
+const state = { signingUp: false, sessions: [], sessionId: null, runId: null, follow: null, hiddenAt: 0 };
+
+// -- signing in -----------------------------------------------------------------------------------------------------
+
+function show(view) {
+  $("signin-view").hidden = view !== "signin";
+  $("app-view").hidden = view !== "app";
+  document.documentElement.dataset.view = view;
+}
+
+function setAuthMode(signingUp) {
+  state.signingUp = signingUp;
+  $("auth-title").textContent = signingUp ? "Create an account" : "Sign in";
+  $("auth-submit").textContent = signingUp ? "Create account" : "Sign in";
+  $("auth-switch").textContent = signingUp ? "Have an account? Sign in" : "New here? Create an account";
+  $("password").autocomplete = signingUp ? "new-password" : "current-password";
+  $("auth-error").textContent = "";
+}
+
+async function submitAuth(event) {
+  event.preventDefault();
+  const email = $("email").value.trim();
+  const password = $("password").value;
+  if (!email || !password) {
+    $("auth-error").textContent = "Enter your email and a password.";
+    return;
+  }
+  $("auth-submit").disabled = true;
+  try {
+    await (state.signingUp ? api.signUp(email, password) : api.signIn(email, password));
+    $("password").value = "";
+    await enterApp();
+  } catch (error) {
+    $("auth-error").textContent =
+      error instanceof api.ApiError && error.status === 401 ? "Wrong email or password." : api.plainWords(error);
+  } finally {
+    $("auth-submit").disabled = false;
+  }
+}
+
+async function signOut() {
+  stopFollowing();
+  await api.signOut().catch(() => {});
+  state.sessions = [];
+  state.sessionId = null;
+  $("messages").replaceChildren();
+  setAuthMode(false);
+  show("signin");
+  $("email").focus();
+}
+
+// -- chats ----------------------------------------------------------------------------------------------------------
+
+async function enterApp() {
+  const user = api.currentUser();
+  $("who").textContent = user ? `Signed in as ${user.email}` : "";
+  show("app");
+  await loadSessions();
+  const remembered = localStorage.getItem(LAST_SESSION);
+  const chosen = state.sessions.find((s) => s.session_id === remembered) || state.sessions[0];
+  await (chosen ? openSession(chosen.session_id) : newSession());
+  $("input").focus();
+}
+
+async function loadSessions() {
+  const page = await api.json(api.asUser("/api/v1/auth/sessions?limit=100"));
+  state.sessions = page.items;
+  renderSessions();
+}
+
+function renderSessions() {
+  $("sessions").replaceChildren(
+    ...state.sessions.map((session) => {
+      const current = session.session_id === state.sessionId;
+      const name = session.name || "Untitled chat";
+      const open = h("button", { type: "button", class: "session-open", "aria-current": current ? "page" : false, text: name });
+      open.addEventListener("click", () => {
+        closeSidebar();
+        openSession(session.session_id);
+      });
+      const rename = h("button", { type: "button", class: "icon", "aria-label": `Rename chat ${name}`, title: "Rename", text: "✎" });
+      rename.addEventListener("click", () => renameSession(session));
+      const remove = h("button", { type: "button", class: "icon", "aria-label": `Delete chat ${name}`, title: "Delete", text: "✕" });
+      remove.addEventListener("click", () => deleteSession(session));
+      return h("li", { "data-session": session.session_id }, open, rename, remove);
+    }),
+  );
+}
+
+async function newSession() {
+  try {
+    const created = await api.json(api.asUser("/api/v1/auth/session", { method: "POST" }));
+    api.rememberSessionToken(created.session_id, created.token.access_token);
+    await loadSessions();
+    await openSession(created.session_id);
+    closeSidebar();
+    $("input").focus();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function renameSession(session) {
+  const name = await renameDialog(session.name || "");
+  if (!name) return;
+  try {
+    await api.json(api.asUser(`/api/v1/auth/session/${session.session_id}/name`, { method: "PATCH", body: { name } }));
+    await loadSessions();
+    if (session.session_id === state.sessionId) $("session-title").textContent = name;
+  } catch (error) {
+    showError(error);
+  }
+}
+
+async function deleteSession(session) {
+  if (!(await confirmDialog(`Delete the chat “${session.name || "Untitled chat"}” and its messages?`, "Delete"))) return;
+  try {
+    await api.json(api.asUser(`/api/v1/auth/session/${session.session_id}`, { method: "DELETE" }));
+    await loadSessions();
+    if (session.session_id === state.sessionId) {
+      stopFollowing();
+      state.sessionId = null;
+      await (state.sessions[0] ? openSession(state.sessions[0].session_id) : newSession());
+    }
+  } catch (error) {
+    showError(error);
+  }
+}
+
+/** Show a chat: its history, and its answer in progress (rejoined from its first event: the page holds no copy). */
+async function openSession(sessionId) {
+  stopFollowing();
+  state.sessionId = sessionId;
+  localStorage.setItem(LAST_SESSION, sessionId);
+  const session = state.sessions.find((s) => s.session_id === sessionId);
+  $("session-title").textContent = session?.name || "Untitled chat";
+  renderSessions();
+  showError(null);
+  setAsking(false);
+  try {
+    // The newest run first, then the history: a run that ends in between is then in the history, and shown once.
+    const [newest] = (await api.json(api.asSession(sessionId, "/api/v1/chatbot/runs?limit=1"))).items;
+    let { messages } = await api.json(api.asSession(sessionId, "/api/v1/chatbot/messages"));
+    if (state.sessionId !== sessionId) return;
+    const active = newest && ACTIVE.has(newest.status) ? newest : null;
+    if (active) {
+      const cut = messages.findIndex((m) => m.id === active.id);
+      if (cut >= 0) messages = messages.slice(0, cut);
+    }
+    $("messages").replaceChildren(...renderHistory(sessionId, messages));
+    if (active) startAnswer(active.id, active.input);
+    else if (newest?.status === "awaiting_human") setAsking(true);
+    scrollToEnd(true);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// -- sending and following ------------------------------------------------------------------------------------------
+
+function setAsking(asking) {
+  $("input").placeholder = asking ? "Answer the agent's question" : "Message: Enter sends, Shift+Enter adds a line";
+}
+
+function setRunning(running) {
+  $("stop").hidden = !running;
+  document.documentElement.dataset.running = running ? "true" : "false";
+}
+
+function stopFollowing() {
+  state.follow?.abort();
+  state.follow = null;
+  state.runId = null;
+  setRunning(false);
+}
+
+function startAnswer(runId, question) {
+  const sessionId = state.sessionId;
+  const answer = new Answer(sessionId, runId);
+  $("messages").append(userMessage(question), answer.el);
+  scrollToEnd(true);
+  const controller = new AbortController();
+  state.follow = controller;
+  state.runId = runId;
+  setRunning(true);
+  followRun(sessionId, runId, {
+    signal: controller.signal,
+    onEvent(kind, data) {
+      const stick = nearEnd();
+      answer.event(kind, data);
+      if (kind === "interrupt") setAsking(true);
+      if (stick) scrollToEnd();
+    },
+    onConnection: (connection) => answer.connection(connection),
+  })
+    .catch((error) => answer.finish("error", api.plainWords(error)))
+    .finally(() => {
+      if (state.follow === controller) {
+        state.follow = null;
+        state.runId = null;
+        setRunning(false);
+      }
+    });
+}
+
+async function send(event) {
+  event?.preventDefault();
+  const input = $("input");
+  const text = input.value.trim();
+  if (!text || !state.sessionId) return;
+  showError(null);
+  try {
+    const run = await api.json(
+      api.asSession(state.sessionId, "/api/v1/chatbot/runs", { method: "POST", body: { messages: [{ role: "user", content: text }] } }),
+    );
+    if (input.value.trim() === text) input.value = ""; // what was typed while it was sending stays
+    setAsking(false);
+    startAnswer(run.id, text);
+    nameAfterFirstMessage(state.sessionId, text);
+  } catch (error) {
+    showError(error);
+  }
+}
+
+/** A chat with no name yet is named after its first message, as people find it again in the list. */
+async function nameAfterFirstMessage(sessionId, text) {
+  const session = state.sessions.find((s) => s.session_id === sessionId);
+  if (!session || session.name) return;
+  const name = text.split("\n")[0].slice(0, 60).trim();
+  try {
+    const renamed = await api.json(api.asUser(`/api/v1/auth/session/${sessionId}/name`, { method: "PATCH", body: { name } }));
+    session.name = renamed.name;
+    renderSessions();
+    if (state.sessionId === sessionId) $("session-title").textContent = renamed.name;
+  } catch {
+    // A name is a convenience: the chat works without one.
+  }
+}
+
+async function stop() {
+  if (!state.runId) return;
+  try {
+    await api.json(api.asSession(state.sessionId, `/api/v1/chatbot/runs/${state.runId}/cancel`, { method: "POST" }));
+  } catch (error) {
+    showError(error);
+  }
+}
+
+function showError(error) {
+  $("chat-error").textContent = error ? api.plainWords(error) : "";
+  if (error instanceof api.ApiError && error.status === 401) signOut();
+}
+
+const nearEnd = () => {
+  const box = $("messages");
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+};
+const scrollToEnd = (force = false) => {
+  const box = $("messages");
+  if (force || nearEnd()) box.scrollTop = box.scrollHeight;
+};
+
+// -- layout and keys ------------------------------------------------------------------------------------------------
+
+function closeSidebar() {
+  $("sidebar").classList.remove("open");
+  $("toggle-sidebar").setAttribute("aria-expanded", "false");
+}
+
+function toggleSidebar() {
+  const open = $("sidebar").classList.toggle("open");
+  $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+  if (open) $("new-session").focus();
+}
+
+function onKey(event) {
+  if (event.target === $("input") && event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    send();
+  } else if (event.key === "Escape" && state.runId && !document.querySelector("dialog[open]")) {
+    event.preventDefault();
+    stop();
+  }
+}
+
+function watchConnection() {
+  const update = () => ($("offline").hidden = navigator.onLine);
+  window.addEventListener("online", update);
+  window.addEventListener("offline", update);
+  update();
+  // A tab that slept long may have missed an answer that ended meanwhile: show the chat as it now stands.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      state.hiddenAt = Date.now();
+      return;
+    }
+    const slept = state.hiddenAt && Date.now() - state.hiddenAt > 10_000;
+    state.hiddenAt = 0;
+    if (slept && state.sessionId && !state.follow) openSession(state.sessionId);
+  });
+}
+
+async function boot() {
+  $("auth-form").addEventListener("submit", submitAuth);
+  $("auth-switch").addEventListener("click", () => setAuthMode(!state.signingUp));
+  $("signout").addEventListener("click", signOut);
+  $("new-session").addEventListener("click", newSession);
+  $("composer").addEventListener("submit", send);
+  $("stop").addEventListener("click", stop);
+  $("toggle-sidebar").addEventListener("click", toggleSidebar);
+  $("open-memory").addEventListener("click", () => openMemory());
+  document.addEventListener("keydown", onKey);
+  watchConnection();
+  try {
+    await api.refresh();
+    await enterApp();
+  } catch (error) {
+    setAuthMode(false);
+    show("signin");
+    if (!(error instanceof api.ApiError)) $("auth-error").textContent = api.plainWords(error);
+    $("email").focus();
+  }
+  document.documentElement.dataset.ready = "true";
+  performance.mark("agentctl-ready"); // interactive: the sign-in form or the chat is on screen and wired
+}
+
+boot();

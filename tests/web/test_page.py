@@ -1,0 +1,479 @@
+"""The web chat page in Chromium (Debian's, driven by Playwright for Python) against a real `agentctl serve` whose
+model is the project's simulator."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from agentctl.simulator.process import RunningSimulator
+from server.web.routes import ASSETS_PATH, PAGE_CSP, PAGE_PATH, STATIC_DIR
+from tests.chat.conftest import Conversation, serve_with_model
+from tests.support import ApiClient, CuttingProxy, unique_email
+from tests.web.conftest import AXE, DESKTOP, PHONE, SCREENSHOTS, Tab
+
+pytestmark = pytest.mark.slow
+PASSWORD = ApiClient.password
+
+
+def sign_up(page: Page, email: str | None = None) -> str:
+    email = email or unique_email("web")
+    page.get_by_role("button", name="New here? Create an account").click()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page.locator("#app-view")).to_be_visible()
+    expect(page.locator("#sessions li")).to_have_count(1)
+    return email
+
+
+def send(page: Page, text: str, *, accepted: bool = True) -> None:
+    """Type ``text`` and press Enter; ``accepted``: until its answer has started on the page."""
+    answers = page.locator("article.assistant").count()
+    page.get_by_label("Message", exact=True).fill(text)
+    page.get_by_label("Message", exact=True).press("Enter")
+    if accepted:
+        expect(page.locator("article.assistant")).to_have_count(answers + 1)
+
+
+def last_answer(page: Page):
+    return page.locator("article.assistant").last
+
+
+def wait_words(page: Page, count: int) -> None:
+    """Until the streaming answer shows more than ``count`` words."""
+    page.wait_for_function(
+        "n => (document.querySelector('article.assistant .markdown')?.textContent || '').split(' ').length > n",
+        arg=count,
+    )
+
+
+def wait_done(page: Page, status: str = "done", timeout: float = 30_000) -> None:
+    expect(last_answer(page)).to_have_attribute("data-status", status, timeout=timeout)
+
+
+def history_answer(api: ApiClient, page: Page) -> str:
+    """The last answer as the server recorded it, through the JSON API with the page's own session."""
+    session_id = page.evaluate("localStorage.getItem('agentctl.session')")
+    email = page.locator("#who").inner_text().removeprefix("Signed in as ")
+    token = api.login(email)["access_token"]
+    session_token = api.request("POST", f"/auth/session/{session_id}/token", token=token).json()["token"]
+    messages = api.request("GET", "/chatbot/messages", token=session_token["access_token"]).json()["messages"]
+    return next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+
+
+def test_sign_up_then_an_answer_streams_as_markdown_with_its_usage(new_tab, web_server: ApiClient) -> None:
+    """Sign up in the page, send with Enter (Shift+Enter is a newline), watch the answer stream and end."""
+    tab: Tab = new_tab()
+    page = tab.open()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    sign_up(page)
+    box = page.get_by_label("Message", exact=True)
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    assert box.input_value() == "first line\nsecond line"
+    box.press("Enter")
+    expect(page.locator("article.user").last).to_have_text("first line\nsecond line")
+    wait_done(page)
+    answer = last_answer(page)
+    assert answer.locator(".markdown").inner_text().strip().startswith("first line")
+    answer.locator(".usage summary").click()
+    expect(answer.locator(".usage dl")).to_contain_text("Tokens out")
+    assert answer.locator(".usage dd").nth(1).inner_text().isdigit()
+    assert tab.errors == []
+
+
+def test_a_scripted_tool_call_shows_inline_and_ask_human_is_answered_in_the_input(
+    new_tab, simulator: RunningSimulator
+) -> None:
+    simulator.configure(
+        {
+            "script": [
+                {"match": "multiply", "tool_calls": [{"name": "calculator", "arguments": {"expression": "6*7"}}]},
+                {
+                    "match": "plan a trip",
+                    "tool_calls": [{"name": "ask_human", "arguments": {"question": "Which city?"}}],
+                },
+            ]
+        }
+    )
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "please multiply six by seven")
+    wait_done(page)
+    tool = last_answer(page).locator("details.tool[data-tool='calculator']")
+    expect(tool).to_be_visible()
+    expect(tool.locator(".tool-status")).to_have_text(" done")
+    tool.locator("summary").click()
+    expect(tool.locator(".tool-result")).to_contain_text("42")
+    expect(last_answer(page).locator(".markdown")).to_contain_text("42")
+
+    send(page, "plan a trip for me")
+    expect(last_answer(page).locator(".question")).to_contain_text("Which city?")
+    expect(page.get_by_label("Message", exact=True)).to_have_attribute("placeholder", "Answer the agent's question")
+    wait_done(page)
+    send(page, "Lisbon")
+    wait_done(page)
+    expect(last_answer(page).locator(".markdown")).to_contain_text("Lisbon")
+
+
+def test_stop_mid_answer_keeps_the_partial_answer(new_tab, simulator: RunningSimulator) -> None:
+    """Esc stops the answer (the Stop button's action); the partial answer stays, marked stopped."""
+    simulator.configure({"tokens_per_second": 20, "answer_tokens": 200})
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "tell me a long story")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    wait_words(page, 8)
+    page.keyboard.press("Escape")
+    wait_done(page, "stopped")
+    expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+    partial = last_answer(page).locator(".markdown").inner_text()
+    assert 8 <= len(partial.split()) < 150
+    expect(last_answer(page).locator(".note")).to_have_text("Stopped.")
+
+
+def test_reload_mid_answer_then_the_answer_completes_exactly_once(
+    new_tab, simulator: RunningSimulator, web_server: ApiClient
+) -> None:
+    simulator.configure({"tokens_per_second": 40, "answer_tokens": 120})
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "an answer worth keeping")
+    wait_words(page, 10)
+    page.reload()
+    page.wait_for_function("() => document.documentElement.dataset.ready === 'true'")
+    expect(page.locator("#app-view")).to_be_visible()  # still signed in: the refresh cookie survived the reload
+    wait_done(page)
+    expect(page.locator("article.user")).to_have_count(1)
+    expect(page.locator("article.assistant")).to_have_count(1)
+    shown = last_answer(page).locator(".markdown").inner_text()
+    recorded = history_answer(web_server, page)
+    assert " ".join(shown.split()) == " ".join(recorded.split())
+    assert len(recorded.split()) == 120
+    # After it ended, a reload shows it once, from the history.
+    page.reload()
+    page.wait_for_function("() => document.documentElement.dataset.ready === 'true'")
+    expect(page.locator("article.assistant")).to_have_count(1)
+    assert " ".join(last_answer(page).locator(".markdown").inner_text().split()) == " ".join(recorded.split())
+
+
+def test_a_lost_network_mid_answer_resumes_where_it_stopped(
+    new_tab, simulator: RunningSimulator, web_server: ApiClient
+) -> None:
+    """The page talks through a proxy that cuts its first answer stream part-way, as a lost network does: the page
+    rejoins with Last-Event-ID and the answer ends whole, once."""
+    simulator.configure({"tokens_per_second": 30, "answer_tokens": 90})
+    proxy = CuttingProxy(web_server.server.port, cut_request=b"GET /api/v1/chatbot/runs/", cut_after=4000)
+    try:
+        tab: Tab = new_tab(base_url=proxy.base_url)
+        page = tab.open()
+        rejoins: list[str] = []
+        page.on(
+            "request",
+            lambda request: (
+                rejoins.append(request.headers.get("last-event-id", "")) if request.url.endswith("/stream") else None
+            ),
+        )
+        tab.context.set_offline(True)
+        expect(page.locator("#offline")).to_be_visible()
+        tab.context.set_offline(False)
+        expect(page.locator("#offline")).to_be_hidden()
+        sign_up(page)
+        send(page, "keep going while the network drops")
+        wait_done(page)
+        assert proxy.cuts == 1
+        assert len(rejoins) == 2, rejoins
+        assert rejoins[0] == ""  # the first follow starts at the beginning, the rejoin after the last event seen
+        assert rejoins[1].rpartition(":")[2].isdigit(), rejoins
+        expect(page.locator("article.assistant")).to_have_count(1)
+        shown = " ".join(last_answer(page).locator(".markdown").inner_text().split())
+        assert shown == " ".join(history_answer(web_server, page).split())
+        assert len(shown.split()) == 90
+    finally:
+        proxy.close()
+
+
+def test_sessions_new_switch_rename_delete(new_tab) -> None:
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "alpha question")
+    wait_done(page)
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator("#sessions li")).to_have_count(2)
+    expect(page.locator("article")).to_have_count(0)
+    send(page, "bravo question")
+    wait_done(page)
+    # Each chat is named after its first message; back to the first one: only its messages.
+    expect(page.locator("#sessions .session-open")).to_have_text(["bravo question", "alpha question"])
+    page.get_by_role("button", name="alpha question", exact=True).click()
+    expect(page.locator("article.user")).to_have_text(["alpha question"])
+    expect(page.locator("#session-title")).to_have_text("alpha question")
+    page.get_by_role("button", name="Rename chat alpha question").click()
+    page.get_by_role("textbox", name="Name").fill("Renamed chat")
+    page.get_by_role("button", name="Rename", exact=True).click()
+    expect(page.locator("#session-title")).to_have_text("Renamed chat")
+    expect(page.get_by_role("button", name="Renamed chat", exact=True)).to_have_attribute("aria-current", "page")
+    page.get_by_role("button", name="Delete chat Renamed chat").click()
+    page.get_by_role("button", name="Delete", exact=True).click()
+    expect(page.locator("#sessions li")).to_have_count(1)
+    expect(page.locator("article.user")).to_have_text(["bravo question"])
+
+
+def test_memory_panel_lists_searches_and_forgets(new_tab, web_server: ApiClient) -> None:
+    email, user_token = web_server.new_user()
+    conversation = Conversation(web_server, user_token=user_token)
+    facts = ["My name is Ada.", "I live in Lisbon.", "I like green tea."]
+    assert conversation.send(" ".join(facts)).status_code == 200
+    deadline = time.monotonic() + 30
+    while len(web_server.request("GET", "/memories", token=user_token).json()["memories"]) < 3:
+        assert time.monotonic() < deadline, "the memories were never written"
+        time.sleep(0.2)
+    page = new_tab().open()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Memory").click()
+    dialog = page.get_by_role("dialog", name="What the agent remembers about you")
+    expect(dialog.locator("li")).to_have_count(3)
+    dialog.get_by_role("button", name="Forget: I live in Lisbon.").click()
+    expect(dialog.locator("li")).to_have_count(2)
+    expect(dialog).not_to_contain_text("Lisbon")
+    dialog.get_by_label("Search memories").fill("tea")
+    dialog.get_by_role("button", name="Search").click()
+    expect(dialog.locator("li").first).to_contain_text("green tea")
+    dialog.get_by_label("Search memories").fill("")
+    dialog.get_by_role("button", name="Search").click()
+    expect(dialog.locator("li")).to_have_count(2)
+    dialog.get_by_role("button", name="Forget everything").click()
+    page.get_by_role("button", name="Cancel").click()  # the confirmation can be refused
+    expect(dialog.locator("li")).to_have_count(2)
+    dialog.get_by_role("button", name="Forget everything").click()
+    page.locator("#confirm-ok").click()
+    expect(dialog.locator("#memory-status")).to_have_text("Forgot 2 memories.")
+    expect(dialog.locator("li")).to_have_count(0)
+    assert web_server.request("GET", "/memories", token=user_token).json()["memories"] == []
+
+
+def test_the_refresh_token_lives_in_an_http_only_cookie_and_dies_at_sign_out(new_tab, web_server: ApiClient) -> None:
+    tab: Tab = new_tab()
+    page = tab.open()
+    sign_up(page)
+    (cookie,) = [c for c in tab.context.cookies() if c["name"] == "agentctl_refresh"]
+    assert cookie["httpOnly"]
+    assert cookie["secure"]
+    assert cookie["sameSite"] == "Strict"
+    assert cookie["path"] == "/api/v1/auth/web/refresh"
+    assert page.evaluate("document.cookie") == ""  # scripts cannot read it
+    refresh_url = f"{web_server.server.base_url}/api/v1/auth/web/refresh"
+    jar = {"agentctl_refresh": cookie["value"]}
+    no_csrf = httpx.post(refresh_url, cookies=jar)
+    assert no_csrf.status_code == 403
+    assert no_csrf.headers["content-type"] == "application/problem+json"
+    assert no_csrf.json()["request_id"]
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert [c for c in tab.context.cookies() if c["name"] == "agentctl_refresh"] == []
+    after = httpx.post(refresh_url, cookies=jar, headers={"X-Agentctl-CSRF": "1"})
+    assert after.status_code == 401, after.text
+    assert after.json()["detail"] == "the token has been revoked"
+    # Reloading finds no sign-in.
+    tab.open()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+
+_HOSTILE = (
+    '<img src=x onerror="window.__xss.push(1)"> <script>window.__xss.push(2)</script> '
+    '[click me](javascript:window.__xss.push(3)) <a href="javascript:window.__xss.push(4)">raw link</a> '
+    '<svg onload="window.__xss.push(5)"></svg> ![pic](javascript:window.__xss.push(6))'
+)
+
+
+def test_hostile_markup_from_the_user_and_the_model_stays_inert(new_tab, simulator: RunningSimulator) -> None:
+    """The user's message and the model's answer carry the same payloads; nothing runs, nothing loads."""
+    simulator.configure({"script": [{"match": "hostile", "content": f"Here you go: {_HOSTILE}\n\n`code`"}]})
+    tab: Tab = new_tab()
+    page = tab.open()
+    sign_up(page)
+    send(page, f"hostile {_HOSTILE}")
+    wait_done(page)
+    user = page.locator("article.user").last
+    expect(user).to_contain_text('<img src=x onerror="window.__xss.push(1)">')
+    assert user.locator("img, script, a, svg").count() == 0
+    answer = last_answer(page).locator(".markdown")
+    expect(answer).to_contain_text("<script>window.__xss.push(2)</script>")
+    expect(answer).to_contain_text('<img src=x onerror="window.__xss.push(1)">')
+    assert answer.locator("img, script, svg, iframe").count() == 0
+    for href in answer.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))"):
+        assert href is None or not href.lower().startswith("javascript"), href
+    for link in answer.locator("a").all():
+        link.click(modifiers=[])
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__xss") == []
+    assert tab.dialogs == []
+
+
+@pytest.mark.parametrize(("label", "viewport"), [("phone", PHONE), ("desktop", DESKTOP)])
+def test_layout_accessibility_and_screenshots(new_tab, simulator: RunningSimulator, label: str, viewport: dict) -> None:
+    """No horizontal scroll, keyboard-reachable controls, axe-core (vendored) with no serious or critical violation,
+    signed out and signed in with an answer on screen; a screenshot of each for the README."""
+    simulator.configure(
+        {"script": [{"match": "example", "content": "Sure:\n\n```python\nprint('hello')\n```\n\n- one\n- **two**"}]}
+    )
+    tab: Tab = new_tab(viewport=viewport)
+    page = tab.open()
+    check_page(page, f"{label} sign-in")
+    page.keyboard.press("Tab")  # keyboard only: focus starts in the form, visibly
+    assert page.evaluate("() => document.activeElement.matches(':focus-visible')")
+    sign_up(page)
+    send(page, "show me an example")
+    wait_done(page)
+    expect(last_answer(page).locator("pre code")).to_have_text("print('hello')")
+    expect(last_answer(page).get_by_role("button", name="Copy code")).to_be_visible()
+    check_page(page, f"{label} chat")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / f"web-{label}.png")
+    if label == "phone":
+        page.get_by_role("button", name="Chats").click()
+        expect(page.get_by_role("button", name="New chat")).to_be_focused()
+        check_page(page, "phone sidebar")
+
+
+def check_page(page: Page, where: str) -> None:
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"{where}: {overflow} px of horizontal scroll"
+    page.evaluate(AXE.read_text(encoding="utf-8") + ";0")  # through the devtools protocol, not the page's CSP
+    found = page.evaluate("() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations)")
+    serious = [
+        {"id": v["id"], "impact": v["impact"], "nodes": [n["target"] for n in v["nodes"]]}
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert serious == [], f"{where}: {json.dumps(serious, indent=1)}"
+
+
+def test_light_and_fast(new_tab, simulator: RunningSimulator, web_server: ApiClient) -> None:
+    """Page and assets under 150 KB gzipped as served; interactive within 1 s on loopback; a 500-token answer at 100
+    tokens/s streams with no long task over 50 ms. The numbers go to .agentctl/screenshots/web-metrics.json."""
+    base = web_server.server.base_url
+    shipped = [PAGE_PATH, *(f"{ASSETS_PATH}/{path.relative_to(STATIC_DIR)}" for path in sorted(STATIC_DIR.rglob("*")))]
+    total = 0
+    for path in shipped:
+        if path != PAGE_PATH and not path.endswith((".js", ".mjs", ".css", ".html")):
+            continue  # licences and notes ship in the wheel but the page never loads them
+        with httpx.stream("GET", base + path, headers={"Accept-Encoding": "gzip"}) as response:
+            assert response.status_code == 200, path
+            size = sum(len(chunk) for chunk in response.iter_raw())
+            if int(response.headers.get("content-length", size)) > 1000:  # smaller ones are not worth compressing
+                assert response.headers.get("content-encoding") == "gzip", path
+            total += size
+    assert total < 150 * 1024, f"{total} bytes compressed"
+
+    tab: Tab = new_tab()
+    page = tab.open()
+    interactive_ms = page.evaluate(
+        "() => performance.getEntriesByType('navigation')[0] && "
+        "performance.now() - performance.getEntriesByType('navigation')[0].startTime"
+    )
+    ready_ms = page.evaluate(
+        "() => { const m = performance.getEntriesByName('agentctl-ready')[0]; return m ? m.startTime : null; }"
+    )
+    assert ready_ms is not None
+    assert ready_ms < 1000, ready_ms
+    sign_up(page)
+    simulator.configure({"tokens_per_second": 100, "answer_tokens": 500})
+    # The probe sees long tasks: an 80 ms busy loop is one.
+    page.evaluate("() => setTimeout(() => { const end = performance.now() + 80; while (performance.now() < end) {} })")
+    page.wait_for_function("() => window.__longTasks.some((duration) => duration > 50)")
+    page.evaluate("() => { window.__longTasks.length = 0; }")
+    send(page, "a long answer please")
+    wait_done(page, timeout=30_000)
+    assert len(last_answer(page).locator(".markdown").inner_text().split()) == 500
+    long_tasks = page.evaluate("() => window.__longTasks")
+    metrics = {"compressed_bytes": total, "ready_ms": round(ready_ms), "long_tasks_ms": long_tasks}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "web-metrics.json").write_text(json.dumps({**metrics, "after_load_ms": interactive_ms}))
+    assert [task for task in long_tasks if task > 50] == [], metrics
+
+
+def test_the_page_is_off_with_its_setting_and_the_api_keeps_its_csp(
+    tmp_path, migrated_database_url: str, simulator: RunningSimulator, web_server: ApiClient
+) -> None:
+    """The page gets its own CSP (no inline code, no eval); the API keeps its own; AGENTCTL_SERVER__WEB_ENABLED=false
+    removes the page, its assets and its cookie sign-in, while the JSON API works as before."""
+    page = web_server.server.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"] == PAGE_CSP
+    assert "unsafe" not in PAGE_CSP
+    assert (
+        web_server.server.get("/health").headers["content-security-policy"]
+        == "default-src 'none'; frame-ancestors 'none'"
+    )
+    assert web_server.server.get("/web/app.css").headers["content-security-policy"].startswith("default-src 'none'")
+    missing = web_server.server.get("/web/nothing-here.js")
+    assert missing.status_code == 404
+    assert missing.json()["request_id"]
+    pair = web_server.register()  # the JSON API still hands both tokens to programs
+    assert pair["refresh_token"]
+    assert (
+        "set-cookie"
+        not in web_server.request("POST", "/auth/login", json={"email": pair["email"], "password": PASSWORD}).headers
+    )
+
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, AGENTCTL_SERVER__WEB_ENABLED="false")
+    try:
+        server.wait_until_healthy()
+        for path in ("/", "/web/app.css", "/web/js/main.js"):
+            response = server.get(path)
+            assert response.status_code == 404, path
+            assert response.headers["content-type"] == "application/problem+json"
+        off = httpx.post(f"{server.base_url}/api/v1/auth/web/login", json={"email": "a@example.com", "password": "x"})
+        assert off.status_code == 404
+        assert ApiClient(server).register()["token"]["access_token"]
+    finally:
+        server.terminate()
+
+
+def test_errors_in_plain_words(new_tab, simulator: RunningSimulator, tmp_path, migrated_database_url: str) -> None:
+    """Session busy, the model failing and the rate limit (with its wait), as the page words them."""
+    simulator.configure({"tokens_per_second": 20, "answer_tokens": 100})
+    page = new_tab().open()
+    sign_up(page)
+    send(page, "first message")
+    wait_words(page, 3)
+    send(page, "second message while busy", accepted=False)
+    expect(page.locator("#chat-error")).to_have_text(
+        "This chat is still answering your last message: wait for it, or press Stop."
+    )
+    expect(page.get_by_label("Message", exact=True)).to_have_value("second message while busy")  # kept to resend
+    page.get_by_role("button", name="Stop").click()
+    wait_done(page, "stopped")
+
+    simulator.configure({"faults": {"*": {"rate_500": 1.0}}})
+    send(page, "third message")
+    wait_done(page, "error")
+    expect(last_answer(page).locator(".note")).to_have_text(re.compile(r"^The model "))
+    expect(page.locator("#chat-error")).to_have_text("")
+
+    simulator.configure({})
+    server = serve_with_model(tmp_path, migrated_database_url, simulator, AGENTCTL_RATELIMIT__CHAT="2/minute")
+    try:
+        server.wait_until_healthy()
+        limited = new_tab(base_url=server.base_url).open()
+        sign_up(limited)
+        for text in ("one", "two"):
+            send(limited, text)
+            wait_done(limited)
+        send(limited, "three", accepted=False)
+        expect(limited.locator("#chat-error")).to_have_text(
+            re.compile(r"^Too many requests: you have reached the rate limit\. Try again in \d+ s\.$")
+        )
+    finally:
+        server.terminate()
