@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -57,13 +58,18 @@ def wait_done(page: Page, status: str = "done", timeout: float = 30_000) -> None
     expect(last_answer(page)).to_have_attribute("data-status", status, timeout=timeout)
 
 
-def history_answer(api: ApiClient, page: Page) -> str:
-    """The last answer as the server recorded it, through the JSON API with the page's own session."""
+def history_reader(api: ApiClient, page: Page) -> Callable[[], list[dict]]:
+    """Reads the page's chat as the server recorded it, through the JSON API with the page's own session."""
     session_id = page.evaluate("localStorage.getItem('agentctl.session')")
     email = page.locator("#who").inner_text().removeprefix("Signed in as ")
     token = api.login(email)["access_token"]
     session_token = api.request("POST", f"/auth/session/{session_id}/token", token=token).json()["token"]
-    messages = api.request("GET", "/chatbot/messages", token=session_token["access_token"]).json()["messages"]
+    return lambda: api.request("GET", "/chatbot/messages", token=session_token["access_token"]).json()["messages"]
+
+
+def history_answer(api: ApiClient, page: Page) -> str:
+    """The last answer as the server recorded it."""
+    messages = history_reader(api, page)()
     return next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
 
 
@@ -192,6 +198,39 @@ def test_a_lost_network_mid_answer_resumes_where_it_stopped(
         assert len(rejoins) == 2, rejoins
         assert rejoins[0] == ""  # the first follow starts at the beginning, the rejoin after the last event seen
         assert rejoins[1].rpartition(":")[2].isdigit(), rejoins
+        expect(page.locator("article.assistant")).to_have_count(1)
+        shown = " ".join(last_answer(page).locator(".markdown").inner_text().split())
+        assert shown == " ".join(history_answer(web_server, page).split())
+        assert len(shown.split()) == 90
+    finally:
+        proxy.close()
+
+
+def test_an_answer_that_finished_while_the_page_was_away_is_there(
+    new_tab, simulator: RunningSimulator, web_server: ApiClient
+) -> None:
+    """A tab that sleeps, or a laptop whose network goes, loses its stream mid-answer and cannot follow again; the run
+    goes on and ends on the server meanwhile. When the page is back it shows the whole answer, once. (The browser's
+    offline mode keeps open streams open, so a proxy cuts the stream while the page is offline.)"""
+    simulator.configure({"tokens_per_second": 30, "answer_tokens": 90})
+    proxy = CuttingProxy(web_server.server.port, cut_request=b"GET /api/v1/chatbot/runs/", cut_after=4000)
+    try:
+        tab: Tab = new_tab(base_url=proxy.base_url)
+        page = tab.open()
+        sign_up(page)
+        send(page, "finish this while I am away")
+        wait_words(page, 5)
+        tab.context.set_offline(True)  # the stream is cut a moment later; following again fails while offline
+        read_history = history_reader(web_server, page)
+        deadline = time.monotonic() + 20
+        while not [message for message in read_history() if message["role"] == "assistant"]:  # it ends meanwhile
+            assert time.monotonic() < deadline, "the answer never ended on the server"
+            time.sleep(0.2)
+        assert proxy.cuts == 1
+        shown_while_away = len(last_answer(page).locator(".markdown").inner_text().split())
+        assert shown_while_away < 90, "the page received the whole answer while away: nothing was tested"
+        tab.context.set_offline(False)
+        wait_done(page)
         expect(page.locator("article.assistant")).to_have_count(1)
         shown = " ".join(last_answer(page).locator(".markdown").inner_text().split())
         assert shown == " ".join(history_answer(web_server, page).split())

@@ -7,7 +7,7 @@ import { followRun } from "/web/js/stream.js";
 
 const LAST_SESSION = "agentctl.session"; // which chat was open: an id, not a secret
 const ACTIVE = new Set(["queued", "running"]);
-const state = { signingUp: false, sessions: [], sessionId: null, runId: null, follow: null, hiddenAt: 0 };
+const state = { signingUp: false, sessions: [], sessionId: null, runId: null, follow: null, hiddenAt: 0, loading: null };
 
 // -- signing in -----------------------------------------------------------------------------------------------------
 
@@ -146,6 +146,12 @@ async function openSession(sessionId) {
   renderSessions();
   showError(null);
   setAsking(false);
+  state.loading = loadSession(sessionId);
+  await state.loading;
+}
+
+/** The chat's history and its running answer, if any: what the message list is replaced with. */
+async function loadSession(sessionId) {
   try {
     // The newest run first, then the history: a run that ends in between is then in the history, and shown once.
     const [newest] = (await api.json(api.asSession(sessionId, "/api/v1/chatbot/runs?limit=1"))).items;
@@ -219,6 +225,8 @@ async function send(event) {
   if (!text || !state.sessionId) return;
   showError(null);
   try {
+    // A chat still loading replaces the message list when its history arrives: the answer waits for it.
+    await state.loading;
     const run = await api.json(
       api.asSession(state.sessionId, "/api/v1/chatbot/runs", { method: "POST", body: { messages: [{ role: "user", content: text }] } }),
     );
