@@ -60,8 +60,18 @@ def test_a_database_crash_is_a_fast_503_and_recovers_without_a_restart(
         while server.get("/health/ready").status_code != 200:
             assert time.monotonic() < deadline, "readiness did not recover after the database returned"
             time.sleep(0.3)
+        # Readiness answered from one worker; the other renews its pools within its next look at the database
+        # (every 0.5 s). Meanwhile a request there is a 503 database-unavailable with Retry-After, never a 500.
+        renewed_by = time.monotonic() + 5
+        while (answered := conversation.send("and now?")).status_code != 200:
+            assert answered.status_code == 503, answered.text
+            assert answered.json()["type"] == "urn:agentctl:problem:database-unavailable", answered.text
+            assert answered.headers["retry-after"]
+            assert time.monotonic() < renewed_by, "a worker's pools were not renewed after the database returned"
+            time.sleep(0.2)
         for _ in range(4):  # every worker, every pool: the turn (checkpoints, turn lock, records) and sign-in
-            assert conversation.send("and now?").status_code == 200
+            answered = conversation.send("and now?")
+            assert answered.status_code == 200, answered.text
             assert api.login(email)["access_token"]
         assert conversation.history()[: len(before)] == before  # what was acknowledged before the crash is there
     finally:
