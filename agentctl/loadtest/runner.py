@@ -104,12 +104,14 @@ class SimulatedDeployment:
         """This process's environment without agentctl's settings, then the simulator, raised limits, extras."""
         environ = environment_without_settings(os.environ)
         environ.update(
-            AGENTCTL_DATA_DIR=str(self.data_dir),
-            AGENTCTL_LLM__BASE_URL=self.model_url,
-            AGENTCTL_LLM__MODEL="chat-model",
-            OPENAI_API_KEY="simulated",
-            **SIMULATED_SERVER_LIMITS,
-            **self.extra_environment,
+            {
+                "AGENTCTL_DATA_DIR": str(self.data_dir),
+                "AGENTCTL_LLM__BASE_URL": self.model_url,
+                "AGENTCTL_LLM__MODEL": "chat-model",
+                "OPENAI_API_KEY": "simulated",
+                **SIMULATED_SERVER_LIMITS,
+                **self.extra_environment,  # --server-env wins, whatever it names (it once crashed on these names)
+            }
         )
         return environ
 

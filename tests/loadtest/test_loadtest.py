@@ -105,3 +105,18 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str, tmp
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_server_env_overrides_what_the_simulated_deployment_sets(tmp_path: Path) -> None:
+    """--server-env may name what the deployment sets itself (a model, its key): the operator's value wins, where it
+    once crashed the command with a traceback."""
+    from agentctl.loadtest.runner import SimulatedDeployment
+
+    deployment = SimulatedDeployment(
+        tmp_path, 0, 0, 1, {"OPENAI_API_KEY": "mine", "AGENTCTL_LLM__MODELS_FILE": "/etc/models.toml"}
+    )
+    environment = deployment.environment()
+    assert environment["OPENAI_API_KEY"] == "mine"
+    assert environment["AGENTCTL_LLM__MODELS_FILE"] == "/etc/models.toml"
+    assert environment["AGENTCTL_DATA_DIR"] == str(deployment.data_dir)
+    deployment.data_dir.rmdir()
