@@ -73,6 +73,14 @@ def history_answer(api: ApiClient, page: Page) -> str:
     return next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
 
 
+def assert_shown_once_as_recorded(page: Page, api: ApiClient, *, words: int) -> None:
+    """One answer on the page, the whole of it: what the server recorded, ``words`` long."""
+    expect(page.locator("article.assistant")).to_have_count(1)
+    shown = " ".join(last_answer(page).locator(".markdown").inner_text().split())
+    assert shown == " ".join(history_answer(api, page).split())
+    assert len(shown.split()) == words
+
+
 def test_sign_up_then_an_answer_streams_as_markdown_with_its_usage(new_tab, web_server: ApiClient) -> None:
     """Sign up in the page, send with Enter (Shift+Enter is a newline), watch the answer stream and end."""
     tab: Tab = new_tab()
@@ -198,10 +206,7 @@ def test_a_lost_network_mid_answer_resumes_where_it_stopped(
         assert len(rejoins) == 2, rejoins
         assert rejoins[0] == ""  # the first follow starts at the beginning, the rejoin after the last event seen
         assert rejoins[1].rpartition(":")[2].isdigit(), rejoins
-        expect(page.locator("article.assistant")).to_have_count(1)
-        shown = " ".join(last_answer(page).locator(".markdown").inner_text().split())
-        assert shown == " ".join(history_answer(web_server, page).split())
-        assert len(shown.split()) == 90
+        assert_shown_once_as_recorded(page, web_server, words=90)
     finally:
         proxy.close()
 
@@ -231,10 +236,7 @@ def test_an_answer_that_finished_while_the_page_was_away_is_there(
         assert shown_while_away < 90, "the page received the whole answer while away: nothing was tested"
         tab.context.set_offline(False)
         wait_done(page)
-        expect(page.locator("article.assistant")).to_have_count(1)
-        shown = " ".join(last_answer(page).locator(".markdown").inner_text().split())
-        assert shown == " ".join(history_answer(web_server, page).split())
-        assert len(shown.split()) == 90
+        assert_shown_once_as_recorded(page, web_server, words=90)
     finally:
         proxy.close()
 
