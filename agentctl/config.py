@@ -517,6 +517,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path(".agentctl"), description="Where local state lives: the embedded database among others."
     )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="The API key `agentctl chat` acts with instead of signing in (a key with the chat scope, from "
+        "POST /api/v1/auth/api-keys or the web page): no prompt, for scripts and CI.",
+    )
     database: DatabaseSettings = Field(default_factory=DatabaseSettings, description="PostgreSQL.")
     redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis.")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -13,12 +14,13 @@ from litestar.types import ControllerRouterHandler, Scope
 
 from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
+from server.apikeys.routes import ApiKeyController
 from server.auth.browser import BrowserAuthController, RefreshCookie
-from server.auth.dependencies import BEARER_SCHEME
+from server.auth.dependencies import BEARER_SCHEME, SESSION_HEADER
 from server.auth.routes import AuthController
 from server.chat.routes import ChatController, RunsController
 from server.dependencies import SERVICES
-from server.errors import EXCEPTION_HANDLERS, is_database_unavailable
+from server.errors import ERROR_SHAPES_STATE_KEY, EXCEPTION_HANDLERS, is_database_unavailable
 from server.health.routes import HealthController
 from server.lifespan import build_lifespan
 from server.memory.routes import MemoryController
@@ -26,6 +28,8 @@ from server.observability.http import http_metrics_middleware
 from server.observability.logging import configure_logging
 from server.observability.metrics import HttpMetrics
 from server.observability.routes import metrics
+from server.openai_compat.errors import OPENAI_PREFIX, openai_error
+from server.openai_compat.routes import OpenAIController
 from server.openapi import StrictStructSchemaPlugin, answer_options_for_every_method, state_the_configured_limits
 from server.ratelimit.middleware import rate_limit_middleware
 from server.request_context import add_request_id_header, request_context_middleware
@@ -47,8 +51,16 @@ def create_app(settings: Settings) -> Litestar:
         CORSConfig(
             allow_origins=settings.server.cors_allowed_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", SESSION_HEADER],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Run-Id",
+                SESSION_HEADER,
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "Retry-After",
+            ],
             allow_credentials=False,  # bearer tokens, not cookies
             max_age=settings.server.cors_max_age_seconds,
         )
@@ -61,9 +73,11 @@ def create_app(settings: Settings) -> Litestar:
             HealthController,
             AuthController,
             SessionController,
+            ApiKeyController,
             ChatController,
             RunsController,
             MemoryController,
+            OpenAIController,
             metrics,
             *(_web_page(settings) if web else []),
         ],
@@ -75,6 +89,7 @@ def create_app(settings: Settings) -> Litestar:
             security_headers_hook(settings, docs_path=OPENAPI_PATH, page_policies={PAGE_PATH: PAGE_CSP} if web else {}),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        state=State({ERROR_SHAPES_STATE_KEY: {OPENAI_PREFIX: openai_error}}),
         after_exception=[notice_database_outage],
         cors_config=cors,
         request_max_body_size=settings.server.request_max_body_bytes,
@@ -90,8 +105,9 @@ def create_app(settings: Settings) -> Litestar:
                     BEARER_SCHEME: SecurityScheme(
                         type="http",
                         scheme="bearer",
-                        bearer_format="JWT",
-                        description="A user (access) token from /api/v1/auth/login, or a session token where noted.",
+                        bearer_format="JWT or API key",
+                        description="A user (access) token from /api/v1/auth/login, a session token where noted, or "
+                        "an API key (agentctl_...) where its scope allows.",
                     )
                 }
             ),

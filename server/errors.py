@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -80,6 +81,14 @@ class UnauthorizedError(AppError):
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="agentctl"'})
 
 
+class ForbiddenError(AppError):
+    """Proven credentials that may not do this (an API key without the scope, or where only a user may act)."""
+
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
 class RateLimitedError(AppError):
     status = 429
     code = "rate-limited"
@@ -146,6 +155,25 @@ def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
+# The app's state holds, under this key, the error shapes of path prefixes that speak another API's errors (the
+# OpenAI-compatible /v1): {prefix: shape}. Registered by create_app; the foundation knows no capability.
+ERROR_SHAPES_STATE_KEY = "agentctl.error_shapes"
+
+
+@dataclass(frozen=True)
+class ErrorFacts:
+    """An error as every shape states it."""
+
+    status: int
+    code: str
+    detail: str
+    extra: dict[str, Any]
+
+
+# An error shape: the facts -> (status, body).
+ErrorShape = Callable[[ErrorFacts], tuple[int, dict[str, Any]]]
+
+
 def problem_response(
     request: Request,
     *,
@@ -156,7 +184,13 @@ def problem_response(
     extra: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
-    """The single error shape every 4xx/5xx response has."""
+    """The single error shape every 4xx/5xx response has (problem+json), or the shape its path prefix speaks."""
+    shapes: dict[str, ErrorShape] = request.app.state.get(ERROR_SHAPES_STATE_KEY) or {}
+    path = request.scope.get("path", "")
+    for prefix, shape in shapes.items():
+        if path.startswith(prefix):
+            shaped_status, shaped = shape(ErrorFacts(status, code, detail, extra or {}))
+            return Response(content=shaped, status_code=shaped_status, media_type="application/json", headers=headers)
     body = {
         "type": f"urn:agentctl:problem:{code}",
         "title": title,

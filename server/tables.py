@@ -3,6 +3,7 @@
 from piccolo.conf.apps import AppConfig
 
 from agentctl.resources import migrations_dir
+from server.apikeys.tables import ApiKey
 from server.auth.tables import RefreshToken, RevokedToken
 from server.chat.tables import ChatRunEvents, ChatTurn
 from server.evaluation.tables import EvalRun, EvalScore
@@ -20,6 +21,7 @@ APP_CONFIG = AppConfig(
         ChatSession,
         RefreshToken,
         RevokedToken,
+        ApiKey,
         ChatTurn,
         ChatRunEvents,
         EvalRun,

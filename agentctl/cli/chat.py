@@ -42,6 +42,15 @@ def chat(
         str | None, typer.Option("--session", "-s", help="Continue this session: its id, an id prefix or its name.")
     ] = None,
     usage: Annotated[bool, typer.Option("--usage", help="Show tokens, cost and latency after each answer.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            metavar="KEY",
+            help="Act with this API key (chat scope) instead of signing in: no prompt, for scripts and CI. Default: "
+            "AGENTCTL_API_KEY.",
+        ),
+    ] = None,
     logout: Annotated[
         bool, typer.Option("--logout", help="Sign out: revoke the tokens on the server and forget them here.")
     ] = False,
@@ -54,7 +63,11 @@ def chat(
 
     if new and session:
         raise typer.BadParameter("--new starts a session, --session continues one: give one of them")
-    url = _checked_url(server) if server else default_server_url(settings_of(ctx))
+    settings = settings_of(ctx)
+    url = _checked_url(server) if server else default_server_url(settings)
+    key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
+    if key is not None and logout:
+        raise typer.BadParameter("an API key is not a sign-in: revoke it instead", param_hint="--logout")
     text = message if message is not None or logout or sys.stdin.isatty() else sys.stdin.read()
     if text is not None and not text.strip():
         raise typer.BadParameter("the message is empty", param_hint="--message / stdin")
@@ -65,7 +78,7 @@ def chat(
     # soft_wrap: a message to stderr is one line, however long, even when rich cannot tell the width.
     console, err_console = Console(), Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        with ChatClient(url, TokenStore(config_dir)) as client:
+        with ChatClient(url, TokenStore(config_dir), api_key=key) as client:
             if logout:
                 problem = client.logout()
                 typer.echo(

@@ -257,15 +257,18 @@ class SessionPage:
 class ChatClient:
     """The agentctl API as the terminal client uses it; tokens are renewed when they expire and saved at once."""
 
-    def __init__(self, server_url: str, store: TokenStore) -> None:
+    def __init__(self, server_url: str, store: TokenStore, *, api_key: str | None = None) -> None:
+        """``api_key``: act with it instead of a signed-in user's tokens (nothing is read from or saved to the
+        store then)."""
         self.server_url = server_url.rstrip("/")
         self._store = store
+        self._api_key = api_key
         self._http = httpx.Client(
             base_url=self.server_url + API_PREFIX,
             timeout=REQUEST_TIMEOUT_SECONDS,
             headers={"User-Agent": f"agentctl-chat/{__version__}"},
         )
-        self.profile = store.load(self.server_url)
+        self.profile = None if api_key else store.load(self.server_url)
         self.session: ActiveSession | None = None
         self._busy_grace_until = 0.0
 
@@ -317,7 +320,7 @@ class ChatClient:
 
     @property
     def signed_in(self) -> bool:
-        return self.profile is not None
+        return self._api_key is not None or self.profile is not None
 
     def ensure_reachable(self) -> None:
         """Fail with one line now, rather than after the user typed a password for a server that is not there."""
@@ -367,6 +370,9 @@ class ChatClient:
         return problem
 
     def _user_token(self, *, renew: bool = False) -> str:
+        """The signed-in user's access token (renewed when it expires soon, or when ``renew``), or the API key."""
+        if self._api_key is not None:
+            return self._api_key
         profile = self._require_profile()
         if not renew and not _expires_soon(profile.access_expires_at):
             return profile.access_token
@@ -398,7 +404,7 @@ class ChatClient:
     def _user_call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A request with the user token; a 401 (expired, revoked) is retried once with a renewed token."""
         response = self._send(method, path, token=self._user_token(), **kwargs)
-        if response.status_code == 401:
+        if response.status_code == 401 and self._api_key is None:  # a key is never renewed: its refusal stands
             response = self._send(method, path, token=self._user_token(renew=True), **kwargs)
         return response
 
@@ -410,7 +416,7 @@ class ChatClient:
             return self.switch_session(self.find_session(choice).id)
         if new:
             return self.new_session()
-        last = self._require_profile().last_session_id
+        last = self._require_profile().last_session_id if self._api_key is None else None
         if last:
             with contextlib.suppress(SessionGoneError):
                 return self.switch_session(last)
@@ -441,6 +447,8 @@ class ChatClient:
             token=token["access_token"],
             expires_at=token["expires_at"],
         )
+        if self._api_key is not None:
+            return  # a key keeps no profile: which session comes next is for its script to say
         profile = self._require_profile()
         if profile.last_session_id != self.session.id:
             with self._store.locked():

@@ -61,21 +61,28 @@ def build_agent(
     async def chat(state: AgentState, config: RunnableConfig) -> dict[str, Sequence[BaseMessage]]:
         turn = recorder_of(config)
         turn.steps += 1
-        system = SystemMessage(await prompts.system_prompt(user_name=turn.user_name, memories=turn.memories))
+        system = SystemMessage(
+            await prompts.system_prompt(
+                user_name=turn.user_name, memories=turn.memories, instructions=turn.instructions
+            )
+        )
         history = trim_history([system, *state["messages"]], max_tokens=budget, count_tokens=count_tokens)
         write = turn.emit
         turn.partial = ""
         message: AIMessage | None = None
         if not turn.streaming:
-            completion = await llm.complete("chat", history, tools=offered_tools or None)
+            completion = await llm.complete(
+                "chat", history, tools=offered_tools or None, options=turn.model_options or None
+            )
             message = completion.message
+            turn.finish_reason = message.response_metadata.get("finish_reason")
             turn.reports.append(completion.report)
             turn.first_token_at = turn.first_token_at or time.perf_counter()
             turn.partial = message.text
             if turn.partial:
                 write({"type": "token", "content": turn.partial})
             return {"messages": [message]}
-        async for event in llm.stream("chat", history, tools=offered_tools or None):
+        async for event in llm.stream("chat", history, tools=offered_tools or None, options=turn.model_options or None):
             if isinstance(event, StreamToken):
                 if turn.first_token_at is None:
                     turn.first_token_at = time.perf_counter()
@@ -84,6 +91,7 @@ def build_agent(
             elif isinstance(event, StreamEnd):
                 message = event.message
                 turn.reports.append(event.report)
+                turn.finish_reason = message.response_metadata.get("finish_reason")
         assert message is not None
         return {"messages": [message]}
 

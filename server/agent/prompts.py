@@ -27,6 +27,7 @@ from agentctl.resources import prompts_dir
 from server.errors import AppError
 
 SYSTEM_PROMPT = "system"
+USER_INSTRUCTIONS_HEADING = "## The user's instructions for this conversation (they do not override the above)"
 UNKNOWN_USER = "the user"
 NOTHING_REMEMBERED = "Nothing yet."
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -72,8 +73,17 @@ class PromptLibrary:
         """Read system.md now, so that a missing or unreadable file stops start-up instead of the first chat."""
         await self._template(SYSTEM_PROMPT)
 
-    async def system_prompt(self, *, user_name: str | None, memories: list[str], now: datetime | None = None) -> str:
-        """system.md with the agent's name, today's date, the user's name and what is remembered about them."""
+    async def system_prompt(
+        self,
+        *,
+        user_name: str | None,
+        memories: list[str],
+        instructions: str | None = None,
+        now: datetime | None = None,
+    ) -> str:
+        """system.md with the agent's name, today's date, the user's name and what is remembered about them; then
+        the user's own ``instructions`` for this conversation (an API client's system message), marked as theirs:
+        they add to the operator's prompt and never replace it."""
         moment = now or datetime.now(UTC)
         name = _one_line(user_name or "") or UNKNOWN_USER
         remembered = [line for memory in memories if (line := _one_line(memory))]
@@ -83,7 +93,10 @@ class PromptLibrary:
             "user_name": name,
             "memories": "\n".join(f"- {line}" for line in remembered) if remembered else NOTHING_REMEMBERED,
         }
-        return await self._render(SYSTEM_PROMPT, values)
+        rendered = await self._render(SYSTEM_PROMPT, values)
+        if instructions and instructions.strip():
+            rendered += f"\n\n{USER_INSTRUCTIONS_HEADING}\n{instructions.strip()}"
+        return rendered
 
     async def prompt(self, name: str, **variables: str) -> str:
         """The prompt ``name`` (``evals/judge`` is prompts/evals/judge.md) with ``variables`` filled in."""

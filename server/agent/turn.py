@@ -19,6 +19,9 @@ class TurnRecorder:
 
     user_name: str | None = None
     streaming: bool = True  # a non-streamed turn asks the model for the whole answer at once
+    instructions: str | None = None  # the user's own instructions for this turn, after the system prompt's
+    model_options: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature: within the model's bounds
+    finish_reason: str | None = None  # why the model's last answer ended (stop, length)
     memories: list[str] = field(default_factory=list)
     reports: list[CallReport] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)

@@ -10,11 +10,12 @@ from litestar.types import Scope
 from loguru import logger
 
 from agentctl.config import Settings
+from server.apikeys.service import VerifiedApiKey, looks_like_api_key, verify_api_key
 from server.auth.passwords import PasswordHashing, enforce_password_policy
 from server.auth.revocation import RevocationCheck, RevocationKind, revoke
 from server.auth.tables import RefreshToken
 from server.auth.tokens import IssuedToken, TokenClaims, TokenCodec, TokenType
-from server.errors import UnauthorizedError
+from server.errors import ForbiddenError, UnauthorizedError
 from server.ratelimit.service import RateLimiter, RouteClass
 from server.users.service import create_user, find_user_by_email, replace_password_hash
 from server.users.tables import User
@@ -97,30 +98,54 @@ class AuthService:
         if claims.family_id is not None:
             await self._revoke_family(claims.family_id)
 
-    async def authenticate(self, scope: Scope, expected: TokenType) -> TokenClaims:
-        """Verify the request's bearer token: of the expected type, and nothing it belongs to revoked."""
-        claims = self.codec.check_type(self._bearer_claims(scope), expected)
+    async def authenticate(self, scope: Scope, expected: TokenType, *, api_key_scope: str | None = None) -> TokenClaims:
+        """Verify the request's bearer token: of the expected type, and nothing it belongs to revoked. An API key
+        passes only where ``api_key_scope`` says a key may act, and only with that scope (403 otherwise)."""
+        claims = await self._bearer_claims(scope)
+        if claims.api_key_scopes is not None:
+            if api_key_scope is None:
+                raise ForbiddenError(
+                    "an API key cannot manage the account or API keys; sign in with a password for that"
+                )
+            if api_key_scope not in claims.api_key_scopes:
+                raise ForbiddenError(f"this API key does not have the {api_key_scope} scope")
+            return claims  # its lookup was the revocation check: a revoked key is no longer stored
+        claims = self.codec.check_type(claims, expected)
         if await self._revocations.any_revoked(claims.revocable_ids()):
             raise UnauthorizedError("the token has been revoked")
         return claims
 
     async def revoke_session_tokens(self, session_id: uuid.UUID) -> None:
         """Every token ever issued for the session stops working."""
+        await self._revoke_for_session_lifetime(session_id, RevocationKind.SESSION)
+
+    async def revoke_api_key_tokens(self, key_id: uuid.UUID) -> None:
+        """Every session token an API key minted stops working (they carry the key's id as their family)."""
+        await self._revoke_for_session_lifetime(key_id, RevocationKind.FAMILY)
+
+    async def _revoke_for_session_lifetime(self, revoked_id: uuid.UUID, kind: str) -> None:
         lifetime = datetime.timedelta(seconds=self._settings.auth.session_token_ttl_seconds)
-        await revoke(self._revocations, session_id, kind=RevocationKind.SESSION, expires_at=_now() + lifetime)
+        await revoke(self._revocations, revoked_id, kind=kind, expires_at=_now() + lifetime)
 
     def issue_session_token(self, claims: TokenClaims, session_id: uuid.UUID) -> IssuedToken:
-        """A token that acts for one session only; it dies with the sign-in it came from."""
-        return self.codec.issue(TokenType.SESSION, claims.subject, family_id=claims.family_id, session_id=session_id)
+        """A token that acts for one session only; it dies with the sign-in (or the API key) it came from, and never
+        outlives an expiring key."""
+        not_after = None
+        if claims.api_key_scopes is not None:  # verifiers accept a token up to the leeway past its expiry
+            not_after = claims.expires_at - datetime.timedelta(seconds=self._settings.auth.jwt_leeway_seconds)
+        return self.codec.issue(
+            TokenType.SESSION, claims.subject, family_id=claims.family_id, session_id=session_id, not_after=not_after
+        )
 
-    def bearer_subject(self, scope: Scope) -> str | None:
-        """The user id of a well-signed bearer token, for keying rate limits; not an authentication."""
+    async def bearer_subject(self, scope: Scope) -> str | None:
+        """The user id of a well-signed bearer token or a known API key, for keying rate limits (the limits of a
+        key's requests are its user's)."""
         try:
-            return str(self._bearer_claims(scope).subject)
+            return str((await self._bearer_claims(scope)).subject)
         except UnauthorizedError:
             return None
 
-    def _bearer_claims(self, scope: Scope) -> TokenClaims:
+    async def _bearer_claims(self, scope: Scope) -> TokenClaims:
         """The bearer token's claims, verified once per request (rate limiting and authentication both ask)."""
         state = scope.setdefault("state", {})
         outcome = state.get(_CLAIMS_STATE_KEY)
@@ -129,7 +154,10 @@ class AuthService:
             try:
                 if token is None:
                     raise UnauthorizedError("a bearer token is required (Authorization: Bearer <token>)")
-                outcome = self.codec.decode_any(token)
+                if looks_like_api_key(token):
+                    outcome = _claims_of_key(await verify_api_key(token))
+                else:
+                    outcome = self.codec.decode_any(token)
             except UnauthorizedError as error:
                 outcome = error
             state[_CLAIMS_STATE_KEY] = outcome
@@ -156,6 +184,23 @@ class AuthService:
         session_lifetime = datetime.timedelta(seconds=self._settings.auth.session_token_ttl_seconds)
         expires_at = max([row["expires_at"] for row in newest] + [_now() + session_lifetime])
         await revoke(self._revocations, family_id, kind=RevocationKind.FAMILY, expires_at=expires_at)
+
+
+# What a key that never expires is taken to expire at, where a date is needed (it is never compared with now).
+_NEVER = datetime.datetime(9999, 1, 1, tzinfo=datetime.UTC)
+
+
+def _claims_of_key(key: VerifiedApiKey) -> TokenClaims:
+    """An API key as the caller it acts for: its user, with the key's id as token and family id."""
+    return TokenClaims(
+        subject=key.owner_id,
+        token_type=TokenType.ACCESS,
+        jti=key.key_id,
+        issued_at=key.created_at,
+        expires_at=key.expires_at or _NEVER,
+        family_id=key.key_id,
+        api_key_scopes=key.scopes,
+    )
 
 
 def bearer_token(scope: Scope) -> str | None:

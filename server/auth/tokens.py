@@ -37,6 +37,8 @@ class TokenClaims:
     expires_at: datetime.datetime
     family_id: uuid.UUID | None = None
     session_id: uuid.UUID | None = None
+    # Set when the caller is an API key (jti and family are the key's id): what the key may do.
+    api_key_scopes: frozenset[str] | None = None
 
     def revocable_ids(self) -> list[uuid.UUID]:
         """Every identifier whose revocation kills this token: itself, its login family, its session."""
@@ -50,6 +52,7 @@ class SessionClaims:
     subject: uuid.UUID
     session_id: uuid.UUID
     token: TokenClaims
+    created: bool = False  # started for this request (an API key that named no session)
 
     @classmethod
     def of(cls, claims: TokenClaims) -> SessionClaims:
@@ -84,14 +87,19 @@ class TokenCodec:
         *,
         family_id: uuid.UUID | None = None,
         session_id: uuid.UUID | None = None,
+        not_after: datetime.datetime | None = None,
     ) -> IssuedToken:
+        """``not_after``: the token expires then if that is sooner than its type's lifetime."""
         now = datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
+        expires_at = now + self._lifetimes[token_type]
+        if not_after is not None:
+            expires_at = min(expires_at, not_after.replace(microsecond=0))
         claims = TokenClaims(
             subject=subject,
             token_type=token_type,
             jti=uuid.uuid4(),
             issued_at=now,
-            expires_at=now + self._lifetimes[token_type],
+            expires_at=expires_at,
             family_id=family_id,
             session_id=session_id,
         )

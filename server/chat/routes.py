@@ -3,7 +3,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import anyio
@@ -14,7 +14,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEventMessage, Stream
 
 from agentctl.config import AgentSettings
-from server.auth.dependencies import BEARER_SCHEME, provide_session_claims
+from server.auth.dependencies import BEARER_SCHEME, NEW_SESSION_FOR_API_KEYS, SESSION_HEADER, provide_session_claims
 from server.auth.tokens import SessionClaims
 from server.chat.events import TurnEvent, as_json
 from server.chat.runs import RunRow
@@ -29,7 +29,8 @@ from server.chat.schemas import (
     RunPage,
 )
 from server.chat.service import ChatService, RunTicket
-from server.errors import AppError, InvalidFieldError, NotFoundError, explain_pattern, problem_responses
+from server.chat.streams import SSE_HEADERS, SSE_MEDIA_TYPE, follow_as_stream, gather_turn
+from server.errors import InvalidFieldError, NotFoundError, explain_pattern, problem_responses
 from server.observability.metrics import AppMetrics
 from server.ratelimit.service import RouteClass
 from server.security.text import has_visible_text, normalize_text
@@ -43,15 +44,6 @@ _EVENT_ID = explain_pattern(
     r"^(([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}:)?[0-9]{1,9})?$",
     "expected an event id as the stream sent it (<run id>:<number>) or its number alone",
 )
-_SSE_MEDIA_TYPE = "text/event-stream"
-# What Litestar's ServerSentEvent response sends: no caching, and no buffering by a proxy such as nginx.
-_SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
-
-
-class TurnFailedError(AppError):
-    status = 502
-    code = "turn-failed"
-    title = "The agent could not answer"
 
 
 class ChatController(Controller):
@@ -65,8 +57,8 @@ class ChatController(Controller):
     @post(
         "/chat",
         status_code=200,
-        opt={"rate_limit": RouteClass.CHAT},
-        responses=problem_responses(401, 404, 409, 413, 422, 429, 502, 503, 504),
+        opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
+        responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
     )
     async def chat(
         self,
@@ -74,35 +66,23 @@ class ChatController(Controller):
         chat: NamedDependency[ChatService],
         agent_settings: NamedDependency[AgentSettings],
         data: JSONBody[ChatRequest],
-    ) -> ChatResponse:
+    ) -> Response[ChatResponse]:
         """Send the user's message and wait for the whole answer."""
         ticket = await _submit(chat, agent_settings, session, data, streaming=False)
-        answer, usage, interrupt = "", {}, None
         _source, events = await chat.open_follow(ticket.id, session_id=session.session_id)
-        async with contextlib.aclosing(events):
-            async for batch in events:
-                for event in batch:
-                    if event.kind == "token":
-                        answer += event.data["content"]
-                    elif event.kind == "interrupt":
-                        interrupt = {"question": event.data["question"]}
-                    elif event.kind == "usage":
-                        usage = event.data["usage"]
-                    elif event.kind == "error":
-                        if isinstance(event.cause, AppError):
-                            raise event.cause  # its own status: 413 context too long, 503 no model, 504 deadline
-                        error = event.data["error"]
-                        raise TurnFailedError(error["detail"], extra={"error_type": error["type"]})
-        content = interrupt["question"] if interrupt and not answer else answer
-        return ChatResponse(messages=[ChatMessage(role="assistant", content=content)], usage=usage, interrupt=interrupt)
+        turn = await gather_turn(events)
+        answered = ChatResponse(
+            messages=[ChatMessage(role="assistant", content=turn.content)], usage=turn.usage, interrupt=turn.interrupt
+        )
+        return Response(answered, headers=_run_headers(ticket.id, ticket.session_id))
 
     @post(
         "/chat/stream",
         status_code=200,
-        media_type=_SSE_MEDIA_TYPE,
+        media_type=SSE_MEDIA_TYPE,
         response_description="Server-sent events, each with an id (run id:sequence) and a JSON object as data",
-        opt={"rate_limit": RouteClass.CHAT},
-        responses=problem_responses(401, 404, 409, 413, 422, 429),
+        opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
+        responses=problem_responses(401, 403, 404, 409, 413, 422, 429),
     )
     async def chat_stream(
         self,
@@ -118,10 +98,12 @@ class ChatController(Controller):
         (the answer goes on without its client unless on_disconnect is cancel)."""
         ticket = await _submit(chat, agent_settings, session, data)
         source, events = await chat.open_follow(ticket.id, session_id=session.session_id)
-        stream = _sse(chat, ticket.id, source, events, metrics, started=ticket)
-        return Stream(stream, media_type=_SSE_MEDIA_TYPE, headers={**_SSE_HEADERS, **_run_headers(ticket.id)})
+        stream = follow_as_stream(chat, ticket.id, source, events, metrics, _sse_encoder(ticket.id), started=ticket)
+        return Stream(
+            stream, media_type=SSE_MEDIA_TYPE, headers={**SSE_HEADERS, **_run_headers(ticket.id, ticket.session_id)}
+        )
 
-    @get("/messages", responses=problem_responses(401, 404, 429))
+    @get("/messages", responses=problem_responses(401, 403, 404, 429))
     async def messages(
         self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]
     ) -> MessagesResponse:
@@ -130,13 +112,13 @@ class ChatController(Controller):
         history = await chat.history(session.session_id)
         return MessagesResponse(messages=[ChatMessage(**item) for item in history if item["role"] != "system"])
 
-    @delete("/messages", status_code=204, responses=problem_responses(401, 404, 429))
+    @delete("/messages", status_code=204, responses=problem_responses(401, 403, 404, 429))
     async def clear_messages(self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]) -> None:
         """Forget the session's conversation, checkpoints included."""
         await get_owned_session(owner_id=session.subject, session_id=session.session_id)
         await chat.clear(session.session_id)
 
-    @post("/cancel", status_code=200, responses=problem_responses(401, 404, 429))
+    @post("/cancel", status_code=200, responses=problem_responses(401, 403, 404, 429))
     async def cancel(
         self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]
     ) -> CancelResponse:
@@ -156,8 +138,8 @@ class RunsController(Controller):
     @post(
         "/",
         status_code=202,
-        opt={"rate_limit": RouteClass.CHAT},
-        responses=problem_responses(401, 404, 409, 413, 422, 429, 503),
+        opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
+        responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
     )
     async def create_run(
         self,
@@ -170,9 +152,13 @@ class RunsController(Controller):
         /runs/{id}/stream, wait for it with /runs/{id}/wait."""
         ticket = await _submit(chat, agent_settings, session, data)
         row = await chat.find(ticket.id, session_id=session.session_id)
-        return Response(await _run_of(chat, row), status_code=202, headers={"Location": f"{RUNS_PATH}/{ticket.id}"})
+        return Response(
+            await _run_of(chat, row),
+            status_code=202,
+            headers={"Location": f"{RUNS_PATH}/{ticket.id}", SESSION_HEADER: str(ticket.session_id)},
+        )
 
-    @get("/", responses=problem_responses(401, 422, 429))
+    @get("/", responses=problem_responses(401, 403, 422, 429))
     async def list_runs(
         self,
         session: NamedDependency[SessionClaims],
@@ -197,14 +183,14 @@ class RunsController(Controller):
         items = [await _run_of(chat, row) for row in rows[:limit]]
         return RunPage(items=items, next_cursor=rows[limit - 1].id if len(rows) > limit else None)
 
-    @get("/{run_id:uuid}", responses=problem_responses(401, 404, 429))
+    @get("/{run_id:uuid}", responses=problem_responses(401, 403, 404, 429))
     async def get_run(
         self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService], run_id: FromPath[uuid.UUID]
     ) -> Run:
         """A run: its status, its answer once done, its usage, its error."""
         return await _run_of(chat, await chat.find(run_id, session_id=session.session_id))
 
-    @get("/{run_id:uuid}/wait", responses=problem_responses(401, 404, 422, 429))
+    @get("/{run_id:uuid}/wait", responses=problem_responses(401, 403, 404, 422, 429))
     async def wait_run(
         self,
         session: NamedDependency[SessionClaims],
@@ -229,9 +215,9 @@ class RunsController(Controller):
 
     @get(
         "/{run_id:uuid}/stream",
-        media_type=_SSE_MEDIA_TYPE,
+        media_type=SSE_MEDIA_TYPE,
         response_description="The run's server-sent events after Last-Event-ID, then live ones until it ends",
-        responses=problem_responses(401, 404, 410, 422, 429),
+        responses=problem_responses(401, 403, 404, 410, 422, 429),
     )
     async def stream_run(
         self,
@@ -257,10 +243,12 @@ class RunsController(Controller):
         seq = _sequence_of(given, run_id) if given else 0
         source, events = await chat.open_follow(run_id, session_id=session.session_id, after=seq)
         metrics.chat.rejoins.labels(source).inc()
-        stream = _sse(chat, run_id, source, events, metrics, rejoined_at=asked, replayed_after=seq)
-        return Stream(stream, media_type=_SSE_MEDIA_TYPE, headers={**_SSE_HEADERS, **_run_headers(run_id)})
+        stream = follow_as_stream(
+            chat, run_id, source, events, metrics, _sse_encoder(run_id), rejoined_at=asked, replayed_after=seq
+        )
+        return Stream(stream, media_type=SSE_MEDIA_TYPE, headers={**SSE_HEADERS, **_run_headers(run_id)})
 
-    @post("/{run_id:uuid}/cancel", status_code=200, responses=problem_responses(401, 404, 429))
+    @post("/{run_id:uuid}/cancel", status_code=200, responses=problem_responses(401, 403, 404, 429))
     async def cancel_run(
         self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService], run_id: FromPath[uuid.UUID]
     ) -> Run:
@@ -328,8 +316,11 @@ async def _submit(
     )
 
 
-def _run_headers(run_id: uuid.UUID) -> dict[str, str]:
-    return {"X-Run-Id": str(run_id), "Content-Location": f"{RUNS_PATH}/{run_id}"}
+def _run_headers(run_id: uuid.UUID, session_id: uuid.UUID | None = None) -> dict[str, str]:
+    headers = {"X-Run-Id": str(run_id), "Content-Location": f"{RUNS_PATH}/{run_id}"}
+    if session_id is not None:  # an API key's new session, or the one it named
+        headers[SESSION_HEADER] = str(session_id)
+    return headers
 
 
 async def _checked_text(settings: AgentSettings, session: SessionClaims, data: ChatRequest) -> tuple[str, str | None]:
@@ -347,54 +338,19 @@ async def _checked_text(settings: AgentSettings, session: SessionClaims, data: C
     return text, user_name
 
 
-async def _sse(
-    chat: ChatService,
-    run_id: uuid.UUID,
-    source: str,
-    events: AsyncGenerator[list[TurnEvent]],
-    metrics: AppMetrics,
-    *,
-    started: RunTicket | None = None,
-    rejoined_at: float | None = None,
-    replayed_after: int | None = None,
-) -> AsyncIterator[bytes]:
-    """Events as SSE messages with ids, heartbeats as comment lines; the events that were waiting together in one
-    write. Litestar's ServerSentEvent response would send every event on its own, through every middleware's send.
-
-    ``rejoined_at``: when the rejoin was asked for, to measure the time to its first replayed event."""
-    followers = metrics.chat.followers_open.labels(source)
-    followers.inc()
-    metrics.http.streams_open.inc()
+def _sse_encoder(run_id: uuid.UUID) -> Callable[[list[TurnEvent]], bytes]:
+    """Events as SSE messages with ids (<run id>:<number>), heartbeats as comment lines."""
     prefix = f"{run_id}:"
-    ended = False
-    try:
-        async for batch in events:
-            if rejoined_at is not None and batch[0].seq:
-                metrics.chat.rejoin_latency.observe(time.perf_counter() - rejoined_at)
-                rejoined_at = None
-            if replayed_after is not None:
-                metrics.chat.events_replayed.inc(len(batch))
-            if batch[-1].final:
-                ended = True
-            yield b"".join(_KEEP_ALIVE if event.kind == "heartbeat" else _encoded(prefix, event) for event in batch)
-    finally:
-        followers.dec()
-        metrics.http.streams_open.dec()
-        await events.aclose()
-        if started is not None and started.on_disconnect == "cancel" and not ended:
-            # The client that sent it left before the end, and asked for its run to stop then: it stops (queued, it
-            # never starts) and keeps its partial answer. Shielded from the server's cancellation of a request whose
-            # client left: the request ends once the turn has recorded itself, so the next message finds the
-            # session free. Otherwise the run goes on, to be rejoined.
-            with anyio.move_on_after(_TURN_CLEANUP_SECONDS, shield=True):
-                await chat.cancel_run(run_id, session_id=started.session_id)
-                await chat.settled_if_cancelled(run_id)
+
+    def encode(batch: list[TurnEvent]) -> bytes:
+        return b"".join(
+            _KEEP_ALIVE
+            if event.kind == "heartbeat"
+            else ServerSentEventMessage(id=f"{prefix}{event.seq}", event=event.kind, data=as_json(event.data)).encode()
+            for event in batch
+        )
+
+    return encode
 
 
 _KEEP_ALIVE = ServerSentEventMessage(comment="keep-alive").encode()
-# How long a stream whose client left waits for its cancelled turn to finish (keeping its partial answer).
-_TURN_CLEANUP_SECONDS = 10.0
-
-
-def _encoded(prefix: str, event: TurnEvent) -> bytes:
-    return ServerSentEventMessage(id=f"{prefix}{event.seq}", event=event.kind, data=as_json(event.data)).encode()

@@ -26,7 +26,8 @@ WORKER_LOST = "worker-lost"
 
 _RUN_COLUMNS = (
     "id, session, owner, input, status, strategy, on_disconnect, error_type, output, model, input_tokens, "
-    "output_tokens, cached_tokens, cost_usd, created_at, started_at, finished_at, last_event"
+    "output_tokens, cached_tokens, cost_usd, created_at, started_at, finished_at, last_event, surface, checkpoint_id, "
+    "previous_run"
 )
 
 
@@ -52,6 +53,9 @@ class RunRow:
     started_at: datetime | None
     finished_at: datetime | None
     last_event: int
+    surface: str = "chat"
+    checkpoint_id: str | None = None
+    previous_run: uuid.UUID | None = None
 
     @property
     def active(self) -> bool:
@@ -81,6 +85,9 @@ class RunRow:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             last_event=row["last_event"],
+            surface=row["surface"],
+            checkpoint_id=row["checkpoint_id"],
+            previous_run=row["previous_run"],
         )
 
 
@@ -89,7 +96,7 @@ class Claimed:
     """A queued run this worker now runs."""
 
     id: uuid.UUID
-    session_id: uuid.UUID
+    session_id: uuid.UUID | None
     owner_id: uuid.UUID
     input: str
     strategy: str
@@ -114,6 +121,7 @@ class RunOutcome:
     latency_ms: float
     trace_id: str | None
     last_event: int
+    checkpoint_id: str | None = None
 
 
 class RunStore:
@@ -126,16 +134,20 @@ class RunStore:
         self,
         run_id: uuid.UUID,
         *,
-        session_id: uuid.UUID,
+        session_id: uuid.UUID | None,
         owner_id: uuid.UUID,
         text: str,
         strategy: str,
         on_disconnect: str,
+        surface: str = "chat",
+        previous_run: uuid.UUID | None = None,
     ) -> bool:
-        """Insert the run as running in this worker, if its session has no run running or queued (one round trip)."""
+        """Insert the run as running in this worker, if its session has no run running or queued (one round trip).
+        A run without a session always starts (NULL never conflicts)."""
         started = await self._database.pool.fetchval(
             "INSERT INTO chat_turns (id, session, owner, input, status, strategy, on_disconnect, worker, lease_until, "
-            "started_at) SELECT $1, $2, $3, $4, 'running', $5, $6, $7, now() + make_interval(secs => $8), now() "
+            "started_at, surface, previous_run) SELECT $1, $2, $3, $4, 'running', $5, $6, $7, "
+            "now() + make_interval(secs => $8), now(), $9, $10 "
             "WHERE NOT EXISTS (SELECT 1 FROM chat_turns WHERE session = $2 AND status = 'queued') "
             "ON CONFLICT (session) WHERE status = 'running' DO NOTHING RETURNING true",
             run_id,
@@ -146,6 +158,8 @@ class RunStore:
             on_disconnect,
             self.worker,
             self._lease,
+            surface,
+            previous_run,
         )
         return bool(started)
 
@@ -200,7 +214,8 @@ class RunStore:
             "UPDATE chat_turns SET status = $2, error_type = $3, output = $4, tool_calls = $5::jsonb, model = $6, "
             "fallbacks = $7::jsonb, input_tokens = $8, output_tokens = $9, cached_tokens = $10, cost_usd = $11, "
             "time_to_first_token_ms = $12, latency_ms = $13, trace_id = $14, last_event = $15, finished_at = now(), "
-            "lease_until = NULL WHERE id = $1 RETURNING EXISTS (SELECT 1 FROM chat_turns AS queued "
+            "lease_until = NULL, checkpoint_id = COALESCE($16, checkpoint_id) WHERE id = $1 "
+            "RETURNING EXISTS (SELECT 1 FROM chat_turns AS queued "
             "WHERE queued.session = chat_turns.session AND queued.status = 'queued')",
             run_id,
             outcome.status,
@@ -217,6 +232,7 @@ class RunStore:
             outcome.latency_ms,
             outcome.trace_id,
             outcome.last_event,
+            outcome.checkpoint_id,
         )
         return queued is not False  # None: the row is gone (its session deleted)
 
@@ -263,6 +279,13 @@ class RunStore:
     async def get(self, run_id: uuid.UUID, *, session_id: uuid.UUID) -> RunRow | None:
         row = await self._database.pool.fetchrow(
             f"SELECT {_RUN_COLUMNS} FROM chat_turns WHERE id = $1 AND session = $2", run_id, session_id
+        )
+        return None if row is None else RunRow.of(row)
+
+    async def get_owned(self, run_id: uuid.UUID, *, owner_id: uuid.UUID) -> RunRow | None:
+        """One of the user's runs, whichever session (or none) it is in."""
+        row = await self._database.pool.fetchrow(
+            f"SELECT {_RUN_COLUMNS} FROM chat_turns WHERE id = $1 AND owner = $2", run_id, owner_id
         )
         return None if row is None else RunRow.of(row)
 

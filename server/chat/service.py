@@ -18,6 +18,7 @@ from typing import Any, Literal
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from loguru import logger
@@ -89,17 +90,39 @@ class RunExpiredError(AppError):
 
 
 @dataclass(frozen=True)
+class TurnOptions:
+    """What a request may add to its turn beyond the message (the OpenAI-compatible API uses them)."""
+
+    surface: str = "chat"  # who asked: chat, chat.completions or responses (recorded with the turn)
+    instructions: str | None = None  # the user's instructions, added to the system prompt (never replacing it)
+    prior: tuple[BaseMessage, ...] = ()  # without a session: the conversation before the message
+    fork_from: str | None = None  # a checkpoint of the session to continue from (an earlier response: a branch)
+    previous_run: uuid.UUID | None = None  # the run it continues (recorded)
+    model_options: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature
+    record_checkpoint: bool = False  # keep the checkpoint the run ends on, to continue from it later
+
+
+_NO_OPTIONS = TurnOptions()
+
+
+@dataclass(frozen=True)
 class TurnContext:
     """What every step of one turn needs to know: who asked what, where its events go, what it records."""
 
     turn_id: uuid.UUID
     owner_id: uuid.UUID
-    session_id: uuid.UUID
+    session_id: uuid.UUID | None  # None: a conversation that is not stored (the request brought it)
     text: str
     recorder: TurnRecorder
     log: RunLog
     strategy: str = "reject"
     trace: TurnTrace = field(default_factory=TurnTrace)
+    options: TurnOptions = _NO_OPTIONS
+
+    @property
+    def thread_id(self) -> str:
+        """The LangGraph thread: the session's, or the run's own for a conversation kept only while it runs."""
+        return str(self.session_id if self.session_id is not None else self.turn_id)
 
     @property
     def question(self) -> HumanMessage:
@@ -124,7 +147,7 @@ class RunTicket:
     """An accepted run: running here or elsewhere, or queued behind its session's active run."""
 
     id: uuid.UUID
-    session_id: uuid.UUID
+    session_id: uuid.UUID | None
     status: Literal["running", "queued"]
     strategy: MultitaskStrategy
     on_disconnect: OnDisconnect
@@ -146,6 +169,10 @@ class ChatService:
         tracer: TurnTracer | None = None,
     ) -> None:
         self._agent = agent
+        # A conversation that is not stored runs on a checkpointer in memory, as its own thread, dropped once it ends:
+        # the same graph, so tools and human questions work alike.
+        self._unstored = InMemorySaver()
+        self._unstored_agent = agent.copy(update={"checkpointer": self._unstored})
         self._llm = llm
         self._database = database
         self._settings = settings
@@ -166,30 +193,46 @@ class ChatService:
         self,
         *,
         owner_id: uuid.UUID,
-        session_id: uuid.UUID,
+        session_id: uuid.UUID | None,
         text: str,
         user_name: str | None = None,
         streaming: bool = True,
         strategy: MultitaskStrategy | None = None,
         on_disconnect: OnDisconnect | None = None,
+        options: TurnOptions = _NO_OPTIONS,
     ) -> RunTicket:
         """Accept a message as a run: started at once in this worker when its session has no active run, else
         refused (409), queued, or queued after cancelling the active run, by ``strategy``. With every chat model's
-        circuit open, it is refused at once (503 with Retry-After) instead."""
+        circuit open, it is refused at once (503 with Retry-After) instead. Without a session, the run starts at once
+        on the conversation ``options.prior`` brings, and only its record is kept."""
         self._llm.ensure_available("chat")
         strategy = strategy or self._chat.multitask_strategy
         on_disconnect = on_disconnect or self._chat.on_disconnect
-        local = self._local_by_session.get(session_id)
+        local = self._local_by_session.get(session_id) if session_id is not None else None
         if local is not None and local.task.cancelling():
             # A cancelled turn of this session still keeping its partial answer: the new message waits for it.
             await asyncio.wait([local.task], timeout=_CANCELLED_TURN_WAIT_SECONDS)
         run_id = uuid.uuid4()
         if await self._runs.start_now(
-            run_id, session_id=session_id, owner_id=owner_id, text=text, strategy=strategy, on_disconnect=on_disconnect
+            run_id,
+            session_id=session_id,
+            owner_id=owner_id,
+            text=text,
+            strategy=strategy,
+            on_disconnect=on_disconnect,
+            surface=options.surface,
+            previous_run=options.previous_run,
         ):
-            self._launch(Claimed(run_id, session_id, owner_id, text, strategy, on_disconnect), user_name, streaming)
+            run = Claimed(run_id, session_id, owner_id, text, strategy, on_disconnect)
+            self._launch(run, user_name, streaming, options)
             self._count("running", strategy)
             return RunTicket(run_id, session_id, "running", strategy, on_disconnect)
+        if session_id is None:  # nothing else runs in a conversation of its own: only a lost insert gets here
+            raise RuntimeError("a run without a session could not start")
+        if options is not _NO_OPTIONS:
+            # Queued runs start elsewhere from their row alone, which holds no options: a request with options is
+            # answered now or refused.
+            raise TurnInProgressError()
         if strategy == "reject":
             raise TurnInProgressError()
         if not await self._runs.enqueue(
@@ -223,16 +266,31 @@ class ChatService:
         self._count("running", claimed.strategy)
         return claimed.id
 
-    def _launch(self, claimed: Claimed, user_name: str | None, streaming: bool) -> None:
-        recorder = TurnRecorder(user_name=user_name, streaming=streaming)
+    def _launch(
+        self, claimed: Claimed, user_name: str | None, streaming: bool, options: TurnOptions = _NO_OPTIONS
+    ) -> None:
+        recorder = TurnRecorder(
+            user_name=user_name,
+            streaming=streaming,
+            instructions=options.instructions,
+            model_options=options.model_options,
+        )
         log = RunLog(claimed.id)
         turn = TurnContext(
-            claimed.id, claimed.owner_id, claimed.session_id, claimed.input, recorder, log, claimed.strategy
+            claimed.id,
+            claimed.owner_id,
+            claimed.session_id,
+            claimed.input,
+            recorder,
+            log,
+            claimed.strategy,
+            options=options,
         )
         task = asyncio.create_task(self._run_holding(turn), name=f"run-{claimed.id}")
         local = _LocalRun(turn, task, claimed.on_disconnect)
         self._local[claimed.id] = local
-        self._local_by_session[claimed.session_id] = local
+        if claimed.session_id is not None:
+            self._local_by_session[claimed.session_id] = local
 
     async def _run_holding(self, turn: TurnContext) -> None:
         # Opened and finished in this task: the trace's root is the task's current span meanwhile.
@@ -258,10 +316,13 @@ class ChatService:
                     await asyncio.shield(persisting)
             finally:
                 local = self._local.pop(turn.turn_id)
-                here = self._local_by_session.get(turn.session_id)
-                if here is not None and here.turn.turn_id == turn.turn_id:
+                if turn.session_id is None:
+                    await self._unstored.adelete_thread(turn.thread_id)
+                elif (
+                    here := self._local_by_session.get(turn.session_id)
+                ) is not None and here.turn.turn_id == turn.turn_id:
                     del self._local_by_session[turn.session_id]
-            if local.queued_behind:
+            if local.queued_behind and turn.session_id is not None:
                 with contextlib.suppress(Exception):  # else the sweeper claims the next one
                     await asyncio.shield(self._claim_and_launch(turn.session_id))
 
@@ -321,6 +382,11 @@ class ChatService:
             return
         await self._database.pool.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, f"{run_id} {mode}")
 
+    def cancel_here(self, run_id: uuid.UUID) -> None:
+        """Stop a run of this worker (one without a session lives nowhere else)."""
+        if (local := self._local.get(run_id)) is not None and not local.task.done():
+            self._cancel_local(local, "cancel")
+
     async def cancel_run(self, run_id: uuid.UUID, *, session_id: uuid.UUID) -> RunRow:
         """Stop one run: a queued one never starts, a running one stops wherever it runs (keeping its partial
         answer). The run as it stands afterwards (a running one may take a moment to record itself)."""
@@ -366,17 +432,31 @@ class ChatService:
             raise RunNotFoundError()
         return row
 
-    def runs_here(self, run_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+    async def find_owned(self, run_id: uuid.UUID, *, owner_id: uuid.UUID) -> RunRow | None:
+        """One of the user's runs, in any of their sessions or none."""
+        return await self._runs.get_owned(run_id, owner_id=owner_id)
+
+    async def conversation_at(self, session_id: uuid.UUID, checkpoint_id: str | None) -> list[BaseMessage]:
+        """The session's messages as of one checkpoint (its latest without one)."""
+        configurable: dict[str, Any] = {"thread_id": str(session_id)}
+        if checkpoint_id is not None:
+            configurable["checkpoint_id"] = checkpoint_id
+        state = await self._agent.aget_state({"configurable": configurable})
+        return list(state.values.get("messages", []))
+
+    def runs_here(self, run_id: uuid.UUID, session_id: uuid.UUID | None) -> bool:
         local = self._local.get(run_id)
         return local is not None and local.turn.session_id == session_id
 
     async def open_follow(
-        self, run_id: uuid.UUID, *, session_id: uuid.UUID, after: int = 0
+        self, run_id: uuid.UUID, *, session_id: uuid.UUID | None, after: int = 0
     ) -> tuple[str, AsyncGenerator[list[TurnEvent]]]:
         """Where the run's events after ``after`` will come from ("memory" or "log") and the events themselves, in
         batches, until the run ends; 404 for a run not of this session, 410 for one whose events have expired."""
         if self.runs_here(run_id, session_id):
             return "memory", self._follow_here(run_id, after)
+        if session_id is None:  # a run without a session lives only in the worker that runs it
+            raise RunNotFoundError()
         row = await self.find(run_id, session_id=session_id)
         ttl = timedelta(seconds=self._chat.run_events_ttl_seconds)
         if row.finished_at is not None and row.finished_at + ttl < datetime.now(UTC):
@@ -470,30 +550,37 @@ class ChatService:
             await self._shared.append(lost.id, [_final_event_of(lost, seq)])
         await self._claim_and_launch(lost.session_id)
 
+    def _agent_of(self, turn: TurnContext) -> CompiledStateGraph:
+        return self._agent if turn.session_id is not None else self._unstored_agent
+
     async def _run(self, turn: TurnContext) -> None:
         recorder, log = turn.recorder, turn.log
+        configurable: dict[str, Any] = {"thread_id": turn.thread_id, "turn": recorder}
+        if turn.options.fork_from is not None:  # LangGraph continues from that checkpoint: a branch if it is older
+            configurable["checkpoint_id"] = turn.options.fork_from
         config: RunnableConfig = {
-            "configurable": {"thread_id": str(turn.session_id), "turn": recorder},
+            "configurable": configurable,
             "recursion_limit": 2 * self._settings.max_steps + 4,
             "callbacks": turn.trace.callbacks,  # Langfuse's handler when tracing, else none
         }
+        agent = self._agent_of(turn)
         status, error_type = "done", None
         resuming = False
         try:
             if self._memory is None:
-                state = await self._agent.aget_state(config)
+                state = await agent.aget_state(config)
             else:  # independent reads, side by side; recall keeps to its own time budget
                 state, recorder.memories = await asyncio.gather(
-                    self._agent.aget_state(config), self._memory.recall(turn.owner_id, turn.text)
+                    agent.aget_state(config), self._memory.recall(turn.owner_id, turn.text)
                 )
             if recorder.memories:  # the user sees what the agent was reminded of, before its answer
                 log.append("memory", {"content": "", "done": False, "memories": recorder.memories})
             resuming = bool(state.interrupts)
             graph_input: Command[Any] | dict[str, Any] = (
-                Command(resume=turn.text) if resuming else {"messages": [turn.question]}
+                Command(resume=turn.text) if resuming else {"messages": [*turn.options.prior, turn.question]}
             )
             recorder.emit = partial(_put_event, log)
-            async for chunk in self._agent.astream(graph_input, config, stream_mode="updates"):
+            async for chunk in agent.astream(graph_input, config, stream_mode="updates"):
                 if "__interrupt__" in chunk:
                     asked = chunk["__interrupt__"][0].value
                     status = "awaiting_human"
@@ -532,7 +619,10 @@ class ChatService:
             record = await self._record(turn, status, error_type, events_to_come=0 if status == "error" else 2)
             if status != "error":
                 log.append("usage", {"content": "", "done": False, "usage": _usage_of(record)})
-                log.append("done", {"content": "", "done": True, "message_id": str(turn.turn_id)})
+                done = {"content": "", "done": True, "message_id": str(turn.turn_id)}
+                if recorder.finish_reason:
+                    done["finish_reason"] = recorder.finish_reason
+                log.append("done", done)
         except Exception as error:
             # The answer was given (or the failure told); its record is what is missing.
             logger.warning("turn {} could not be recorded: {}: {}", turn.turn_id, type(error).__name__, error)
@@ -566,15 +656,16 @@ class ChatService:
         after the question it answers: a turn stopped before LangGraph saved its input checkpoint (saved in the
         background while the model starts) would otherwise leave an answer with no question."""
         missing: list[BaseMessage] = []
+        agent = self._agent_of(turn)
         if question_first:
-            saved = (await self._agent.aget_state(config)).values.get("messages", [])
+            saved = (await agent.aget_state(config)).values.get("messages", [])
             if not any(message.id == str(turn.turn_id) for message in saved):
-                missing.append(turn.question)
+                missing.extend([*turn.options.prior, turn.question])
         if turn.recorder.partial and answer_too:
             missing.append(AIMessage(content=turn.recorder.partial, response_metadata={"status": status}))
         if missing:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._agent.aupdate_state(config, {"messages": missing}, as_node="chat"))
+                await asyncio.shield(agent.aupdate_state(config, {"messages": missing}, as_node="chat"))
 
     async def _record(
         self, turn: TurnContext, status: str, error_type: str | None, *, events_to_come: int
@@ -601,6 +692,7 @@ class ChatService:
             latency_ms=(now - recorder.started) * 1000,
             trace_id=turn.trace.trace_id,
             last_event=len(turn.log.events) + events_to_come,
+            checkpoint_id=await self._latest_checkpoint(turn) if turn.options.record_checkpoint else None,
         )
         turn.trace.finish(output=recorder.partial, status=status, error_type=error_type)
         if self._metrics is not None:  # counted whether or not the record can be written
@@ -613,6 +705,19 @@ class ChatService:
         if (local := self._local.get(turn.turn_id)) is not None:
             local.queued_behind = queued_behind
         return outcome
+
+    async def _latest_checkpoint(self, turn: TurnContext) -> str | None:
+        """The checkpoint the session's conversation now ends on: this run's last (one run of a session at a time,
+        and checkpoint ids grow with time). Read from its table: the state itself is not needed."""
+        if turn.session_id is None:
+            return None
+        with contextlib.suppress(Exception):
+            return await self._database.pool.fetchval(
+                "SELECT checkpoint_id FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = '' "
+                "ORDER BY checkpoint_id DESC LIMIT 1",
+                turn.thread_id,
+            )
+        return None
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:

@@ -21,7 +21,8 @@ class ChatTurn(TimestampedTable, tablename="chat_turns"):
     index, migrations/), which is what serialises a session's turns across workers and replicas."""
 
     id = UUID(primary_key=True)
-    session = ForeignKey(ChatSession, on_delete=OnDelete.cascade, null=False)
+    # None for a turn run without a stored conversation (an OpenAI-compatible request that named no session)
+    session = ForeignKey(ChatSession, on_delete=OnDelete.cascade, null=True)
     owner = ForeignKey(User, on_delete=OnDelete.cascade, null=False, index=True)
     input = Text(null=False)
     output = Text(null=False, default="")
@@ -45,6 +46,10 @@ class ChatTurn(TimestampedTable, tablename="chat_turns"):
     started_at = Timestamptz(null=True, default=None)
     finished_at = Timestamptz(null=True, default=None)
     last_event = Integer(null=False, default=0)  # the sequence number of its last event, once finished
+    surface = Varchar(length=24, null=False, default="chat")  # chat, chat.completions or responses: who asked
+    # The conversation's checkpoint once the run ended (responses: what previous_response_id continues from)
+    checkpoint_id = Varchar(length=64, null=True, default=None)
+    previous_run = UUID(null=True, default=None)  # the response it continued (previous_response_id)
 
 
 class ChatRunEvents(TimestampedTable, tablename="chat_run_events"):

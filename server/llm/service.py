@@ -13,7 +13,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -164,9 +164,10 @@ class LLMService:
         tools: list | None = None,
         response_format: dict[str, Any] | None = None,
         deadline_seconds: float | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> Completion:
         """One answer from the first model of the role's chain that gives one (``response_format``: OpenAI's,
-        such as JSON mode, for the models that take it)."""
+        such as JSON mode, for the models that take it; ``options``: max_tokens, temperature, see _bound)."""
         report = CallReport(role=role)
         started = time.perf_counter()
         lane = lane_of(role)
@@ -175,6 +176,7 @@ class LLMService:
             runnable: Any = model.with_tools(tools, lane) if tools else model.chat_model(lane)
             if response_format is not None and model.spec.provider != "local":
                 runnable = runnable.bind(response_format=response_format)
+            runnable = _bound(runnable, model, options)
             async with asyncio.timeout(remaining):
                 return await runnable.ainvoke(list(messages))
 
@@ -190,6 +192,7 @@ class LLMService:
         *,
         tools: list | None = None,
         deadline_seconds: float | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[StreamToken | StreamEnd]:
         """Tokens as they come, then a StreamEnd with the whole message and the report."""
         report = CallReport(role=role)
@@ -200,7 +203,7 @@ class LLMService:
         async def open_stream(model: RegisteredModel, remaining: float) -> tuple[AsyncIterator, list[AIMessageChunk]]:
             # Read until the first chunk with output: until then a failure can still fall back.
             runnable: Any = model.with_tools(tools, lane) if tools else model.chat_model(lane)
-            chunks = aiter(runnable.astream(list(messages)))
+            chunks = aiter(_bound(runnable, model, options).astream(list(messages)))
             opened: list[AIMessageChunk] = []
             try:
                 async with asyncio.timeout(remaining):
@@ -399,6 +402,18 @@ class LLMService:
         report.model, report.model_id = model.name, model.spec.model_id
         report.usage = Usage.of(message, model.spec)
         report.latency_seconds = time.perf_counter() - started
+
+
+def _bound(runnable: Any, model: RegisteredModel, options: Mapping[str, Any] | None) -> Any:
+    """The call with a request's max_tokens and temperature, within the model's own bounds: never more output
+    tokens than the model is configured for."""
+    if not options:
+        return runnable
+    bound = dict(options)
+    ceiling = model.spec.max_output_tokens
+    if ceiling is not None and bound.get("max_tokens") is not None:
+        bound["max_tokens"] = min(int(bound["max_tokens"]), ceiling)
+    return runnable.bind(**{key: value for key, value in bound.items() if value is not None})
 
 
 async def _close_quietly(stream: AsyncIterator[Any]) -> None:

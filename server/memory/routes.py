@@ -4,10 +4,11 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, delete, get
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, QueryParameter
 
-from server.auth.dependencies import USER_TOKEN, provide_user_claims
+from server.apikeys.service import ApiKeyScope
+from server.auth.dependencies import USER_TOKEN, user_or_api_key
 from server.auth.tokens import TokenClaims
 from server.errors import problem_responses
 from server.memory.schemas import ForgetAllResponse, Memory, MemoryList
@@ -27,14 +28,15 @@ def _memory(item: MemoryItem) -> Memory:
 
 
 class MemoryController(Controller):
-    """What the agent remembers about the signed-in user (user token), across all their sessions."""
+    """What the agent remembers about the signed-in user (user token, or an API key with the memories scope), across
+    all their sessions."""
 
     path = "/api/v1/memories"
     tags = ["memories"]
     security = USER_TOKEN
-    dependencies = {"user": Provide(provide_user_claims)}
+    dependencies = {"user": user_or_api_key(ApiKeyScope.MEMORIES)}
 
-    @get("/", responses=problem_responses(401, 422, 429, 503))
+    @get("/", responses=problem_responses(401, 403, 422, 429, 503))
     async def list_memories(
         self,
         user: NamedDependency[TokenClaims],
@@ -53,7 +55,7 @@ class MemoryController(Controller):
             items = await memories.newest(user.subject, limit=limit)
         return MemoryList(memories=[_memory(item) for item in items])
 
-    @delete("/{memory_id:uuid}", status_code=204, responses=problem_responses(401, 404, 429, 503))
+    @delete("/{memory_id:uuid}", status_code=204, responses=problem_responses(401, 403, 404, 429, 503))
     async def delete_memory(
         self,
         user: NamedDependency[TokenClaims],
@@ -63,7 +65,7 @@ class MemoryController(Controller):
         """Forget one memory."""
         await memories.delete(user.subject, memory_id)
 
-    @delete("/", status_code=200, responses=problem_responses(401, 429, 503))
+    @delete("/", status_code=200, responses=problem_responses(401, 403, 429, 503))
     async def forget_everything(
         self, user: NamedDependency[TokenClaims], memories: NamedDependency[MemoryService]
     ) -> ForgetAllResponse:

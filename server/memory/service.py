@@ -44,7 +44,7 @@ class RememberJob:
     """One finished turn whose user message may hold something worth remembering."""
 
     user_id: uuid.UUID
-    session_id: uuid.UUID
+    session_id: uuid.UUID | None  # None for a turn without a stored conversation
     turn_id: uuid.UUID
     text: str
     queued_at: datetime.datetime = field(default_factory=lambda: datetime.datetime.now(tz=datetime.UTC))
@@ -288,7 +288,11 @@ class MemoryService:
                 added = await self._writer_memory.add(
                     [{"role": "user", "content": job.text}],
                     user_id=str(job.user_id),
-                    metadata={"session_id": str(job.session_id), "turn_id": str(job.turn_id), **SEARCH_FORM_MARK},
+                    metadata={
+                        **({"session_id": str(job.session_id)} if job.session_id else {}),
+                        "turn_id": str(job.turn_id),
+                        **SEARCH_FORM_MARK,
+                    },
                     infer=self._infer,
                 )
                 if await self._erased_since(job):

@@ -164,7 +164,7 @@ class TurnTracer:
         self._closed = False
 
     def start_turn(
-        self, *, user_id: uuid.UUID, session_id: uuid.UUID, turn_id: uuid.UUID, input_text: str
+        self, *, user_id: uuid.UUID, session_id: uuid.UUID | None, turn_id: uuid.UUID, input_text: str
     ) -> TurnTrace:
         """Open the turn's root observation and make it current; an untraced turn rather than an error if it fails."""
         if self._closed:
@@ -175,7 +175,7 @@ class TurnTracer:
             context.enter_context(
                 self._propagate_attributes(
                     user_id=str(user_id),
-                    session_id=str(session_id),
+                    session_id=str(session_id or turn_id),  # a turn without a session is a conversation of its own
                     trace_name=TRACE_NAME,
                     metadata={"turn_id": str(turn_id)},
                 )

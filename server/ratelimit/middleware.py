@@ -17,8 +17,8 @@ _BY_CLIENT_IP = {RouteClass.REGISTER, RouteClass.LOGIN}
 
 
 class Subjects(Protocol):
-    def bearer_subject(self, scope: Scope) -> str | None:
-        """The user a request's token names (for keying its limits), without verifying it."""
+    async def bearer_subject(self, scope: Scope) -> str | None:
+        """The user a request's token or API key acts for (for keying its limits)."""
         ...
 
 
@@ -42,7 +42,7 @@ def rate_limit_middleware(app: ASGIApp, *, services: Callable[[Litestar], Limite
             return
         route_class = RouteClass(route_class_name)
         ip = resources.client_ip(scope)
-        user_id = None if route_class in _BY_CLIENT_IP else resources.auth.bearer_subject(scope)
+        user_id = None if route_class in _BY_CLIENT_IP else await resources.auth.bearer_subject(scope)
         decision = await resources.limiter.hit(route_class, f"user:{user_id}" if user_id else f"ip:{ip}")
         decision.raise_if_refused("requests")
 

@@ -4,10 +4,11 @@ import uuid
 from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from server.auth.dependencies import USER_TOKEN, provide_user_claims
+from server.apikeys.service import ApiKeyScope
+from server.auth.dependencies import USER_TOKEN, user_or_api_key
 from server.auth.schemas import Token
 from server.auth.service import AuthService
 from server.auth.tokens import TokenClaims
@@ -26,14 +27,15 @@ def _session(row: ChatSession) -> Session:
 
 
 class SessionController(Controller):
-    """Chat sessions of the signed-in user (user token); each can mint session-scoped tokens."""
+    """Chat sessions of the signed-in user (user token, or an API key with the chat scope); each can mint
+    session-scoped tokens."""
 
     path = "/api/v1/auth"
     tags = ["sessions"]
     security = USER_TOKEN
-    dependencies = {"user": Provide(provide_user_claims)}
+    dependencies = {"user": user_or_api_key(ApiKeyScope.CHAT)}
 
-    @post("/session", status_code=201, responses=problem_responses(401, 429))
+    @post("/session", status_code=201, responses=problem_responses(401, 403, 429))
     async def create_session(
         self, user: NamedDependency[TokenClaims], auth: NamedDependency[AuthService]
     ) -> SessionWithToken:
@@ -43,7 +45,7 @@ class SessionController(Controller):
             session_id=session.id, name=session.name, token=Token.of(auth.issue_session_token(user, session.id))
         )
 
-    @get("/sessions", responses=problem_responses(401, 422, 429))
+    @get("/sessions", responses=problem_responses(401, 403, 422, 429))
     async def list_sessions(
         self,
         user: NamedDependency[TokenClaims],
@@ -54,7 +56,7 @@ class SessionController(Controller):
         rows, total = await service.list_sessions(owner_id=user.subject, limit=limit, offset=offset)
         return SessionPage(items=[_session(row) for row in rows], total=total, limit=limit, offset=offset)
 
-    @patch("/session/{session_id:uuid}/name", responses=problem_responses(401, 404, 422, 429))
+    @patch("/session/{session_id:uuid}/name", responses=problem_responses(401, 403, 404, 422, 429))
     async def rename_session(
         self, user: NamedDependency[TokenClaims], session_id: FromPath[uuid.UUID], data: JSONBody[SessionNameUpdate]
     ) -> Session:
@@ -62,7 +64,7 @@ class SessionController(Controller):
         row = await service.rename_session(owner_id=user.subject, session_id=session_id, name=data.name)
         return _session(row)
 
-    @delete("/session/{session_id:uuid}", status_code=204, responses=problem_responses(401, 404, 429))
+    @delete("/session/{session_id:uuid}", status_code=204, responses=problem_responses(401, 403, 404, 429))
     async def delete_session(
         self,
         user: NamedDependency[TokenClaims],
@@ -75,7 +77,7 @@ class SessionController(Controller):
         await auth.revoke_session_tokens(session_id)
         await chat.clear(session_id)
 
-    @post("/session/{session_id:uuid}/token", status_code=200, responses=problem_responses(401, 404, 429))
+    @post("/session/{session_id:uuid}/token", status_code=200, responses=problem_responses(401, 403, 404, 429))
     async def session_token(
         self, user: NamedDependency[TokenClaims], session_id: FromPath[uuid.UUID], auth: NamedDependency[AuthService]
     ) -> SessionWithToken:

@@ -370,3 +370,38 @@ def test_an_answer_still_being_given_is_shown_on_start(
     assert answer["content"].split()[-1] in shown  # shown to its end
     terminal.press("C-d")
     assert terminal.exit_status() == 0
+
+
+def test_an_api_key_chats_without_a_prompt_and_a_bad_key_is_one_line(user: ChatUser) -> None:
+    """`agentctl chat -m` for scripts and CI: AGENTCTL_API_KEY or --api-key, no sign-in, nothing stored."""
+    registered = user.register()
+    created = user.api.request(
+        "POST", "/auth/api-keys", token=registered["token"]["access_token"], json={"name": "ci", "scopes": ["chat"]}
+    )
+    key = created.json()["key"]
+    done = subprocess.run(
+        user.command("-m", "hello from CI"),
+        input="",
+        capture_output=True,
+        text=True,
+        env={**user.env(), "AGENTCTL_API_KEY": key},
+        cwd=user.home,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("hello from CI ")
+    assert user.stored() is None  # a key signs nobody in
+
+    done = user.run("--api-key", key, "--json", "-m", "and again")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["answer"].startswith("and again")
+    sessions = user.api.request("GET", "/auth/sessions", token=key).json()["items"]
+    assert answer["session_id"] in {session["session_id"] for session in sessions}
+
+    one_line_error(user.run("--api-key", "agentctl_" + "x" * 43, "-m", "hello"), "invalid or has been revoked")
+    memories_only = user.api.request(
+        "POST", "/auth/api-keys", token=registered["token"]["access_token"], json={"name": "m", "scopes": ["memories"]}
+    ).json()["key"]
+    one_line_error(user.run("--api-key", memories_only, "-m", "hello"), "does not have the chat scope")

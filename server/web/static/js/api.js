@@ -11,6 +11,7 @@ export class ApiError extends Error {
     this.code = (problem.type || "").replace("urn:agentctl:problem:", "");
     this.detail = problem.detail || "";
     this.requestId = problem.request_id || "";
+    this.errors = Array.isArray(problem.errors) ? problem.errors : []; // [{field, message}] of a 422
     this.retryAfter = retryAfter;
   }
 }

@@ -1,7 +1,8 @@
-// The page: signing in, the chats in the sidebar, sending and following answers, the memory panel.
+// The page: signing in, the chats in the sidebar, sending and following answers, the memory and API keys panels.
 import * as api from "/web/js/api.js";
 import { Answer, renderHistory, userMessage } from "/web/js/chat.js";
 import { $, confirmDialog, h, renameDialog } from "/web/js/dom.js";
+import { openKeys } from "/web/js/keys.js";
 import { openMemory } from "/web/js/memory.js";
 import { followRun } from "/web/js/stream.js";
 
@@ -326,6 +327,7 @@ async function boot() {
   $("stop").addEventListener("click", stop);
   $("toggle-sidebar").addEventListener("click", toggleSidebar);
   $("open-memory").addEventListener("click", () => openMemory());
+  $("open-keys").addEventListener("click", () => openKeys());
   document.addEventListener("keydown", onKey);
   watchConnection();
   try {
