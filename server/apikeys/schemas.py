@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from server.errors import InvalidFieldError
+from server.errors import InvalidFieldError, explain_pattern
 from server.schemas import Strict
 from server.security.text import VISIBLE_CHARACTER, has_visible_text, normalize_text
 
@@ -22,7 +22,7 @@ class ApiKeyCreate(Strict):
         Meta(
             min_length=1,
             max_length=100,
-            pattern=VISIBLE_CHARACTER,
+            pattern=explain_pattern(VISIBLE_CHARACTER, "expected something visible, not only white space"),
             description="A label, to recognise the key by (something visible, not only white space).",
         ),
     ]

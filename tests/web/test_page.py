@@ -3,6 +3,7 @@ model is the project's simulator."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import time
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from agentctl.simulator.process import RunningSimulator
 from server.web.routes import ASSETS_PATH, PAGE_CSP, PAGE_PATH, STATIC_DIR
@@ -300,6 +301,133 @@ def test_memory_panel_lists_searches_and_forgets(new_tab, web_server: ApiClient)
     expect(dialog.locator("#memory-status")).to_have_text("Forgot 2 memories.")
     expect(dialog.locator("li")).to_have_count(0)
     assert web_server.request("GET", "/memories", token=user_token).json()["memories"] == []
+
+
+def open_keys(page: Page) -> Locator:
+    """The API keys screen, opened from the sidebar (a drawer on a phone)."""
+    opener = page.get_by_role("button", name="API keys")
+    if not opener.is_visible():
+        page.get_by_role("button", name="Chats").click()
+    opener.click()
+    dialog = page.get_by_role("dialog", name="API keys")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_label("Name", exact=True)).to_be_focused()
+    return dialog
+
+
+def close_keys(page: Page) -> None:
+    page.get_by_role("button", name="Close API keys").click()
+    expect(page.get_by_role("dialog", name="API keys")).to_be_hidden()
+
+
+def test_api_keys_created_shown_once_used_and_revoked_on_a_phone(new_tab, web_server: ApiClient) -> None:
+    """Drives Debian's Chromium (Playwright) on the phone viewport: sign up, create a chat key in the keys screen,
+    copy it (the real clipboard), see it once; the test then calls the same server's OpenAI-compatible /v1/models with
+    it through httpx, the list shows when it was last used, and once revoked in the page the key is refused. A name of
+    only spaces gets the server's reason in plain words."""
+    tab: Tab = new_tab(viewport=PHONE)
+    tab.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=tab.base_url)
+    page = tab.open()
+    sign_up(page)
+    dialog = open_keys(page)
+    expect(dialog.locator("#keys-status")).to_have_text("You have no API keys.")
+    expect(dialog.get_by_role("checkbox", name="Chat")).to_be_checked()
+    expect(dialog.get_by_role("checkbox", name="Memories")).not_to_be_checked()
+
+    dialog.get_by_label("Name", exact=True).fill("   ")
+    dialog.get_by_role("button", name="Create key").click()
+    # The server's refusal, in words: its own sentence, or the page's rule when it answers with a validator's terms.
+    expect(dialog.get_by_role("alert")).to_have_text(re.compile(r"^Name: [^`]*(spaces|white space)[^`]*\.$"))
+    expect(dialog.get_by_label("Name", exact=True)).to_be_focused()
+    expect(dialog.get_by_label("Name", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(dialog.locator("li")).to_have_count(0)
+
+    dialog.get_by_label("Name", exact=True).fill("deploy bot")
+    dialog.get_by_role("button", name="Create key").click()
+    shown = dialog.get_by_role("textbox", name="Your new key")
+    expect(shown).to_be_focused()
+    expect(shown).to_have_attribute("readonly", "")
+    key = shown.input_value()
+    assert re.fullmatch(r"agentctl_[A-Za-z0-9_-]{43}", key), key
+    expect(dialog.locator("#key-created")).to_contain_text("it will not be shown again")
+    expect(dialog.locator("#key-error")).to_be_empty()
+    dialog.get_by_role("button", name="Copy").click()
+    expect(dialog.locator("#key-copy-status")).to_have_text("Copied.")
+    assert page.evaluate("() => navigator.clipboard.readText()") == key
+    expect(dialog.locator("li")).to_have_count(1)
+    check_page(page, "phone keys")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "web-keys-phone.png")
+
+    # Shown once: closed and opened again, the key is nowhere in the page; the list names it by its prefix.
+    close_keys(page)
+    dialog = open_keys(page)
+    expect(dialog.locator("#key-created")).to_be_hidden()
+    row = dialog.locator("li")
+    expect(row).to_have_count(1)
+    prefix = key[: len("agentctl_") + 8]
+    expect(row.locator(".key-prefix")).to_have_text(f"{prefix}…")
+    expect(row).to_contain_text("deploy bot")
+    facts = row.locator(".key-facts")
+    assert facts.locator("dt").all_inner_texts() == ["Scopes", "Created", "Last used", "Expires"]
+    scopes, created, last_used, expires = facts.locator("dd").all_inner_texts()
+    assert (scopes, last_used, expires) == ("chat", "never", "never")
+    assert created
+    in_a_field = "k => [...document.querySelectorAll('input')].some(i => i.value === k)"
+    assert page.evaluate(in_a_field, key) is False
+    assert key not in page.content()
+
+    models = f"{web_server.server.base_url}/v1/models"
+    used = httpx.get(models, headers={"Authorization": f"Bearer {key}"})
+    assert used.status_code == 200, used.text
+    assert used.json()["data"]
+    close_keys(page)
+    dialog = open_keys(page)
+    last_used = dialog.locator("li .key-facts dd").nth(2)
+    expect(last_used.locator("time")).to_have_count(1)
+    assert last_used.inner_text() != "never"
+
+    revoke = dialog.get_by_role("button", name=f"Revoke key deploy bot ({prefix}…)")
+    revoke.click()
+    page.get_by_role("button", name="Cancel").click()  # the confirmation can be refused
+    expect(dialog.locator("li")).to_have_count(1)
+    revoke.click()
+    expect(page.locator("#confirm-text")).to_contain_text("Programs using it stop working at once.")
+    page.get_by_role("button", name="Revoke", exact=True).click()
+    expect(dialog.locator("li")).to_have_count(0)
+    expect(dialog.locator("#keys-status")).to_have_text(f"Revoked deploy bot ({prefix}…). You have no API keys.")
+    refused = httpx.get(models, headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 401, refused.text
+
+
+def test_an_api_key_with_both_scopes_and_an_expiry(new_tab) -> None:
+    """In Chromium on the desktop viewport: both scopes and an expiry in days, the newest key listed first; an expiry
+    the server refuses is named in words and gets the focus."""
+    page = new_tab().open()
+    sign_up(page)
+    dialog = open_keys(page)
+    dialog.get_by_label("Name", exact=True).fill("first")
+    dialog.get_by_role("button", name="Create key").click()
+    dialog.get_by_role("button", name="Done").click()
+    expect(dialog.get_by_label("Name", exact=True)).to_be_focused()
+    dialog.get_by_label("Name", exact=True).fill("notes sync")
+    dialog.get_by_role("checkbox", name="Memories").check()
+    dialog.get_by_label("Expires after (days)").fill("0")
+    dialog.get_by_role("button", name="Create key").click()
+    expect(dialog.get_by_role("alert")).to_have_text(re.compile(r"^Expires after: [^`]+\.$"))
+    expect(dialog.get_by_label("Expires after (days)")).to_be_focused()
+    dialog.get_by_label("Expires after (days)").fill("30")
+    dialog.get_by_role("button", name="Create key").click()
+    expect(dialog.get_by_role("heading", name="Your new key “notes sync”")).to_be_visible()
+    expect(dialog.locator("li")).to_have_count(2)
+    newest = dialog.locator("li").first
+    expect(newest).to_contain_text("notes sync")
+    assert newest.locator(".key-facts dt").all_inner_texts() == ["Scopes", "Created", "Last used", "Expires"]
+    expires = newest.locator(".key-facts dd").nth(3).locator("time").get_attribute("datetime")
+    days = (datetime.datetime.fromisoformat(expires) - datetime.datetime.now(tz=datetime.UTC)).total_seconds() / 86400
+    assert 29.9 < days <= 30, expires
+    assert newest.locator(".key-facts dd").first.inner_text() == "chat, memories"
+    check_page(page, "desktop keys")
 
 
 def test_the_refresh_token_lives_in_an_http_only_cookie_and_dies_at_sign_out(new_tab, web_server: ApiClient) -> None:
