@@ -30,7 +30,12 @@ from server.observability.metrics import HttpMetrics
 from server.observability.routes import metrics
 from server.openai_compat.errors import OPENAI_PREFIX, openai_error
 from server.openai_compat.routes import OpenAIController
-from server.openapi import StrictStructSchemaPlugin, answer_options_for_every_method, state_the_configured_limits
+from server.openapi import (
+    StrictStructSchemaPlugin,
+    answer_options_for_every_method,
+    state_the_configured_limits,
+    state_the_zero_bounds,
+)
 from server.ratelimit.middleware import rate_limit_middleware
 from server.request_context import add_request_id_header, request_context_middleware
 from server.resources import open_resources_of
@@ -118,6 +123,7 @@ def create_app(settings: Settings) -> Litestar:
     )
     answer_options_for_every_method(app)
     state_the_configured_limits(app, settings)
+    state_the_zero_bounds(app)
     # Around the whole app rather than as route middleware, which runs only for requests that match a route: a
     # scan of unknown paths (404) or methods (405) gets its access line and its count too. Outermost first: the
     # request context wraps the metrics, so that the access line carries the request id.

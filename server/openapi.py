@@ -60,6 +60,28 @@ def state_the_configured_limits(app: Litestar, settings: Settings) -> None:
             email.pattern = email_pattern()
 
 
+def state_the_zero_bounds(app: Litestar) -> None:
+    """Bounds of zero that Litestar leaves out of the document (it drops a falsy ``ge``, ``gt`` or ``max_length``
+    from msgspec's constraints): a key's lifetime above zero, temperatures from zero, no client tools, and a
+    Responses input list that is not empty."""
+    lifetime = _property(app, "ApiKeyCreate", "expires_in_days")
+    if lifetime is not None:
+        lifetime.exclusive_minimum = 0
+    for component in ("ChatCompletionRequest", "ResponseRequest"):
+        temperature = _property(app, component, "temperature")
+        if temperature is not None:
+            temperature.minimum = 0
+        for name in ("tools", "functions"):
+            tools = _property(app, component, name)
+            for variant in (tools.one_of or []) if tools is not None else []:
+                if isinstance(variant, Schema) and variant.items is not None:
+                    variant.max_items = 0
+    given = _property(app, "ResponseRequest", "input")
+    for variant in (given.one_of or []) if given is not None else []:
+        if isinstance(variant, Schema) and variant.items is not None:
+            variant.min_items = 1
+
+
 def _property(app: Litestar, component: str, name: str) -> Schema | None:
     components = app.openapi_schema.components
     schema = (components.schemas or {}).get(component) if components else None

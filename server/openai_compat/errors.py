@@ -40,9 +40,13 @@ def openai_error(facts: ErrorFacts) -> tuple[int, dict[str, Any]]:
     param = errors[0].get("field") if isinstance(errors, list) and errors and isinstance(errors[0], dict) else None
     param = facts.extra.get("param", param)
     status = 400 if facts.code == "validation-failed" else facts.status
+    message = facts.detail
+    if isinstance(errors, list) and errors and all(isinstance(error, dict) for error in errors):
+        # One line with every field and its reason: OpenAI clients show the message, not the list.
+        message = "; ".join(f"invalid value for {error.get('field')}: {error.get('message')}" for error in errors)
     body = {
         "error": {
-            "message": facts.detail,
+            "message": message,
             "type": _type_of(status),
             "param": param,
             "code": _CODES.get(facts.code, facts.code.replace("-", "_")),

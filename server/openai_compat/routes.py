@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.response import Stream
 
 from agentctl.config import AgentSettings
 from server.apikeys.service import ApiKeyScope
-from server.auth.dependencies import SESSION_HEADER, USER_TOKEN, parse_session_id, user_or_api_key
+from server.auth.dependencies import SESSION_HEADER, USER_TOKEN, user_or_api_key
 from server.auth.tokens import TokenClaims
 from server.chat.runs import RunRow
 from server.chat.service import ChatService, RunTicket, TurnOptions
@@ -23,7 +23,7 @@ from server.chat.streams import SSE_HEADERS, SSE_MEDIA_TYPE, follow_as_stream, g
 from server.errors import InvalidFieldError
 from server.observability.metrics import AppMetrics
 from server.openai_compat.errors import ModelNotFoundError, ResponseNotFoundError, openai_error_responses
-from server.openai_compat.schemas import ChatCompletionRequest, ChatMessageIn, ContentPart, ResponseRequest
+from server.openai_compat.schemas import ChatCompletionRequest, ChatMessageIn, ResponseInputItem, ResponseRequest
 from server.openai_compat.shapes import (
     CompletionChunks,
     ResponseEvents,
@@ -37,7 +37,6 @@ from server.security.text import has_visible_text, normalize_text
 from server.sessions.service import create_session, get_owned_session, owner_name_of_session
 from server.users.service import get_user
 
-_TEXT_PARTS = {"text", "input_text", "output_text"}
 _RESPONSE_STATUS = {
     "done": "completed",
     "awaiting_human": "completed",
@@ -55,11 +54,11 @@ class OpenAIController(Controller):
     path = "/v1"
     tags = ["openai-compatible"]
     security = USER_TOKEN
-    dependencies = {"user": user_or_api_key(ApiKeyScope.CHAT)}
+    dependencies = {"caller": user_or_api_key(ApiKeyScope.CHAT)}
 
     @get("/models", responses=openai_error_responses(401, 403, 429))
     async def list_models(
-        self, user: NamedDependency[TokenClaims], agent_settings: NamedDependency[AgentSettings]
+        self, caller: NamedDependency[TokenClaims], agent_settings: NamedDependency[AgentSettings]
     ) -> dict[str, Any]:
         """The one model this server answers as: its agent."""
         return {"object": "list", "data": [_model_card(agent_settings)]}
@@ -67,7 +66,7 @@ class OpenAIController(Controller):
     @get("/models/{model_id:str}", responses=openai_error_responses(401, 403, 404, 429))
     async def get_model(
         self,
-        user: NamedDependency[TokenClaims],
+        caller: NamedDependency[TokenClaims],
         agent_settings: NamedDependency[AgentSettings],
         model_id: FromPath[str],
     ) -> dict[str, Any]:
@@ -83,28 +82,30 @@ class OpenAIController(Controller):
     )
     async def chat_completions(
         self,
-        request: Request,
-        user: NamedDependency[TokenClaims],
+        caller: NamedDependency[TokenClaims],
         chat: NamedDependency[ChatService],
         agent_settings: NamedDependency[AgentSettings],
         metrics: NamedDependency[AppMetrics],
         data: JSONBody[ChatCompletionRequest],
+        session_header: Annotated[
+            uuid.UUID | None,
+            HeaderParameter(
+                header=SESSION_HEADER, description="One of the user's sessions: its stored conversation continues."
+            ),
+        ] = None,
     ) -> Response[dict[str, Any]] | Stream:
         """A chat completion by the agent, whole or streamed as chunks. With X-Agentctl-Session the session's stored
         conversation continues and only the last user message is new; without it the request's messages are the
         conversation (not stored; the turn is recorded)."""
         _check_model(data.model, agent_settings)
-        _refuse_client_tools(data.tools or data.functions, "tools" if data.tools else "functions")
         instructions, prior, text = _conversation(data.messages, "messages", agent_settings)
-        named = request.headers.get(SESSION_HEADER)
-        session_id = parse_session_id(named) if named is not None else None
         options = TurnOptions(
             surface="chat.completions",
             instructions=instructions,
-            prior=() if session_id is not None else tuple(prior),
+            prior=() if session_header is not None else tuple(prior),
             model_options=_model_options(data.max_completion_tokens or data.max_tokens, data.temperature),
         )
-        ticket = await _submit(chat, user, session_id, text, options, streaming=data.stream)
+        ticket = await _submit(chat, caller, session_header, text, options, streaming=data.stream)
         created = int(time.time())
         source, events = await chat.open_follow(ticket.id, session_id=ticket.session_id)
         headers = _headers(ticket)
@@ -132,7 +133,7 @@ class OpenAIController(Controller):
     )
     async def create_response(
         self,
-        user: NamedDependency[TokenClaims],
+        caller: NamedDependency[TokenClaims],
         chat: NamedDependency[ChatService],
         agent_settings: NamedDependency[AgentSettings],
         metrics: NamedDependency[AppMetrics],
@@ -141,18 +142,17 @@ class OpenAIController(Controller):
         """A response by the agent (OpenAI's Responses API). Stored (the default), it is a run of a conversation kept
         in checkpoints: previous_response_id continues from it, and from an older response, a new branch."""
         _check_model(data.model, agent_settings)
-        _refuse_client_tools(data.tools, "tools")
         items = [ChatMessageIn(role="user", content=data.input)] if isinstance(data.input, str) else _items(data.input)
         instructions, prior, text = _conversation(items, "input", agent_settings)
         instructions = "\n\n".join(part for part in (data.instructions, instructions) if part) or None
-        previous = await _previous_response(chat, user, data.previous_response_id)
+        previous = await _previous_response(chat, caller, data.previous_response_id)
         session_id: uuid.UUID | None = None
         fork_from: str | None = None
         if data.store:
             if previous is not None:
                 session_id, fork_from = previous.session_id, previous.checkpoint_id
             else:
-                session_id = (await create_session(owner_id=user.subject, name=_session_name(text))).id
+                session_id = (await create_session(owner_id=caller.subject, name=_session_name(text))).id
         elif previous is not None:
             # Not stored: run on the conversation as of that response, without writing to it.
             prior = [*await chat.conversation_at(previous.session_id, previous.checkpoint_id), *prior]
@@ -165,7 +165,7 @@ class OpenAIController(Controller):
             model_options=_model_options(data.max_output_tokens, data.temperature),
             record_checkpoint=data.store,
         )
-        ticket = await _submit(chat, user, session_id, text, options, streaming=data.stream, strategy="reject")
+        ticket = await _submit(chat, caller, session_id, text, options, streaming=data.stream, strategy="reject")
         source, events = await chat.open_follow(ticket.id, session_id=ticket.session_id)
         described: dict[str, Any] = {
             "run_id": ticket.id,
@@ -194,13 +194,13 @@ class OpenAIController(Controller):
     @get("/responses/{response_id:str}", responses=openai_error_responses(401, 403, 404, 429))
     async def get_response(
         self,
-        user: NamedDependency[TokenClaims],
+        caller: NamedDependency[TokenClaims],
         chat: NamedDependency[ChatService],
         agent_settings: NamedDependency[AgentSettings],
         response_id: FromPath[str],
     ) -> dict[str, Any]:
         """A stored response, as it stands (in progress, completed, failed or cancelled)."""
-        row = await _stored_response(chat, user, response_id)
+        row = await _stored_response(chat, caller, response_id)
         finished = not row.active
         error = None
         if row.status in ("error", "cancelled"):
@@ -229,20 +229,8 @@ def _check_model(model: str, settings: AgentSettings) -> None:
         raise ModelNotFoundError(model, settings.name)
 
 
-def _refuse_client_tools(tools: list[Any] | None, field: str) -> None:
-    if tools:
-        raise InvalidFieldError(
-            field, "the agent's own tools run on the server; tools a client would run are not supported"
-        )
-
-
-def _items(items: list[Any]) -> list[ChatMessageIn]:
-    messages = []
-    for index, item in enumerate(items):
-        if item.type not in (None, "message") or item.role is None:
-            raise InvalidFieldError(f"input[{index}]", "only message items (a role and content) are supported")
-        messages.append(ChatMessageIn(role=item.role, content=item.content))
-    return messages
+def _items(items: list[ResponseInputItem]) -> list[ChatMessageIn]:
+    return [ChatMessageIn(role=item.role, content=item.content) for item in items]
 
 
 def _text_of(message: ChatMessageIn, where: str) -> str:
@@ -251,12 +239,7 @@ def _text_of(message: ChatMessageIn, where: str) -> str:
         return ""
     if isinstance(content, str):
         return normalize_text(content)
-    texts = []
-    for index, part in enumerate(content):
-        if not isinstance(part, ContentPart) or part.type not in _TEXT_PARTS or part.text is None:
-            raise InvalidFieldError(f"{where}.content[{index}]", "only text content is supported")
-        texts.append(part.text)
-    return normalize_text("".join(texts))
+    return normalize_text("".join(part.text for part in content))
 
 
 def _conversation(
@@ -278,13 +261,8 @@ def _conversation(
                     where, f"a message may have at most {limit} characters, this one has {len(text)}"
                 )
             prior.append(HumanMessage(text))
-        elif message.role == "assistant":
-            prior.append(AIMessage(text))
         else:
-            raise InvalidFieldError(
-                f"{where}.role",
-                "only system, developer, user and assistant messages are accepted (tools run on the server)",
-            )
+            prior.append(AIMessage(text))
     if not prior or not isinstance(prior[-1], HumanMessage):
         raise InvalidFieldError(field, "the last message must be the user's")
     text = prior.pop().text

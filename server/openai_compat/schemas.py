@@ -3,7 +3,7 @@ ignored (listed in the README), so that existing clients work; a parameter OpenA
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -17,18 +17,28 @@ MAX_MESSAGES = 1000
 
 
 class ContentPart(msgspec.Struct):
-    """A part of a message's content: only text parts are read (text, input_text, output_text)."""
+    """A part of a message's content: only text parts (text, input_text, output_text); images and files are not
+    read by the agent."""
 
-    type: str
-    text: str | None = None
+    type: Literal["text", "input_text", "output_text"]
+    text: str
+
+
+Role = Literal["system", "developer", "user", "assistant"]
+# The agent's tools run on the server: a client never runs one, so it has no tool calls or results to send.
+NoClientTools = Annotated[
+    list[Any],
+    Meta(max_length=0, description="Must be absent or empty: the agent's own tools run on the server."),
+]
 
 
 class ChatMessageIn(msgspec.Struct):
-    role: str
+    """A message of the conversation: system and developer messages are the user's instructions (added to the
+    server's system prompt); the last message must be the user's."""
+
+    role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[Any] | None = None
-    tool_call_id: str | None = None
     refusal: str | None = None
 
 
@@ -46,9 +56,9 @@ class ChatCompletionRequest(Strict):
     max_completion_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     n: Annotated[int, Meta(ge=1, le=1)] | None = None
-    tools: list[Any] | None = None
+    tools: NoClientTools | None = None
     tool_choice: Any = None
-    functions: list[Any] | None = None
+    functions: NoClientTools | None = None
     function_call: Any = None
     # Accepted and ignored (the README lists them).
     top_p: float | None = None
@@ -76,11 +86,11 @@ class ChatCompletionRequest(Strict):
 
 
 class ResponseInputItem(msgspec.Struct):
-    """An input item: a message (role and content); other item types are refused."""
+    """An input item: a message (its role and content); no other item type is accepted."""
 
-    role: str | None = None
-    content: str | list[ContentPart] | None = None
-    type: str | None = None
+    role: Role
+    content: str | list[ContentPart]
+    type: Literal["message"] = "message"
     id: str | None = None
     status: str | None = None
 
@@ -94,7 +104,7 @@ class ResponseRequest(Strict):
     previous_response_id: str | None = None
     max_output_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
-    tools: list[Any] | None = None
+    tools: NoClientTools | None = None
     tool_choice: Any = None
     # Accepted and ignored (the README lists them).
     top_p: float | None = None

@@ -94,7 +94,7 @@ def test_unknown_model_and_unknown_paths(holder: KeyHolder) -> None:
         ({"model": AGENT, "messages": [{"role": "user", "content": " \t\n "}]}, "messages"),
         (
             {"model": AGENT, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-            "messages[0].content[0]",
+            "messages[0].content[0].type",
         ),
         ({"model": AGENT, "messages": _HI, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ],
@@ -108,7 +108,7 @@ def test_invalid_responses_bodies_and_bodies_that_are_not_json(holder: KeyHolder
     for body, param in (
         ({"model": AGENT}, "input"),
         ({"model": AGENT, "input": "hi", "previous_response_id": "resp_" + "0" * 32}, "previous_response_id"),
-        ({"model": AGENT, "input": [{"type": "function_call_output", "output": "x"}]}, "input[0]"),
+        ({"model": AGENT, "input": [{"type": "function_call_output", "output": "x"}]}, "input[0].type"),
         ({"model": AGENT, "input": "hi", "max_output_tokens": -1}, "max_output_tokens"),
     ):
         response = holder.openai("POST", "/responses", json=body)
