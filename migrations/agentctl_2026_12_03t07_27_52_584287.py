@@ -1,11 +1,6 @@
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.columns.base import OnDelete
-from piccolo.columns.base import OnUpdate
-from piccolo.columns.column_types import ForeignKey
-from piccolo.columns.column_types import JSONB
-from piccolo.columns.column_types import Timestamptz
-from piccolo.columns.column_types import UUID
-from piccolo.columns.column_types import Varchar
+from piccolo.columns.base import OnDelete, OnUpdate
+from piccolo.columns.column_types import JSONB, UUID, ForeignKey, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.columns.defaults.uuid import UUID4
 from piccolo.columns.indexes import IndexMethod
@@ -32,13 +27,9 @@ DESCRIPTION = "api keys; turns without a session, their surface, checkpoint and 
 
 
 async def forwards():
-    manager = MigrationManager(
-        migration_id=ID, app_name="agentctl", description=DESCRIPTION
-    )
+    manager = MigrationManager(migration_id=ID, app_name="agentctl", description=DESCRIPTION)
 
-    manager.add_table(
-        class_name="ApiKey", tablename="api_keys", schema=None, columns=None
-    )
+    manager.add_table(class_name="ApiKey", tablename="api_keys", schema=None, columns=None)
 
     manager.add_column(
         table_class_name="ApiKey",
