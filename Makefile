@@ -43,8 +43,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 
 ## Local services the tests use: Redis (PostgreSQL is embedded), promtool for compose/'s alert rules, tmux,
-## the terminal the interactive `agentctl chat` tests type into, and Debian's Chromium, the browser the web page's
-## tests drive through Playwright (whose own browser download needs a network the tests do not assume).
+## the terminal the interactive `agentctl chat` tests type into, Debian's Chromium, the browser the web page's
+## tests drive through Playwright (whose own browser download needs a network the tests do not assume), and Node.js
+## with npm, which run the official `openai` npm package against /v1.
 services: | $(BIN)/python
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(REDIS_PORT)), 1)" 2>/dev/null \
 	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
@@ -56,6 +57,8 @@ services: | $(BIN)/python
 	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends tmux; }
 	@command -v chromium >/dev/null \
 	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
+	@{ command -v node && command -v npm; } >/dev/null \
+	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
 
 ## Regenerate the README's configuration table from the settings.
 docs: $(VENV)/.installed

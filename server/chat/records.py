@@ -12,7 +12,7 @@ from server.chat.tables import ChatTurn
 @dataclass(frozen=True)
 class TurnRecord:
     id: uuid.UUID
-    session_id: uuid.UUID
+    session_id: uuid.UUID | None  # None for a turn of a conversation that was not stored (/v1 without a session)
     created_at: datetime
     input: str
     output: str

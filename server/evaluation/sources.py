@@ -55,7 +55,7 @@ async def turns_from_database(window: Window, *, session_id: uuid.UUID | None, l
         TurnToJudge(
             turn_id=record.id,
             trace_id=record.trace_id,
-            session_id=str(record.session_id),
+            session_id=str(record.session_id) if record.session_id else None,
             created_at=record.created_at,
             user_message=record.input,
             answer=record.output,
