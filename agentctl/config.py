@@ -429,6 +429,45 @@ class ChatSettings(_Section):
     )
 
 
+class RetentionSettings(_Section):
+    """What the database keeps: a sweeper in the server (one replica at a time, in small batches) and `agentctl
+    retention run` remove the rest. Unset durations keep forever."""
+
+    enabled: bool = Field(default=True, description="Run the retention sweeper in the server.")
+    sweep_interval_seconds: float = Field(default=300.0, ge=1, description="Time between two sweeps.")
+    batch_size: int = Field(
+        default=500, ge=1, le=100_000, description="Rows one statement removes: small batches keep chat latency flat."
+    )
+    batch_pause_seconds: float = Field(
+        default=0.05, ge=0, le=10, description="Pause between two batches, leaving the database to the chat."
+    )
+    idle_session_days: float | None = Field(
+        default=None, gt=0, description="Delete a session (its conversation and turns) idle this long."
+    )
+    checkpoint_turns_kept: int = Field(
+        default=50,
+        ge=1,
+        description="Per conversation, the newest turns whose checkpoints are kept (their messages can be edited and "
+        "their answers regenerated); older checkpoints are pruned, except each branch's latest state.",
+    )
+    turn_record_days: float | None = Field(
+        default=None, gt=0, description="Delete turn records (and their scores) older than this."
+    )
+    memory_days: float | None = Field(
+        default=None, gt=0, description="Delete long-term memories not updated for this long."
+    )
+
+
+class BudgetSettings(_Section):
+    """What each user may spend, checked before the model is called; per-user overrides with `agentctl users
+    set-budget`. Unset: unlimited. Days and months are UTC."""
+
+    daily_tokens: int | None = Field(default=None, ge=0, description="Tokens (input + output) a user may use a day.")
+    monthly_tokens: int | None = Field(default=None, ge=0, description="Tokens a user may use a calendar month.")
+    daily_cost_usd: float | None = Field(default=None, ge=0, description="Model cost (USD) a user may incur a day.")
+    monthly_cost_usd: float | None = Field(default=None, ge=0, description="Model cost a user may incur a month.")
+
+
 class MemorySettings(_Section):
     enabled: bool = Field(
         default=True, description="Long-term memory (Mem0 on pgvector): recall before each turn, remember after it."
@@ -531,6 +570,8 @@ class Settings(BaseSettings):
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent.")
     chat: ChatSettings = Field(default_factory=ChatSettings, description="Runs: rejoining, queueing, leases.")
     memory: MemorySettings = Field(default_factory=MemorySettings, description="Long-term memory.")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings, description="What the database keeps.")
+    budget: BudgetSettings = Field(default_factory=BudgetSettings, description="What each user may spend.")
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings, description="Logs and metrics.")
     evals: EvalSettings = Field(default_factory=EvalSettings, description="Evaluation (LLM as a judge).")
 

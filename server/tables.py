@@ -5,6 +5,7 @@ from piccolo.conf.apps import AppConfig
 from agentctl.resources import migrations_dir
 from server.apikeys.tables import ApiKey
 from server.auth.tables import RefreshToken, RevokedToken
+from server.budgets.tables import UserUsage
 from server.chat.tables import ChatRunEvents, ChatTurn
 from server.evaluation.tables import EvalRun, EvalScore
 from server.memory.tables import MemoryErasure
@@ -27,6 +28,7 @@ APP_CONFIG = AppConfig(
         EvalRun,
         EvalScore,
         MemoryErasure,
+        UserUsage,
     ],
     migration_dependencies=[],
     commands=[],

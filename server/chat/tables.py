@@ -50,6 +50,8 @@ class ChatTurn(TimestampedTable, tablename="chat_turns"):
     # The conversation's checkpoint once the run ended (responses: what previous_response_id continues from)
     checkpoint_id = Varchar(length=64, null=True, default=None)
     previous_run = UUID(null=True, default=None)  # the response it continued (previous_response_id)
+    # The checkpoint it started from: what an edit or a regeneration of its message forks from (its siblings share it)
+    start_checkpoint = Varchar(length=64, null=True, default=None)
 
 
 class ChatRunEvents(TimestampedTable, tablename="chat_run_events"):
