@@ -18,6 +18,7 @@ from server.apikeys.routes import ApiKeyController
 from server.auth.browser import BrowserAuthController, RefreshCookie
 from server.auth.dependencies import BEARER_SCHEME, SESSION_HEADER
 from server.auth.routes import AuthController
+from server.budgets.routes import UsageController
 from server.chat.routes import ChatController, RunsController
 from server.dependencies import SERVICES
 from server.errors import ERROR_SHAPES_STATE_KEY, EXCEPTION_HANDLERS, is_database_unavailable
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> Litestar:
             AuthController,
             SessionController,
             ApiKeyController,
+            UsageController,
             ChatController,
             RunsController,
             MemoryController,

@@ -264,6 +264,7 @@ async def open_conversations(
             memory=memory,
             metrics=metrics.chat,
             tracer=observability.tracer,
+            budget=settings.budget,
         )
         async with chat.serving():
             storage.notifications.subscribe(chat.cancellations())

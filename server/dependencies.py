@@ -6,7 +6,7 @@ from __future__ import annotations
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from agentctl.config import AgentSettings
+from agentctl.config import AgentSettings, BudgetSettings
 from server.auth.service import AuthService
 from server.chat.service import ChatService
 from server.errors import ServiceUnavailableError
@@ -39,6 +39,10 @@ def provide_agent_settings(state: State) -> AgentSettings:
     return resources_of(state).settings.agent
 
 
+def provide_budget_settings(state: State) -> BudgetSettings:
+    return resources_of(state).settings.budget
+
+
 def provide_readiness_probe(state: State) -> ReadinessProbe:
     return resources_of(state).readiness
 
@@ -49,5 +53,6 @@ SERVICES: dict[str, Provide] = {
     "memories": Provide(provide_memories, sync_to_thread=False),
     "metrics": Provide(provide_metrics, sync_to_thread=False),
     "agent_settings": Provide(provide_agent_settings, sync_to_thread=False),
+    "budget_settings": Provide(provide_budget_settings, sync_to_thread=False),
     "readiness_probe": Provide(provide_readiness_probe, sync_to_thread=False),
 }

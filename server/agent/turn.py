@@ -4,6 +4,7 @@ and the agent's graph, which fills it (in the run's config) and sends the turn's
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,9 @@ class TurnRecorder:
     instructions: str | None = None  # the user's own instructions for this turn, after the system prompt's
     model_options: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature: within the model's bounds
     finish_reason: str | None = None  # why the model's last answer ended (stop, length)
+    start_checkpoint: str | None = None  # the checkpoint the turn started from (what an edit of it forks from)
+    parent_run: uuid.UUID | None = None  # the turn before it on its branch
+    resumed: bool = False  # it answers the agent's question (ask_human) rather than saying something new
     memories: list[str] = field(default_factory=list)
     reports: list[CallReport] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)

@@ -151,3 +151,59 @@ async def usage_rows(owner_id: uuid.UUID) -> list[dict[str, Any]]:
         .order_by(UserUsage.day)
     )
     return [{**row, "day": row["day"].isoformat()} for row in rows]
+
+
+def limits_with_defaults(overrides: Limits, settings: BudgetSettings) -> Limits:
+    """A user's limits: their overrides where set, the settings' defaults elsewhere."""
+    return Limits(
+        daily_tokens=overrides.daily_tokens if overrides.daily_tokens is not None else settings.daily_tokens,
+        monthly_tokens=overrides.monthly_tokens if overrides.monthly_tokens is not None else settings.monthly_tokens,
+        daily_cost_usd=overrides.daily_cost_usd if overrides.daily_cost_usd is not None else settings.daily_cost_usd,
+        monthly_cost_usd=(
+            overrides.monthly_cost_usd if overrides.monthly_cost_usd is not None else settings.monthly_cost_usd
+        ),
+    )
+
+
+NO_OVERRIDES = Limits(None, None, None, None)
+
+
+def overrides_of(row: Any) -> Limits:
+    """The budget overrides in a users row (a mapping or a User)."""
+    get = row.get if isinstance(row, dict) else lambda name: getattr(row, name, None)
+    return Limits(
+        daily_tokens=get("budget_daily_tokens"),
+        monthly_tokens=get("budget_monthly_tokens"),
+        daily_cost_usd=get("budget_daily_cost_usd"),
+        monthly_cost_usd=get("budget_monthly_cost_usd"),
+    )
+
+
+async def ensure_within_budget(owner_id: uuid.UUID, settings: BudgetSettings, overrides: Limits) -> None:
+    """Refuse a new turn (429 budget-exceeded, saying what was spent, the limit and when it refills) once a budget is
+    used up. No query when the user has no limit at all (the common case without budgets)."""
+    limits = limits_with_defaults(overrides, settings)
+    if all(value is None for value in vars(limits).values()):
+        return
+    usage = await usage_of(owner_id, settings)
+    hit = usage.exceeded()
+    if hit is None:
+        return
+    period, what, spent, limit, refills_at = hit
+    unit = "tokens" if what == "tokens" else "USD"
+    shown = f"{int(spent):,} of {int(limit):,}" if what == "tokens" else f"{spent:.4f} of {limit:.4f}"
+    wait = max(1, int((refills_at - datetime.datetime.now(tz=datetime.UTC)).total_seconds()) + 1)
+    raise BudgetExceededError(
+        f"the {'daily' if period == 'day' else 'monthly'} budget is used up: {shown} {unit}; it refills at "
+        f"{refills_at:%Y-%m-%d %H:%M} UTC",
+        extra={
+            "budget": {
+                "period": period,
+                "kind": what,
+                "spent": spent,
+                "limit": limit,
+                "refills_at": refills_at.isoformat(),
+            }
+        },
+        headers={"Retry-After": str(wait)},
+    )

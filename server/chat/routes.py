@@ -13,7 +13,7 @@ from litestar.openapi.spec import SecurityRequirement
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEventMessage, Stream
 
-from agentctl.config import AgentSettings
+from agentctl.config import AgentSettings, MultitaskStrategy, OnDisconnect
 from server.auth.dependencies import BEARER_SCHEME, NEW_SESSION_FOR_API_KEYS, SESSION_HEADER, provide_session_claims
 from server.auth.tokens import SessionClaims
 from server.chat.events import TurnEvent, as_json
@@ -23,18 +23,20 @@ from server.chat.schemas import (
     ChatMessage,
     ChatRequest,
     ChatResponse,
+    EditRequest,
     MessagesResponse,
+    RegenerateRequest,
     Run,
     RunError,
     RunPage,
 )
-from server.chat.service import ChatService, RunTicket
+from server.chat.service import ChatService, RunTicket, TurnOptions
 from server.chat.streams import SSE_HEADERS, SSE_MEDIA_TYPE, follow_as_stream, gather_turn
 from server.errors import InvalidFieldError, NotFoundError, explain_pattern, problem_responses
 from server.observability.metrics import AppMetrics
 from server.ratelimit.service import RouteClass
 from server.security.text import has_visible_text, normalize_text
-from server.sessions.service import get_owned_session, owner_name_of_session
+from server.sessions.service import SessionOwner, get_owned_session, owner_of_session
 
 SESSION_TOKEN: list[SecurityRequirement] = [{BEARER_SCHEME: []}]
 RUNS_PATH = "/api/v1/chatbot/runs"
@@ -109,8 +111,60 @@ class ChatController(Controller):
     ) -> MessagesResponse:
         """The session's conversation so far."""
         await get_owned_session(owner_id=session.subject, session_id=session.session_id)
-        history = await chat.history(session.session_id)
-        return MessagesResponse(messages=[ChatMessage(**item) for item in history if item["role"] != "system"])
+        return await _conversation(chat, session.session_id)
+
+    @post(
+        "/messages/{message_id:str}/edit",
+        status_code=202,
+        opt={"rate_limit": RouteClass.CHAT},
+        responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
+    )
+    async def edit_message(
+        self,
+        session: NamedDependency[SessionClaims],
+        chat: NamedDependency[ChatService],
+        agent_settings: NamedDependency[AgentSettings],
+        message_id: FromPath[str],
+        data: JSONBody[EditRequest],
+    ) -> Response[Run]:
+        """Ask again with the user message edited: the conversation continues from just before it, the earlier
+        version kept as a branch (GET /messages shows siblings). A run, like POST /runs: follow its stream."""
+        text = _checked_message(agent_settings, data.content, "content")
+        owner = await owner_of_session(owner_id=session.subject, session_id=session.session_id)
+        forked = await chat.fork_point_of(session.session_id, message_id, answer_ok=False)
+        return await _forked_run(chat, session, owner, text, forked, data.multitask_strategy, data.on_disconnect)
+
+    @post(
+        "/messages/{message_id:str}/regenerate",
+        status_code=202,
+        opt={"rate_limit": RouteClass.CHAT},
+        responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
+    )
+    async def regenerate_message(
+        self,
+        session: NamedDependency[SessionClaims],
+        chat: NamedDependency[ChatService],
+        message_id: FromPath[str],
+        data: JSONBody[RegenerateRequest | None] = None,
+    ) -> Response[Run]:
+        """Another answer to a user message (its id, or the id of the answer to replace): the earlier answer is kept
+        as a branch. A run, like POST /runs: follow its stream."""
+        owner = await owner_of_session(owner_id=session.subject, session_id=session.session_id)
+        forked = await chat.fork_point_of(session.session_id, message_id, answer_ok=True)
+        options = data or RegenerateRequest()
+        return await _forked_run(
+            chat, session, owner, forked.input, forked, options.multitask_strategy, options.on_disconnect
+        )
+
+    @post("/messages/{message_id:str}/branch", status_code=200, responses=problem_responses(401, 403, 404, 409, 429))
+    async def switch_branch(
+        self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService], message_id: FromPath[str]
+    ) -> MessagesResponse:
+        """Make the branch holding this user message (one of a message's siblings) the conversation again, at its
+        latest turn; the next message continues it."""
+        await get_owned_session(owner_id=session.subject, session_id=session.session_id)
+        await chat.switch_branch(session.session_id, message_id)
+        return await _conversation(chat, session.session_id)
 
     @delete("/messages", status_code=204, responses=problem_responses(401, 403, 404, 429))
     async def clear_messages(self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]) -> None:
@@ -304,15 +358,16 @@ _ERROR_DETAILS = {
 async def _submit(
     chat: ChatService, settings: AgentSettings, session: SessionClaims, data: ChatRequest, *, streaming: bool = True
 ) -> RunTicket:
-    text, user_name = await _checked_text(settings, session, data)
+    text, owner = await _checked_text(settings, session, data)
     return await chat.submit(  # a turn in progress is a 409 here (by the strategy), before any stream starts
         owner_id=session.subject,
         session_id=session.session_id,
         text=text,
-        user_name=user_name,
+        user_name=owner.name,
         streaming=streaming,
         strategy=data.multitask_strategy,
         on_disconnect=data.on_disconnect,
+        budget_overrides=owner.budget_overrides,
     )
 
 
@@ -323,19 +378,63 @@ def _run_headers(run_id: uuid.UUID, session_id: uuid.UUID | None = None) -> dict
     return headers
 
 
-async def _checked_text(settings: AgentSettings, session: SessionClaims, data: ChatRequest) -> tuple[str, str | None]:
-    """The message to answer and, once the session is known to be the caller's, the user's name for the prompt."""
+async def _checked_text(settings: AgentSettings, session: SessionClaims, data: ChatRequest) -> tuple[str, SessionOwner]:
+    """The message to answer and, once the session is known to be the caller's, who it is for (name, budget)."""
+    for message in data.messages[:-1]:  # the last one is answered; none may pass the limit the document states
+        _checked_message(settings, message.content, "messages", visible=False)
+    text = _checked_message(settings, data.messages[-1].content, "messages")
+    return text, await owner_of_session(owner_id=session.subject, session_id=session.session_id)
+
+
+def _checked_message(settings: AgentSettings, content: str, field: str, *, visible: bool = True) -> str:
+    """A user message within the configured length, without control characters, with something to read."""
     limit = settings.message_max_chars
-    for message in data.messages:  # the last one is answered; none may pass the limit the document states
-        if len(message.content) > limit:
-            raise InvalidFieldError(
-                "messages", f"a message may have at most {limit} characters, this one has {len(message.content)}"
-            )
-    text = normalize_text(data.messages[-1].content)
-    if not has_visible_text(text):
-        raise InvalidFieldError("messages", "the message has nothing but white space and control characters")
-    user_name = await owner_name_of_session(owner_id=session.subject, session_id=session.session_id)
-    return text, user_name
+    if len(content) > limit:
+        raise InvalidFieldError(field, f"a message may have at most {limit} characters, this one has {len(content)}")
+    text = normalize_text(content)
+    if visible and not has_visible_text(text):
+        raise InvalidFieldError(field, "the message has nothing but white space and control characters")
+    return text
+
+
+async def _conversation(chat: ChatService, session_id: uuid.UUID) -> MessagesResponse:
+    """The session's current branch, each user message with its siblings where it has any."""
+    history = await chat.history(session_id)
+    places = await chat.branches(session_id)
+    return MessagesResponse(
+        messages=[
+            ChatMessage(**item, branch=places.get(item["id"]) if item["role"] == "user" else None)
+            for item in history
+            if item["role"] != "system"
+        ]
+    )
+
+
+async def _forked_run(
+    chat: ChatService,
+    session: SessionClaims,
+    owner: SessionOwner,
+    text: str,
+    forked: RunRow,
+    strategy: MultitaskStrategy | None,
+    on_disconnect: OnDisconnect | None,
+) -> Response[Run]:
+    ticket = await chat.submit(
+        owner_id=session.subject,
+        session_id=session.session_id,
+        text=text,
+        user_name=owner.name,
+        strategy=strategy,
+        on_disconnect=on_disconnect,
+        options=TurnOptions(fork_from=forked.start_checkpoint),
+        budget_overrides=owner.budget_overrides,
+    )
+    row = await chat.find(ticket.id, session_id=session.session_id)
+    return Response(
+        await _run_of(chat, row),
+        status_code=202,
+        headers={"Location": f"{RUNS_PATH}/{ticket.id}", SESSION_HEADER: str(session.session_id)},
+    )
 
 
 def _sse_encoder(run_id: uuid.UUID) -> Callable[[list[TurnEvent]], bytes]:

@@ -27,7 +27,7 @@ WORKER_LOST = "worker-lost"
 _RUN_COLUMNS = (
     "id, session, owner, input, status, strategy, on_disconnect, error_type, output, model, input_tokens, "
     "output_tokens, cached_tokens, cost_usd, created_at, started_at, finished_at, last_event, surface, checkpoint_id, "
-    "previous_run"
+    "previous_run, start_checkpoint, resumed"
 )
 
 
@@ -56,6 +56,8 @@ class RunRow:
     surface: str = "chat"
     checkpoint_id: str | None = None
     previous_run: uuid.UUID | None = None
+    start_checkpoint: str | None = None
+    resumed: bool = False
 
     @property
     def active(self) -> bool:
@@ -88,6 +90,8 @@ class RunRow:
             surface=row["surface"],
             checkpoint_id=row["checkpoint_id"],
             previous_run=row["previous_run"],
+            start_checkpoint=row["start_checkpoint"],
+            resumed=row["resumed"],
         )
 
 
@@ -101,6 +105,7 @@ class Claimed:
     input: str
     strategy: str
     on_disconnect: str
+    fork_from: str | None = None  # the checkpoint it starts from (an edit or a regeneration), else the latest
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,9 @@ class RunOutcome:
     latency_ms: float
     trace_id: str | None
     last_event: int
-    checkpoint_id: str | None = None
+    start_checkpoint: str | None = None
+    parent_run: uuid.UUID | None = None
+    resumed: bool = False
 
 
 class RunStore:
@@ -141,13 +148,14 @@ class RunStore:
         on_disconnect: str,
         surface: str = "chat",
         previous_run: uuid.UUID | None = None,
+        start_checkpoint: str | None = None,
     ) -> bool:
         """Insert the run as running in this worker, if its session has no run running or queued (one round trip).
         A run without a session always starts (NULL never conflicts)."""
         started = await self._database.pool.fetchval(
             "INSERT INTO chat_turns (id, session, owner, input, status, strategy, on_disconnect, worker, lease_until, "
-            "started_at, surface, previous_run) SELECT $1, $2, $3, $4, 'running', $5, $6, $7, "
-            "now() + make_interval(secs => $8), now(), $9, $10 "
+            "started_at, surface, previous_run, start_checkpoint) SELECT $1, $2, $3, $4, 'running', $5, $6, $7, "
+            "now() + make_interval(secs => $8), now(), $9, $10, $11 "
             "WHERE NOT EXISTS (SELECT 1 FROM chat_turns WHERE session = $2 AND status = 'queued') "
             "ON CONFLICT (session) WHERE status = 'running' DO NOTHING RETURNING true",
             run_id,
@@ -160,6 +168,7 @@ class RunStore:
             self._lease,
             surface,
             previous_run,
+            start_checkpoint,
         )
         return bool(started)
 
@@ -173,11 +182,12 @@ class RunStore:
         strategy: str,
         on_disconnect: str,
         max_queued: int,
+        start_checkpoint: str | None = None,
     ) -> bool:
         """Queue the run behind its session's active one; False when the session already has ``max_queued``."""
         queued = await self._database.pool.fetchval(
-            "INSERT INTO chat_turns (id, session, owner, input, status, strategy, on_disconnect) "
-            "SELECT $1, $2, $3, $4, 'queued', $5, $6 "
+            "INSERT INTO chat_turns (id, session, owner, input, status, strategy, on_disconnect, start_checkpoint) "
+            "SELECT $1, $2, $3, $4, 'queued', $5, $6, $8 "
             "WHERE (SELECT count(*) FROM chat_turns WHERE session = $2 AND status = 'queued') < $7 RETURNING true",
             run_id,
             session_id,
@@ -186,6 +196,7 @@ class RunStore:
             strategy,
             on_disconnect,
             max_queued,
+            start_checkpoint,
         )
         return bool(queued)
 
@@ -197,7 +208,7 @@ class RunStore:
                 "$3), started_at = now() WHERE id = (SELECT id FROM chat_turns WHERE session = $1 AND status = "
                 "'queued' ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND NOT EXISTS (SELECT 1 FROM "
                 "chat_turns WHERE session = $1 AND status = 'running') "
-                "RETURNING id, session, owner, input, strategy, on_disconnect",
+                "RETURNING id, session, owner, input, strategy, on_disconnect, start_checkpoint",
                 session_id,
                 self.worker,
                 self._lease,
@@ -206,17 +217,42 @@ class RunStore:
             return None  # another worker started one of the session's runs meanwhile
         if row is None:
             return None
-        return Claimed(row["id"], row["session"], row["owner"], row["input"], row["strategy"], row["on_disconnect"])
+        return Claimed(
+            row["id"],
+            row["session"],
+            row["owner"],
+            row["input"],
+            row["strategy"],
+            row["on_disconnect"],
+            row["start_checkpoint"],
+        )
 
     async def finish(self, run_id: uuid.UUID, outcome: RunOutcome) -> bool:
-        """Record the run's outcome; True if runs of its session are queued (in the same round trip)."""
+        """Record the run's outcome, the checkpoint its conversation now ends on, and what it spent (its user's day
+        of usage, which budgets read); True if runs of its session are queued. One round trip."""
         queued = await self._database.pool.fetchval(
-            "UPDATE chat_turns SET status = $2, error_type = $3, output = $4, tool_calls = $5::jsonb, model = $6, "
-            "fallbacks = $7::jsonb, input_tokens = $8, output_tokens = $9, cached_tokens = $10, cost_usd = $11, "
-            "time_to_first_token_ms = $12, latency_ms = $13, trace_id = $14, last_event = $15, finished_at = now(), "
-            "lease_until = NULL, checkpoint_id = COALESCE($16, checkpoint_id) WHERE id = $1 "
-            "RETURNING EXISTS (SELECT 1 FROM chat_turns AS queued "
-            "WHERE queued.session = chat_turns.session AND queued.status = 'queued')",
+            "WITH finished AS (UPDATE chat_turns SET status = $2, error_type = $3, output = $4, "
+            "tool_calls = $5::jsonb, model = $6, fallbacks = $7::jsonb, input_tokens = $8, output_tokens = $9, "
+            "cached_tokens = $10, cost_usd = $11, time_to_first_token_ms = $12, latency_ms = $13, trace_id = $14, "
+            "last_event = $15, finished_at = now(), lease_until = NULL, "
+            # A conversation's first run starts from nothing: its thread's first checkpoint (LangGraph's input step,
+            # before anything was said) is where an edit of its message forks from.
+            "start_checkpoint = COALESCE(start_checkpoint, $16, (SELECT checkpoint_id FROM checkpoints "
+            "WHERE thread_id = chat_turns.session::text AND checkpoint_ns = '' ORDER BY checkpoint_id LIMIT 1)), "
+            "previous_run = COALESCE(previous_run, $17), "
+            "resumed = $18, "
+            # One run of a session at a time, and checkpoint ids grow with time: the newest is this run's last.
+            "checkpoint_id = (SELECT checkpoint_id FROM checkpoints WHERE thread_id = chat_turns.session::text "
+            "AND checkpoint_ns = '' ORDER BY checkpoint_id DESC LIMIT 1) "
+            "WHERE id = $1 RETURNING owner, session), "
+            "counted AS (INSERT INTO user_usage (owner, day, turns, input_tokens, output_tokens, cost_usd, created_at) "
+            "SELECT owner, (now() AT TIME ZONE 'UTC')::date, 1, $8, $9, $11, now() FROM finished "
+            "ON CONFLICT (owner, day) DO UPDATE SET turns = user_usage.turns + 1, "
+            "input_tokens = user_usage.input_tokens + EXCLUDED.input_tokens, "
+            "output_tokens = user_usage.output_tokens + EXCLUDED.output_tokens, "
+            "cost_usd = user_usage.cost_usd + EXCLUDED.cost_usd) "
+            "SELECT EXISTS (SELECT 1 FROM chat_turns AS queued WHERE queued.session = finished.session "
+            "AND queued.status = 'queued') FROM finished",
             run_id,
             outcome.status,
             outcome.error_type,
@@ -232,7 +268,9 @@ class RunStore:
             outcome.latency_ms,
             outcome.trace_id,
             outcome.last_event,
-            outcome.checkpoint_id,
+            outcome.start_checkpoint,
+            outcome.parent_run,
+            outcome.resumed,
         )
         return queued is not False  # None: the row is gone (its session deleted)
 
@@ -281,6 +319,22 @@ class RunStore:
             f"SELECT {_RUN_COLUMNS} FROM chat_turns WHERE id = $1 AND session = $2", run_id, session_id
         )
         return None if row is None else RunRow.of(row)
+
+    async def all_in(self, session_id: uuid.UUID) -> list[RunRow]:
+        """Every run of the session, oldest first (its branches)."""
+        rows = await self._database.pool.fetch(
+            f"SELECT {_RUN_COLUMNS} FROM chat_turns WHERE session = $1 ORDER BY created_at, id", session_id
+        )
+        return [RunRow.of(row) for row in rows]
+
+    async def checkpoint_exists(self, session_id: uuid.UUID, checkpoint_id: str) -> bool:
+        return bool(
+            await self._database.pool.fetchval(
+                "SELECT true FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = '' AND checkpoint_id = $2",
+                str(session_id),
+                checkpoint_id,
+            )
+        )
 
     async def get_owned(self, run_id: uuid.UUID, *, owner_id: uuid.UUID) -> RunRow | None:
         """One of the user's runs, whichever session (or none) it is in."""

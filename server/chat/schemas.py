@@ -43,6 +43,25 @@ class ChatRequest(Strict):
     ) = None
 
 
+_STRATEGY_FIELD = Meta(
+    description="If the session is answering another message: reject (409), enqueue, interrupt or rollback, as for "
+    "POST /chat. Default: the server's AGENTCTL_CHAT__MULTITASK_STRATEGY."
+)
+
+
+class EditRequest(Strict):
+    """A user message's new text: the conversation continues from just before it, the old version kept as a branch."""
+
+    content: Annotated[str, Meta(min_length=1, max_length=1_000_000)]
+    multitask_strategy: Annotated[Literal["reject", "enqueue", "interrupt", "rollback"], _STRATEGY_FIELD] | None = None
+    on_disconnect: Literal["continue", "cancel"] | None = None
+
+
+class RegenerateRequest(Strict):
+    multitask_strategy: Annotated[Literal["reject", "enqueue", "interrupt", "rollback"], _STRATEGY_FIELD] | None = None
+    on_disconnect: Literal["continue", "cancel"] | None = None
+
+
 class ChatMessage(msgspec.Struct):
     role: Literal["assistant", "user", "tool", "system"]
     content: str
@@ -50,6 +69,8 @@ class ChatMessage(msgspec.Struct):
     status: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     name: str | None = None
+    # A user message with siblings (edits, regenerations): {"index": 1-based, "count", "siblings": [ids]}
+    branch: dict[str, Any] | None = None
 
 
 class ChatResponse(msgspec.Struct):

@@ -23,8 +23,9 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from loguru import logger
 
-from agentctl.config import AgentSettings, ChatSettings, MultitaskStrategy, OnDisconnect
+from agentctl.config import AgentSettings, BudgetSettings, ChatSettings, MultitaskStrategy, OnDisconnect
 from server.agent.turn import TurnRecorder
+from server.budgets.service import Limits, ensure_within_budget, overrides_of
 from server.chat.events import HEARTBEAT, RunLog, SharedEventLog, TurnEvent
 from server.chat.runs import WORKER_LOST, Claimed, RunOutcome, RunRow, RunStore
 from server.database.engine import Database
@@ -43,6 +44,7 @@ from server.observability.metrics import ChatMetrics
 from server.observability.tracing import TurnTrace, TurnTracer
 from server.sessions.service import owner_name_of_session
 from server.tasks import running
+from server.users.service import get_user
 
 _CANCEL_CHANNEL = "agentctl_cancel_run"
 # Error types of error events and turn records, besides the codes of AppErrors.
@@ -73,6 +75,32 @@ class RunQueueFullError(RateLimitedError):
         )
 
 
+class MessageNotFoundError(NotFoundError):
+    code = "message-not-found"
+
+    def __init__(self) -> None:
+        super().__init__("no such message in this session")
+
+
+class NotAUserMessageError(AppError):
+    status = 422
+    code = "not-a-user-message"
+    title = "Unprocessable Content"
+
+    def __init__(self) -> None:
+        super().__init__("only the user's own messages can be edited; to get another answer, regenerate it")
+
+
+class MessageTooOldError(ConflictError):
+    code = "message-too-old"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this message can no longer be edited or regenerated: the conversation's state before it is no longer "
+            "kept (AGENTCTL_RETENTION__CHECKPOINT_TURNS_KEPT)"
+        )
+
+
 class RunNotFoundError(NotFoundError):
     code = "run-not-found"
 
@@ -99,7 +127,12 @@ class TurnOptions:
     fork_from: str | None = None  # a checkpoint of the session to continue from (an earlier response: a branch)
     previous_run: uuid.UUID | None = None  # the run it continues (recorded)
     model_options: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature
-    record_checkpoint: bool = False  # keep the checkpoint the run ends on, to continue from it later
+
+    @property
+    def queueable(self) -> bool:
+        """Whether a run with these options may wait in the queue: its row keeps the surface and the fork point, not
+        the rest (instructions, the conversation given, model options)."""
+        return not (self.instructions or self.prior or self.model_options or self.previous_run)
 
 
 _NO_OPTIONS = TurnOptions()
@@ -167,8 +200,10 @@ class ChatService:
         memory: MemoryService | None = None,
         metrics: ChatMetrics | None = None,
         tracer: TurnTracer | None = None,
+        budget: BudgetSettings | None = None,
     ) -> None:
         self._agent = agent
+        self._budget = budget
         # A conversation that is not stored runs on a checkpointer in memory, as its own thread, dropped once it ends:
         # the same graph, so tools and human questions work alike.
         self._unstored = InMemorySaver()
@@ -200,12 +235,17 @@ class ChatService:
         strategy: MultitaskStrategy | None = None,
         on_disconnect: OnDisconnect | None = None,
         options: TurnOptions = _NO_OPTIONS,
+        budget_overrides: Limits | None = None,
     ) -> RunTicket:
         """Accept a message as a run: started at once in this worker when its session has no active run, else
         refused (409), queued, or queued after cancelling the active run, by ``strategy``. With every chat model's
         circuit open, it is refused at once (503 with Retry-After) instead. Without a session, the run starts at once
         on the conversation ``options.prior`` brings, and only its record is kept."""
         self._llm.ensure_available("chat")
+        if self._budget is not None:
+            if budget_overrides is None:  # the caller did not read the user's row: read it now
+                budget_overrides = overrides_of(await get_user(owner_id))
+            await ensure_within_budget(owner_id, self._budget, budget_overrides)
         strategy = strategy or self._chat.multitask_strategy
         on_disconnect = on_disconnect or self._chat.on_disconnect
         local = self._local_by_session.get(session_id) if session_id is not None else None
@@ -222,16 +262,17 @@ class ChatService:
             on_disconnect=on_disconnect,
             surface=options.surface,
             previous_run=options.previous_run,
+            start_checkpoint=options.fork_from,
         ):
-            run = Claimed(run_id, session_id, owner_id, text, strategy, on_disconnect)
+            run = Claimed(run_id, session_id, owner_id, text, strategy, on_disconnect, options.fork_from)
             self._launch(run, user_name, streaming, options)
             self._count("running", strategy)
             return RunTicket(run_id, session_id, "running", strategy, on_disconnect)
         if session_id is None:  # nothing else runs in a conversation of its own: only a lost insert gets here
             raise RuntimeError("a run without a session could not start")
-        if options is not _NO_OPTIONS:
-            # Queued runs start elsewhere from their row alone, which holds no options: a request with options is
-            # answered now or refused.
+        if not options.queueable:
+            # Queued runs start elsewhere from their row alone: a request with options it does not keep is answered now
+            # or refused.
             raise TurnInProgressError()
         if strategy == "reject":
             raise TurnInProgressError()
@@ -243,6 +284,7 @@ class ChatService:
             strategy=strategy,
             on_disconnect=on_disconnect,
             max_queued=self._chat.max_queued,
+            start_checkpoint=options.fork_from,
         ):
             raise RunQueueFullError(self._chat.max_queued)
         self._count("queued", strategy)
@@ -262,7 +304,8 @@ class ChatService:
         if claimed is None:
             return None
         user_name = await owner_name_of_session(owner_id=claimed.owner_id, session_id=session_id)
-        self._launch(claimed, user_name, streaming=True)
+        options = TurnOptions(fork_from=claimed.fork_from) if claimed.fork_from else _NO_OPTIONS
+        self._launch(claimed, user_name, streaming=True, options=options)
         self._count("running", claimed.strategy)
         return claimed.id
 
@@ -576,6 +619,9 @@ class ChatService:
             if recorder.memories:  # the user sees what the agent was reminded of, before its answer
                 log.append("memory", {"content": "", "done": False, "memories": recorder.memories})
             resuming = bool(state.interrupts)
+            recorder.resumed = resuming
+            recorder.start_checkpoint = state.config.get("configurable", {}).get("checkpoint_id")
+            recorder.parent_run = _last_question_id(state.values.get("messages", []))
             graph_input: Command[Any] | dict[str, Any] = (
                 Command(resume=turn.text) if resuming else {"messages": [*turn.options.prior, turn.question]}
             )
@@ -692,7 +738,9 @@ class ChatService:
             latency_ms=(now - recorder.started) * 1000,
             trace_id=turn.trace.trace_id,
             last_event=len(turn.log.events) + events_to_come,
-            checkpoint_id=await self._latest_checkpoint(turn) if turn.options.record_checkpoint else None,
+            start_checkpoint=recorder.start_checkpoint,
+            parent_run=recorder.parent_run,
+            resumed=recorder.resumed,
         )
         turn.trace.finish(output=recorder.partial, status=status, error_type=error_type)
         if self._metrics is not None:  # counted whether or not the record can be written
@@ -705,19 +753,6 @@ class ChatService:
         if (local := self._local.get(turn.turn_id)) is not None:
             local.queued_behind = queued_behind
         return outcome
-
-    async def _latest_checkpoint(self, turn: TurnContext) -> str | None:
-        """The checkpoint the session's conversation now ends on: this run's last (one run of a session at a time,
-        and checkpoint ids grow with time). Read from its table: the state itself is not needed."""
-        if turn.session_id is None:
-            return None
-        with contextlib.suppress(Exception):
-            return await self._database.pool.fetchval(
-                "SELECT checkpoint_id FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = '' "
-                "ORDER BY checkpoint_id DESC LIMIT 1",
-                turn.thread_id,
-            )
-        return None
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[None]:
@@ -732,6 +767,72 @@ class ChatService:
                 if tasks := [local.task for local in self._local.values()]:
                     await asyncio.wait(tasks, timeout=_CANCELLED_TURN_WAIT_SECONDS)
 
+    # -- branches ------------------------------------------------------------------------------------------------
+
+    async def fork_point_of(self, session_id: uuid.UUID, message_id: str, *, answer_ok: bool) -> RunRow:
+        """The run whose user message ``message_id`` is (with ``answer_ok``, an answer's id finds the question it
+        answers), able to be forked: 404 for no such message in the session, 422 for a message that is not the
+        user's, 409 for one whose starting point is no longer kept."""
+        run_id = _uuid_or_none(message_id)
+        row = await self._runs.get(run_id, session_id=session_id) if run_id is not None else None
+        if row is None or row.resumed:
+            messages = (await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})).values.get(
+                "messages", []
+            )
+            index = next((i for i, message in enumerate(messages) if str(message.id) == message_id), None)
+            if index is None:
+                raise MessageNotFoundError()
+            question = _last_question_id(messages[: index + 1]) if answer_ok else None
+            row = await self._runs.get(question, session_id=session_id) if question is not None else None
+            if row is None:
+                raise NotAUserMessageError()
+        if row.start_checkpoint is None or not await self._runs.checkpoint_exists(session_id, row.start_checkpoint):
+            raise MessageTooOldError()
+        return row
+
+    async def branches(self, session_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+        """For each user message (a run's id) that has siblings (the same turn before it: edits and regenerations),
+        its place among them: {"index": 1-based, "count", "siblings": [ids, oldest first]}."""
+        runs = [row for row in await self._runs.all_in(session_id) if not row.resumed]
+        groups: dict[uuid.UUID | None, list[RunRow]] = {}
+        for row in runs:
+            if row.start_checkpoint is not None or row.active:
+                groups.setdefault(row.previous_run, []).append(row)
+        places: dict[str, dict[str, Any]] = {}
+        for siblings in groups.values():
+            if len(siblings) < 2:
+                continue
+            ids = [str(row.id) for row in siblings]
+            for index, run_id in enumerate(ids, start=1):
+                places[run_id] = {"index": index, "count": len(ids), "siblings": ids}
+        return places
+
+    async def switch_branch(self, session_id: uuid.UUID, message_id: str) -> None:
+        """Make the branch holding the user message ``message_id`` the session's conversation again, at its latest
+        turn. LangGraph continues from the newest checkpoint: a copy of that branch's last state becomes it."""
+        run_id = _uuid_or_none(message_id)
+        chosen = await self._runs.get(run_id, session_id=session_id) if run_id is not None else None
+        if chosen is None:
+            raise MessageNotFoundError()
+        runs = await self._runs.all_in(session_id)
+        if any(row.active for row in runs):
+            raise TurnInProgressError()
+        children: dict[uuid.UUID | None, list[RunRow]] = {}
+        for row in runs:
+            children.setdefault(row.previous_run, []).append(row)
+        head, frontier = chosen, [chosen]
+        while frontier:  # the newest run of the branch that starts at the chosen message
+            row = frontier.pop()
+            if row.checkpoint_id is not None and (row.created_at, str(row.id)) > (head.created_at, str(head.id)):
+                head = row
+            frontier.extend(children.get(row.id, []))
+        if head.checkpoint_id is None:
+            raise MessageTooOldError()
+        config: RunnableConfig = {
+            "configurable": {"thread_id": str(session_id), "checkpoint_ns": "", "checkpoint_id": head.checkpoint_id}
+        }
+        await self._agent.aupdate_state(config, None, as_node="chat")
+
     async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
         state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
         return [_as_dict(message) for message in state.values.get("messages", [])]
@@ -741,6 +842,23 @@ class ChatService:
         checkpointer = self._agent.checkpointer
         if isinstance(checkpointer, BaseCheckpointSaver):
             await checkpointer.adelete_thread(str(session_id))
+
+
+def _uuid_or_none(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def _last_question_id(messages: list[BaseMessage]) -> uuid.UUID | None:
+    """The run of the conversation's last user message (a user message's id is its run's): the turn before."""
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            with contextlib.suppress(TypeError, ValueError):
+                return uuid.UUID(str(message.id))
+            return None
+    return None
 
 
 def _put_event(log: RunLog, event: dict[str, Any]) -> None:

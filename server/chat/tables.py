@@ -1,6 +1,7 @@
 from piccolo.columns import (
     JSONB,
     UUID,
+    Boolean,
     DoublePrecision,
     ForeignKey,
     Integer,
@@ -52,6 +53,7 @@ class ChatTurn(TimestampedTable, tablename="chat_turns"):
     previous_run = UUID(null=True, default=None)  # the response it continued (previous_response_id)
     # The checkpoint it started from: what an edit or a regeneration of its message forks from (its siblings share it)
     start_checkpoint = Varchar(length=64, null=True, default=None)
+    resumed = Boolean(null=False, default=False)  # it answered the agent's question (ask_human): no message of its own
 
 
 class ChatRunEvents(TimestampedTable, tablename="chat_run_events"):

@@ -19,10 +19,13 @@ _CODES = {
     "rate-limited": "rate_limit_exceeded",
     "context-too-long": "context_length_exceeded",
     "validation-failed": "invalid_value",
+    "budget-exceeded": "insufficient_quota",
 }
 
 
-def _type_of(status: int) -> str:
+def _type_of(status: int, code: str) -> str:
+    if code == "budget-exceeded":
+        return "insufficient_quota"  # what OpenAI answers a 429 for spent quota with, rather than a rate limit
     if status == 401:
         return "authentication_error"
     if status == 403:
@@ -47,7 +50,7 @@ def openai_error(facts: ErrorFacts) -> tuple[int, dict[str, Any]]:
     body = {
         "error": {
             "message": message,
-            "type": _type_of(status),
+            "type": _type_of(status, facts.code),
             "param": param,
             "code": _CODES.get(facts.code, facts.code.replace("-", "_")),
         }

@@ -17,6 +17,7 @@ from agentctl.config import AgentSettings
 from server.apikeys.service import ApiKeyScope
 from server.auth.dependencies import SESSION_HEADER, USER_TOKEN, user_or_api_key
 from server.auth.tokens import TokenClaims
+from server.budgets.service import overrides_of
 from server.chat.runs import RunRow
 from server.chat.service import ChatService, RunTicket, TurnOptions
 from server.chat.streams import SSE_HEADERS, SSE_MEDIA_TYPE, follow_as_stream, gather_turn
@@ -34,7 +35,7 @@ from server.openai_compat.shapes import (
 )
 from server.ratelimit.service import RouteClass
 from server.security.text import has_visible_text, normalize_text
-from server.sessions.service import create_session, get_owned_session, owner_name_of_session
+from server.sessions.service import create_session, get_owned_session, owner_of_session
 from server.users.service import get_user
 
 _RESPONSE_STATUS = {
@@ -163,7 +164,6 @@ class OpenAIController(Controller):
             fork_from=fork_from,
             previous_run=previous.id if previous is not None else None,
             model_options=_model_options(data.max_output_tokens, data.temperature),
-            record_checkpoint=data.store,
         )
         ticket = await _submit(chat, caller, session_id, text, options, streaming=data.stream, strategy="reject")
         source, events = await chat.open_follow(ticket.id, session_id=ticket.session_id)
@@ -293,14 +293,17 @@ async def _submit(
     strategy: str | None = None,
 ) -> RunTicket:
     if session_id is not None:
-        user_name = await owner_name_of_session(owner_id=user.subject, session_id=session_id)
+        owner = await owner_of_session(owner_id=user.subject, session_id=session_id)
+        user_name, overrides = owner.name, owner.budget_overrides
     else:
-        user_name = (await get_user(user.subject)).username
+        account = await get_user(user.subject)
+        user_name, overrides = account.username, overrides_of(account)
     return await chat.submit(
         owner_id=user.subject,
         session_id=session_id,
         text=text,
         user_name=user_name,
+        budget_overrides=overrides,
         streaming=streaming,
         strategy=strategy,  # type: ignore[arg-type]
         options=options,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
+from server.budgets.service import Limits, overrides_of
 from server.errors import NotFoundError
 from server.sessions.tables import ChatSession
 
@@ -26,16 +28,37 @@ async def get_owned_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> Ch
     return session
 
 
-async def owner_name_of_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> str | None:
-    """The owner's display name, if the session belongs to them (one query: a turn checks both at once)."""
+@dataclass(frozen=True)
+class SessionOwner:
+    """Who a turn in a session is for: the name its prompt uses, and their budget overrides."""
+
+    name: str | None
+    budget_overrides: Limits
+
+
+async def owner_of_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> SessionOwner:
+    """The owner's name and budget overrides, if the session belongs to them (one query: a turn checks all at
+    once)."""
+    owner = ChatSession.owner
     row = (
-        await ChatSession.select(ChatSession.owner.username.as_alias("username"))
+        await ChatSession.select(
+            owner.username.as_alias("username"),
+            owner.budget_daily_tokens.as_alias("budget_daily_tokens"),
+            owner.budget_monthly_tokens.as_alias("budget_monthly_tokens"),
+            owner.budget_daily_cost_usd.as_alias("budget_daily_cost_usd"),
+            owner.budget_monthly_cost_usd.as_alias("budget_monthly_cost_usd"),
+        )
         .where((ChatSession.id == session_id) & (ChatSession.owner == owner_id))
         .first()
     )
     if row is None:
         raise SessionNotFoundError("no such session")
-    return row["username"]
+    return SessionOwner(row["username"], overrides_of(row))
+
+
+async def owner_name_of_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> str | None:
+    """The owner's display name, if the session belongs to them."""
+    return (await owner_of_session(owner_id=owner_id, session_id=session_id)).name
 
 
 async def list_sessions(*, owner_id: uuid.UUID, limit: int, offset: int) -> tuple[list[ChatSession], int]:
