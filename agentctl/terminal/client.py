@@ -63,6 +63,10 @@ class SessionBusyError(ChatError):
     """The session is answering another message (from this or another client)."""
 
 
+class BudgetExceededError(ChatError):
+    """The user's daily or monthly budget is used up: no new turn until it refills."""
+
+
 def error_from_response(response: httpx.Response) -> ChatError:
     """One line from a problem+json answer (or whatever a proxy in between answered)."""
     try:
@@ -72,6 +76,8 @@ def error_from_response(response: httpx.Response) -> ChatError:
     if not isinstance(problem, dict):
         problem = {}
     code = str(problem.get("type") or "").rsplit(":", 1)[-1] or f"http-{response.status_code}"
+    if code == "budget-exceeded" and isinstance(problem.get("budget"), dict):
+        return BudgetExceededError(budget_refusal(problem["budget"]), code=code)
     if response.status_code == 429:
         wait = response.headers.get("Retry-After", "").strip()
         when = f"in {wait} s" if wait.isdigit() else "later"
@@ -91,6 +97,38 @@ def parse_moment(text: str | None) -> dt.datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+def budget_amount(kind: str, value: float) -> str:
+    """Tokens as a whole number with thousands separators, a cost in US dollars to four places."""
+    return f"{int(value):,}" if kind == "tokens" else f"${value:,.4f}"
+
+
+def describe_refill(refills_at: str | None) -> str:
+    """When a budget refills, in local time and from now: "at 2026-12-04 01:00 CET (in 15 h 41 min)"."""
+    moment = parse_moment(refills_at)
+    if moment is None:
+        return "later"
+    local = moment.astimezone()
+    minutes = max(0, int((moment - dt.datetime.now(dt.UTC)).total_seconds() + 59) // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    wait = " ".join(f"{amount} {unit}" for amount, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if amount)
+    return f"at {local:%Y-%m-%d %H:%M} {local.tzname() or ''}".rstrip() + f" (in {wait or 'a moment'})"
+
+
+def budget_refusal(budget: dict[str, Any]) -> str:
+    """The one line a turn refused for the budget prints: which budget, spent against the limit, when it refills."""
+    kind = str(budget.get("kind") or "tokens")
+    period = "daily" if budget.get("period") == "day" else "monthly"
+    what = "token" if kind == "tokens" else "cost"
+    spent = budget_amount(kind, float(budget.get("spent") or 0))
+    limit = budget_amount(kind, float(budget.get("limit") or 0))
+    unit = " tokens" if kind == "tokens" else ""
+    return (
+        f"your {period} {what} budget is used up: {spent} of {limit}{unit} spent; "
+        f"it refills {describe_refill(budget.get('refills_at'))}"
+    )
 
 
 def _expires_soon(expires_at: str | None) -> bool:
@@ -508,16 +546,9 @@ class ChatClient:
         """Send one message and yield the answer's events as they arrive; a stream cut mid-answer is rejoined where
         it stopped (``on_rejoin(attempt, attempts)`` is told); leaving early hangs up (the answer goes on)."""
         body = {"messages": [{"role": "user", "content": text}]}
-        while True:
-            response = self._session_call("POST", "/chatbot/chat/stream", json=body, stream=True, timeout=_STREAMING)
-            if response.status_code == 200:
-                break
-            response.read()
-            response.close()
-            error = error_from_response(response)
-            if not (isinstance(error, SessionBusyError) and time.monotonic() < self._busy_grace_until):
-                raise error
-            time.sleep(0.2)  # the turn just cancelled is still letting go of the session
+        response = self._turn_started(
+            lambda: self._session_call("POST", "/chatbot/chat/stream", json=body, stream=True, timeout=_STREAMING), 200
+        )
         events = self._resumable(response, response.headers.get("X-Run-Id"), on_rejoin)
         try:
             yield events
@@ -534,6 +565,47 @@ class ChatClient:
             yield events
         finally:
             events.close()
+
+    def _turn_started(self, send: Callable[[], httpx.Response], expected: int) -> httpx.Response:
+        """The answer to a request that starts a turn; a "busy" refusal while a turn just cancelled is still letting
+        go of the session is asked again."""
+        while True:
+            response = send()
+            if response.status_code == expected:
+                return response
+            response.read()
+            response.close()
+            error = error_from_response(response)
+            if not (isinstance(error, SessionBusyError) and time.monotonic() < self._busy_grace_until):
+                raise error
+            time.sleep(0.2)  # the turn just cancelled is still letting go of the session
+
+    def edit_message(self, message_id: str, text: str) -> dict[str, Any]:
+        """Ask again with a user message's new text (the conversation goes on from just before it; the old version
+        stays a branch): the run that answers it, to follow."""
+        response = self._turn_started(
+            lambda: self._session_call("POST", f"/chatbot/messages/{message_id}/edit", json={"content": text}), 202
+        )
+        return dict(response.json())
+
+    def regenerate(self, message_id: str) -> dict[str, Any]:
+        """Another answer to a user message (the earlier one stays a branch): the run that gives it, to follow."""
+        response = self._turn_started(
+            lambda: self._session_call("POST", f"/chatbot/messages/{message_id}/regenerate", json={}), 202
+        )
+        return dict(response.json())
+
+    def switch_branch(self, message_id: str) -> list[dict[str, Any]]:
+        """Make the branch holding the user message ``message_id`` the conversation again: its messages."""
+        return self._checked(self._session_call("POST", f"/chatbot/messages/{message_id}/branch"))["messages"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run of the session: its input, status and answer."""
+        return dict(self._checked(self._session_call("GET", f"/chatbot/runs/{run_id}")))
+
+    def usage(self) -> dict[str, Any]:
+        """What the user spent today and this month, against their budget (limits None: unlimited)."""
+        return dict(self._checked(self._user_call("GET", "/auth/me/usage")))
 
     def active_run(self) -> dict[str, Any] | None:
         """The session's run still being answered (one a reloaded client should show), if any."""

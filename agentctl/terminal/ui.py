@@ -12,7 +12,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,11 +30,14 @@ from rich.text import Text
 from agentctl.terminal.client import (
     ChatClient,
     ChatError,
+    SessionBusyError,
     SessionGoneError,
     SessionSummary,
     SignedOutError,
     StreamEvent,
     WrongPasswordError,
+    budget_amount,
+    describe_refill,
     match_session,
     parse_moment,
 )
@@ -45,6 +48,7 @@ QUESTION_STYLE = "bold yellow"
 SIGN_IN_ATTEMPTS = 3
 SESSION_TITLE_CHARS = 48
 SIDE_LINE_CHARS = 160
+BRANCH_TEXT_CHARS = 40
 HISTORY_LINES_KEPT = 1000
 REFRESH_SECONDS = 1 / 12
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
@@ -120,11 +124,37 @@ class AnswerView:
 
 def run_turn(client: ChatClient, text: str, view: AnswerView) -> TurnResult:
     """Send ``text`` and show the answer as it arrives; Ctrl-C stops it here and on the server."""
+    result = _shown_answer(client, view, lambda on_rejoin: client.stream_turn(text, on_rejoin=on_rejoin), cancel=True)
+    if result.succeeded and client.session is not None and not client.session.name:
+        with contextlib.suppress(ChatError):  # a name is a convenience: never worth failing the turn for
+            client.rename_session(session_title(text))
+    return result
+
+
+def follow_running_answer(
+    client: ChatClient, run: dict[str, Any], view: AnswerView, *, cancel: bool = False
+) -> TurnResult:
+    """Show an answer being given by a run already under way (a reload, a dropped connection, an edit or a
+    regeneration just accepted): its events from the start, then live ones. Ctrl-C stops watching and, with
+    ``cancel``, the answer on the server too; without, it goes on there."""
+    return _shown_answer(
+        client, view, lambda on_rejoin: client.follow_run(str(run["id"]), on_rejoin=on_rejoin), cancel=cancel
+    )
+
+
+def _shown_answer(
+    client: ChatClient,
+    view: AnswerView,
+    events_of: Callable[[Callable[[int, int], None]], contextlib.AbstractContextManager[Iterator[StreamEvent]]],
+    *,
+    cancel: bool,
+) -> TurnResult:
+    """One answer's events, from ``events_of(on_rejoin)``, recorded and shown as they arrive."""
     result = TurnResult()
     started = time.monotonic()
     view.start()
     try:
-        with client.stream_turn(text, on_rejoin=partial(_rejoining, view)) as events:
+        with events_of(partial(_rejoining, view)) as events:
             for event in events:
                 _record(result, event, time.monotonic() - started)
                 _show(view, event)
@@ -132,29 +162,8 @@ def run_turn(client: ChatClient, text: str, view: AnswerView) -> TurnResult:
             result.error = ChatError("the connection closed before the answer was complete", code="stream-cut")
     except KeyboardInterrupt:
         result.cancelled = True
-        result.cancel_problem = _cancel_on_server(client)
-    finally:
-        result.seconds = time.monotonic() - started
-        view.close(result)
-    if result.succeeded and client.session is not None and not client.session.name:
-        with contextlib.suppress(ChatError):  # a name is a convenience: never worth failing the turn for
-            client.rename_session(session_title(text))
-    return result
-
-
-def follow_running_answer(client: ChatClient, run: dict[str, Any], view: AnswerView) -> TurnResult:
-    """Show an answer that was still being given when this client started (a reload, a dropped connection): its
-    events from the start, then live ones. Ctrl-C stops watching; the answer goes on on the server."""
-    result = TurnResult()
-    started = time.monotonic()
-    view.start()
-    try:
-        with client.follow_run(str(run["id"]), on_rejoin=partial(_rejoining, view)) as events:
-            for event in events:
-                _record(result, event, time.monotonic() - started)
-                _show(view, event)
-    except KeyboardInterrupt:
-        result.cancelled = True
+        if cancel:
+            result.cancel_problem = _cancel_on_server(client)
     finally:
         result.seconds = time.monotonic() - started
         view.close(result)
@@ -591,6 +600,7 @@ class ChatRepl:
         self.awaiting_answer: str | None = None  # the agent's question, when it asked one
         self._listed_sessions: list[SessionSummary] = []
         self._listed_memories: list[dict[str, Any]] = []
+        self._readline: Any = None
 
     # -- output helpers
 
@@ -598,12 +608,13 @@ class ChatRepl:
         self.console.print(Text(text, style=style))
 
     def fail(self, message: str) -> None:
-        self.say(f"✗ {message}", ERROR_STYLE)
+        # One line however long, wrapped by the terminal, not broken by rich: it reads, copies and greps as one.
+        self.console.print(Text(f"✗ {message}", style=ERROR_STYLE), soft_wrap=True)
 
     # -- the loop
 
     def run(self) -> None:
-        readline = self._setup_readline()
+        readline = self._readline = self._setup_readline()
         try:
             self._banner()
             while True:
@@ -658,12 +669,27 @@ class ChatRepl:
         # \001 and \002 tell readline the escapes take no room, or long lines wrap at the wrong column.
         return f"\001\033[1;36m\002{label}\001\033[0m\002 "
 
-    def _read_message(self) -> str:
+    def _read_message(self, label: str | None = None) -> str:
         """One message; a line ending in a backslash continues on the next (pasted newlines are kept as they are)."""
-        line = input(self._prompt("answer>" if self.awaiting_answer is not None else ">"))
+        line = input(self._prompt(label or ("answer>" if self.awaiting_answer is not None else ">")))
         while line.endswith("\\"):
             line = line[:-1] + "\n" + input(self._prompt("..."))
         return line
+
+    def _read_edit(self, old: str) -> str:
+        """A message's new text, typed over the old one: readline puts a one-line message on the prompt to edit in
+        place; a longer one is shown above it, to type anew."""
+        readline = self._readline
+        if readline is not None and "\n" not in old:
+            readline.set_startup_hook(lambda: readline.insert_text(old))
+        else:
+            self.say("your message was:")
+            self.console.print(Text(old))
+        try:
+            return self._read_message("edit>")
+        finally:
+            if readline is not None:
+                readline.set_startup_hook(None)
 
     def _banner(self) -> None:
         session = self.client.session
@@ -689,7 +715,7 @@ class ChatRepl:
         if run is None:
             return
         self.say(f"an answer is still being given to: {_one_line(run['input'])}")
-        follow_running_answer(self.client, run, view_for(self.console, self.console, show_usage=self.show_usage))
+        follow_running_answer(self.client, run, self._view())
 
     def _describe_session(self, verb: str) -> None:
         session = self.client.session
@@ -733,11 +759,20 @@ class ChatRepl:
         return bool(command.run(self, argument.strip()))
 
     def _send(self, text: str) -> None:
-        result = run_turn(self.client, text, view_for(self.console, self.console, show_usage=self.show_usage))
+        self._answered(run_turn(self.client, text, self._view()))
+
+    def _view(self) -> AnswerView:
+        return view_for(self.console, self.console, show_usage=self.show_usage)
+
+    def _answered(self, result: TurnResult) -> None:
         if result.error is not None:
             self.fail(result.error.message)
         self.awaiting_answer = result.interrupt if result.succeeded else None
         self.console.print()
+
+    def _follow_new_answer(self, run: dict[str, Any]) -> None:
+        """The answer of an edit or a regeneration just accepted, streamed like any answer (Ctrl-C stops it)."""
+        self._answered(follow_running_answer(self.client, run, self._view(), cancel=True))
 
     # -- the commands
 
@@ -850,6 +885,85 @@ class ChatRepl:
         self.awaiting_answer = None
         self.say("this session's conversation is forgotten; the next message starts afresh")
 
+    def edit(self, text: str) -> None:
+        last = _last_user_message(self.client.history())
+        if last is None:
+            raise ChatError("nothing to edit yet: send a message first")
+        new_text = text or self._read_edit(str(last.get("content") or ""))
+        if not new_text.strip():
+            self.say("not edited")
+            return
+        self._follow_new_answer(self.client.edit_message(str(last["id"]), new_text))
+
+    def retry(self, _: str) -> None:
+        last = _last_user_message(self.client.history())
+        if last is None:
+            raise ChatError("no answer to retry yet: send a message first")
+        run = self.client.regenerate(str(last["id"]))
+        self.say(f"another answer to: {_one_line(last.get('content') or '')}")
+        self._follow_new_answer(run)
+
+    def branch(self, choice: str) -> None:
+        messages = self.client.history()
+        place = next((m["branch"] for m in reversed(messages) if m.get("role") == "user" and m.get("branch")), None)
+        if place is None:
+            self.say("no message here has other versions yet: /edit and /retry make them")
+            return
+        siblings, shown = [str(item) for item in place["siblings"]], int(place["index"])
+        if not choice:
+            self._list_branches(siblings, shown)
+            return
+        if not choice.isdigit() or not 1 <= int(choice) <= len(siblings):
+            raise ChatError(f"which version? /branch <1 to {len(siblings)}> (/branch lists them)")
+        if int(choice) == shown:
+            self.say(f"version {shown} of {len(siblings)} is the one shown")
+            return
+        try:
+            switched = self.client.switch_branch(siblings[int(choice) - 1])
+        except SessionBusyError:
+            raise ChatError("this session is answering a message: wait for it before switching versions") from None
+        self.awaiting_answer = None
+        self.say(f"switched to version {choice} of {len(siblings)}; the conversation goes on from it")
+        last_question = max((i for i, m in enumerate(switched) if m.get("role") == "user"), default=0)
+        for message in switched[last_question:]:
+            self._show_message(message)
+
+    def _list_branches(self, siblings: list[str], shown: int) -> None:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in ("", "#", "your message", "its answer"):
+            table.add_column(column)
+        for number, run_id in enumerate(siblings, 1):
+            run = self.client.run(run_id)
+            answer = run.get("answer") or f"({run.get('status')})"
+            table.add_row(
+                "●" if number == shown else "",
+                str(number),
+                Text(_one_line(run.get("input") or "", BRANCH_TEXT_CHARS)),
+                Text(_one_line(answer, BRANCH_TEXT_CHARS)),
+            )
+        self.console.print(table)
+        self.say(f"version {shown} of {len(siblings)} is shown; /branch <#> switches to another")
+
+    def budget(self, _: str) -> None:
+        usage = self.client.usage()
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in ("", "turns", "tokens", "cost", "refills"):
+            table.add_column(column)
+        limited = False
+        for label, period in (("today", usage["day"]), ("this month", usage["month"])):
+            cells = [_spent_of(period, kind) for kind in ("tokens", "cost_usd")]
+            has_limit = any(limit is not None for _, limit, _ in cells)
+            limited = limited or has_limit
+            table.add_row(
+                label,
+                str(period.get("turns", 0)),
+                *(Text(text, style=ERROR_STYLE if used_up else "") for text, _, used_up in cells),
+                describe_refill(period.get("refills_at")) if has_limit else "",
+            )
+        self.console.print(table)
+        if not limited:
+            self.say("no budget is set for you: what you spend is not limited")
+
     def usage(self, _: str) -> None:
         self.show_usage = not self.show_usage
         self.say(f"usage after each answer: {'shown' if self.show_usage else 'hidden'}")
@@ -870,6 +984,20 @@ class ChatRepl:
         return True
 
 
+def _last_user_message(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return next((message for message in reversed(messages) if message.get("role") == "user"), None)
+
+
+def _spent_of(period: dict[str, Any], kind: str) -> tuple[str, float | None, bool]:
+    """A period's spending of ``kind`` ("tokens" or "cost_usd") as shown, its limit, and whether it is used up."""
+    spent = float(period.get(kind) or 0)
+    limit = period.get(f"limit_{kind}")
+    shown = budget_amount(kind, spent)
+    if limit is None:
+        return shown, None, False
+    return f"{shown} of {budget_amount(kind, float(limit))}", float(limit), spent >= float(limit)
+
+
 COMMANDS: dict[str, Command] = {
     "new": Command(ChatRepl.new, "/new [name]", "start a new session"),
     "sessions": Command(ChatRepl.sessions, "/sessions", "list your sessions, most recent first"),
@@ -879,8 +1007,12 @@ COMMANDS: dict[str, Command] = {
     "memory": Command(ChatRepl.memory, "/memory [query]", "what the agent remembers about you; a query searches"),
     "forget": Command(ChatRepl.forget, "/forget <id>|all", "forget one memory, or all of them"),
     "clear": Command(ChatRepl.clear, "/clear", "forget this session's conversation"),
+    "edit": Command(ChatRepl.edit, "/edit [text]", "edit your last message and get a new answer (the old one is kept)"),
+    "retry": Command(ChatRepl.retry, "/retry", "another answer to your last message (the old one is kept)"),
+    "branch": Command(ChatRepl.branch, "/branch [#]", "list the versions of your last edited message; # shows one"),
     "usage": Command(ChatRepl.usage, "/usage", "show or hide tokens, cost and latency after each answer"),
+    "budget": Command(ChatRepl.budget, "/budget", "what you spent today and this month, against your budget"),
     "help": Command(ChatRepl.help, "/help", "this list"),
     "quit": Command(ChatRepl.quit, "/quit", "leave"),
 }
-ALIASES = {"exit": "quit", "q": "quit", "?": "help", "memories": "memory"}
+ALIASES = {"exit": "quit", "q": "quit", "?": "help", "memories": "memory", "regenerate": "retry", "branches": "branch"}

@@ -3,13 +3,16 @@ model is the simulator."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import stat
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 
 from agentctl.simulator.process import RunningSimulator
@@ -405,3 +408,124 @@ def test_an_api_key_chats_without_a_prompt_and_a_bad_key_is_one_line(user: ChatU
         "POST", "/auth/api-keys", token=registered["token"]["access_token"], json={"name": "m", "scopes": ["memories"]}
     ).json()["key"]
     one_line_error(user.run("--api-key", memories_only, "-m", "hello"), "does not have the chat scope")
+
+
+def _said(history: list[dict]) -> list[str]:
+    return [message["content"] for message in history if message["role"] == "user"]
+
+
+def test_edit_retry_and_branch_at_the_prompt(user: ChatUser, terminals: list[Terminal]) -> None:
+    """In a real terminal (a tmux pty) against a real server: /edit puts the last message on the prompt to type
+    over (readline) and streams the new answer, /retry streams another answer, /branch lists the versions (the shown
+    one marked) and /branch N switches to one and shows its last exchange."""
+    user.signed_in()
+    terminal = open_terminal(user, terminals)
+    terminal.wait_for(PROMPT)
+    for text in ("first question", "second question"):
+        mark = terminal.mark()
+        terminal.type(text)
+        terminal.wait_for(text + r" \w+" + ANYTHING + PROMPT, after=mark)
+    history = user.api.request("GET", "/chatbot/messages", token=_session_token(user)).json()["messages"]
+    first_answer = history[3]["content"]
+
+    mark = terminal.mark()
+    terminal.type("/edit")
+    terminal.wait_for(r"edit> second question$", after=mark)  # the old text, the cursor at its end
+    terminal.type(", edited")
+    terminal.wait_for(r"second question, edited \w+" + ANYTHING + PROMPT, after=mark)
+    read = user.api.request("GET", "/chatbot/messages", token=_session_token(user))
+    history = read.json()["messages"]
+    assert _said(history) == ["first question", "second question, edited"]
+    assert (history[2]["branch"]["index"], history[2]["branch"]["count"]) == (2, 2)
+    edited_answer = history[3]["content"]
+
+    mark = terminal.mark()
+    terminal.type("/retry")
+    retried = terminal.wait_for(r"another answer to: second question, edited\n" + ANYTHING + PROMPT, after=mark)
+    history = user.api.request("GET", "/chatbot/messages", token=_session_token(user)).json()["messages"]
+    assert _said(history) == ["first question", "second question, edited"]
+    assert (history[2]["branch"]["index"], history[2]["branch"]["count"]) == (3, 3)
+    assert history[3]["content"] != edited_answer
+    assert history[3]["content"].split()[-1] in retried  # streamed to its end
+
+    mark = terminal.mark()
+    terminal.type("/branch")
+    listed = terminal.wait_for(r"version 3 of 3 is shown; /branch <#> switches to another" + PROMPT, after=mark)
+    rows = [line.strip() for line in listed.splitlines() if re.match(r"^\s*(●\s+)?[1-3]\s", line)]
+    assert len(rows) == 3, listed
+    assert re.match(r"^1\s+second question\s+second question \w+", rows[0]), rows
+    assert re.match(r"^2\s+second question, edited\s", rows[1]), rows
+    assert re.match(r"^●\s+3\s+second question, edited\s", rows[2]), rows
+
+    mark = terminal.mark()
+    terminal.type("/branch 1")
+    shown = terminal.wait_for(r"switched to version 1 of 3" + ANYTHING + PROMPT, after=mark)
+    assert "> second question\n" in shown
+    assert " ".join(first_answer.split()[-3:]) in " ".join(shown.split())
+    history = user.api.request("GET", "/chatbot/messages", token=_session_token(user)).json()["messages"]
+    assert _said(history) == ["first question", "second question"]
+    assert history[3]["content"] == first_answer
+
+    mark = terminal.mark()
+    terminal.type("/help")
+    helped = terminal.wait_for(r"/quit" + ANYTHING + PROMPT, after=mark)
+    for command in ("/edit", "/retry", "/branch", "/budget"):
+        assert command in helped
+    terminal.type("/quit")
+    assert terminal.exit_status() == 0
+
+
+def _set_daily_token_budget(database_url: str, user_id: str, tokens: int | None) -> None:
+    async def update() -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            update = "UPDATE users SET budget_daily_tokens = $1 WHERE id = $2"
+            await connection.execute(update, tokens, uuid.UUID(user_id))
+        finally:
+            await connection.close()
+
+    asyncio.run(update())
+
+
+def test_budget_shows_spending_and_a_turn_refused_for_it_is_one_line(
+    user: ChatUser, terminals: list[Terminal], migrated_database_url: str
+) -> None:
+    """In a real terminal (a tmux pty) against a real server: /budget shows today's and this month's spending, then
+    against a limit with its refill time; a message refused for the budget is one line (spent, limit, refill time),
+    at the prompt and from `agentctl chat -m` (exit 1, `budget-exceeded` in --json)."""
+    user.signed_in()
+    assert user.run("-m", "spend a little").returncode == 0
+    usage = user.api.request("GET", "/auth/me/usage", token=_access(user)).json()
+    spent = usage["day"]["tokens"]
+    assert spent > 0
+    terminal = open_terminal(user, terminals)
+    terminal.wait_for(PROMPT)
+    mark = terminal.mark()
+    terminal.type("/budget")
+    table = terminal.wait_for(r"no budget is set for you: what you spend is not limited" + PROMPT, after=mark)
+    assert re.search(rf"today\s+1\s+{spent:,}\s+\$0\.0000", table), table
+    assert re.search(rf"this month\s+1\s+{spent:,}\s+\$0\.0000", table), table
+
+    user_id = user.api.request("GET", "/auth/me", token=_access(user)).json()["id"]
+    _set_daily_token_budget(migrated_database_url, user_id, 1)
+    mark = terminal.mark()
+    terminal.type("/budget")
+    refill = r"at \d{4}-\d\d-\d\d \d\d:\d\d \S+ \(in (\d+ h ?)?(\d+ min)?\)"
+    table = terminal.wait_for(rf"today\s+1\s+{spent:,} of 1\s+\$0\.0000\s+{refill}" + ANYTHING + PROMPT, after=mark)
+    assert "no budget is set" not in table
+
+    mark = terminal.mark()
+    terminal.type("one more, please")
+    refused = terminal.wait_for(r"✗ .*" + PROMPT, after=mark)
+    line = rf"✗ your daily token budget is used up: {spent:,} of 1 tokens spent; it refills {refill}\n"
+    assert re.search(line, refused), refused
+    assert "Traceback" not in refused
+    terminal.type("/quit")
+    assert terminal.exit_status() == 0
+
+    done = user.run("-m", "and from a script")
+    one_line_error(done, f"agentctl: your daily token budget is used up: {spent:,} of 1 tokens spent; it refills at ")
+    done = user.run("--json", "-m", "and as JSON")
+    assert json.loads(done.stdout)["error"]["type"] == "budget-exceeded"
+    history = user.api.request("GET", "/chatbot/messages", token=_session_token(user)).json()["messages"]
+    assert _said(history) == ["spend a little"]  # nothing refused reached the conversation
