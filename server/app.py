@@ -14,6 +14,7 @@ from litestar.types import ControllerRouterHandler, Scope
 
 from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
+from server.accounts.routes import AccountController
 from server.apikeys.routes import ApiKeyController
 from server.auth.browser import BrowserAuthController, RefreshCookie
 from server.auth.dependencies import BEARER_SCHEME, SESSION_HEADER
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             AuthController,
+            AccountController,
             SessionController,
             ApiKeyController,
             UsageController,

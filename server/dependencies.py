@@ -7,8 +7,10 @@ from litestar.datastructures import State
 from litestar.di import Provide
 
 from agentctl.config import AgentSettings, BudgetSettings
+from server.accounts.service import AccountService
 from server.auth.service import AuthService
 from server.chat.service import ChatService
+from server.database.engine import Database
 from server.errors import ServiceUnavailableError
 from server.health.service import ReadinessProbe
 from server.memory.service import MemoryService
@@ -43,6 +45,20 @@ def provide_budget_settings(state: State) -> BudgetSettings:
     return resources_of(state).settings.budget
 
 
+def provide_database(state: State) -> Database:
+    return resources_of(state).database
+
+
+def provide_accounts(state: State) -> AccountService:
+    resources = resources_of(state)
+    return AccountService(
+        settings=resources.settings,
+        database=resources.database,
+        revocations=resources.auth.revocations,
+        forget_conversation=resources.chat.clear,
+    )
+
+
 def provide_readiness_probe(state: State) -> ReadinessProbe:
     return resources_of(state).readiness
 
@@ -55,4 +71,6 @@ SERVICES: dict[str, Provide] = {
     "agent_settings": Provide(provide_agent_settings, sync_to_thread=False),
     "budget_settings": Provide(provide_budget_settings, sync_to_thread=False),
     "readiness_probe": Provide(provide_readiness_probe, sync_to_thread=False),
+    "database": Provide(provide_database, sync_to_thread=False),
+    "accounts": Provide(provide_accounts, sync_to_thread=False),
 }

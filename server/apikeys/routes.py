@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import uuid
 
 from litestar import Controller, delete, get, post
@@ -10,24 +9,10 @@ from litestar.params import FromPath, JSONBody
 from server.apikeys import service
 from server.apikeys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, ApiKeyList
 from server.apikeys.service import ApiKeyScope
-from server.apikeys.tables import ApiKey
 from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.service import AuthService
 from server.auth.tokens import TokenClaims
 from server.errors import problem_responses
-
-
-def _info(row: ApiKey) -> ApiKeyInfo:
-    scopes = json.loads(row.scopes) if isinstance(row.scopes, str) else row.scopes
-    return ApiKeyInfo(
-        id=row.id,
-        name=row.name,
-        prefix=row.prefix,
-        scopes=list(scopes),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        last_used_at=row.last_used_at,
-    )
 
 
 class ApiKeyController(Controller):
@@ -47,13 +32,13 @@ class ApiKeyController(Controller):
             scopes=[ApiKeyScope(scope) for scope in data.scopes],
             expires_at=data.expires_at(),
         )
-        info = _info(issued.row)
+        info = ApiKeyInfo.of(issued.row)
         return ApiKeyCreated(**{field: getattr(info, field) for field in info.__struct_fields__}, key=issued.key)
 
     @get("/", responses=problem_responses(401, 403, 429))
     async def list_api_keys(self, user: NamedDependency[TokenClaims]) -> ApiKeyList:
         """The user's keys by prefix, newest first, with when each was last used (to the minute)."""
-        return ApiKeyList(items=[_info(row) for row in await service.list_api_keys(owner_id=user.subject)])
+        return ApiKeyList(items=[ApiKeyInfo.of(row) for row in await service.list_api_keys(owner_id=user.subject)])
 
     @delete("/{key_id:uuid}", status_code=204, responses=problem_responses(401, 403, 404, 429))
     async def delete_api_key(

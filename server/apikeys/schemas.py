@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 import uuid
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
+from server.apikeys.tables import ApiKey
 from server.errors import InvalidFieldError, explain_pattern
 from server.schemas import Strict
 from server.security.text import VISIBLE_CHARACTER, has_visible_text, normalize_text
@@ -66,6 +68,20 @@ class ApiKeyInfo(msgspec.Struct):
     created_at: datetime.datetime
     expires_at: datetime.datetime | None
     last_used_at: datetime.datetime | None
+
+    @classmethod
+    def of(cls, row: ApiKey) -> ApiKeyInfo:
+        """What may be shown of a stored key: never the key, nor its hash."""
+        scopes = json.loads(row.scopes) if isinstance(row.scopes, str) else row.scopes
+        return cls(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            scopes=list(scopes),
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            last_used_at=row.last_used_at,
+        )
 
 
 class ApiKeyCreated(ApiKeyInfo):

@@ -87,15 +87,26 @@ async def delete_api_key(*, owner_id: uuid.UUID, key_id: uuid.UUID) -> None:
         raise ApiKeyNotFoundError()
 
 
+async def delete_api_keys_of(*, owner_id: uuid.UUID) -> list[uuid.UUID]:
+    """Delete every key of the user: from the next request on, on every worker, they are unknown. Their ids."""
+    deleted = await ApiKey.delete().where(ApiKey.owner == owner_id).returning(ApiKey.id)
+    return [row["id"] for row in deleted]
+
+
 async def verify_api_key(key: str) -> VerifiedApiKey:
-    """The key's owner and scopes; 401 for a key that is unknown (never issued, or deleted) or expired."""
+    """The key's owner and scopes; 401 for a key that is unknown (never issued, or deleted) or expired, or whose
+    account is disabled."""
+    # The owner's row in the same lookup: a disabled account's keys fail at once, at no extra round trip.
     rows = await ApiKey.raw(
-        "SELECT id, owner, scopes, created_at, expires_at, last_used_at FROM api_keys WHERE secret_hash = {}",
+        "SELECT k.id, k.owner, k.scopes, k.created_at, k.expires_at, k.last_used_at, u.disabled_at "
+        "FROM api_keys k JOIN users u ON u.id = k.owner WHERE k.secret_hash = {}",
         _hash_of(key),
     )
     if not rows:
         raise UnauthorizedError("the API key is invalid or has been revoked")
     row = rows[0]
+    if row["disabled_at"] is not None:
+        raise UnauthorizedError("the API key's account is disabled")
     now = datetime.datetime.now(tz=datetime.UTC)
     if row["expires_at"] is not None and row["expires_at"] <= now:
         raise UnauthorizedError("the API key has expired")

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
@@ -20,7 +20,6 @@ from server.auth.schemas import (
     RegisterResponse,
     Token,
     TokenPairResponse,
-    UserResponse,
 )
 from server.auth.service import AuthService, TokenPair
 from server.auth.tokens import TokenClaims
@@ -28,7 +27,6 @@ from server.errors import InvalidFieldError, problem_responses
 from server.ratelimit.service import RouteClass
 from server.security.body import TOO_DEEP, InvalidBodyError
 from server.security.text import email_pattern
-from server.users.service import get_user
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -154,19 +152,6 @@ class AuthController(Controller):
     async def logout(self, user: NamedDependency[TokenClaims], auth: NamedDependency[AuthService]) -> None:
         """Revoke this access token and every token of its sign-in, on every worker at once."""
         await auth.logout(claims=user)
-
-    @get(
-        "/me",
-        security=USER_TOKEN,
-        dependencies={"user": Provide(provide_user_claims)},
-        responses=problem_responses(401, 429),
-    )
-    async def me(self, user: NamedDependency[TokenClaims]) -> UserResponse:
-        """The signed-in account."""
-        account = await get_user(user.subject)
-        return UserResponse(
-            id=account.id, email=account.email, username=account.username, created_at=account.created_at
-        )
 
 
 async def _login_request(request: Request) -> LoginRequest:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from litestar.types import Scope
 from loguru import logger
 
-from agentctl.config import Settings
+from agentctl.config import AuthSettings, Settings
 from server.apikeys.service import VerifiedApiKey, looks_like_api_key, verify_api_key
 from server.auth.passwords import PasswordHashing, enforce_password_policy
 from server.auth.revocation import RevocationCheck, RevocationKind, revoke
@@ -17,11 +17,25 @@ from server.auth.tables import RefreshToken
 from server.auth.tokens import IssuedToken, TokenClaims, TokenCodec, TokenType
 from server.errors import ForbiddenError, UnauthorizedError
 from server.ratelimit.service import RateLimiter, RouteClass
-from server.users.service import create_user, find_user_by_email, replace_password_hash
+from server.users.service import create_user, find_user_by_email, get_user, replace_password_hash
 from server.users.tables import User
 
 _BAD_CREDENTIALS = "wrong email or password"
 _CLAIMS_STATE_KEY = "agentctl.bearer_claims"
+
+
+class AccountDisabledError(ForbiddenError):
+    code = "account-disabled"
+
+    def __init__(self) -> None:
+        super().__init__("this account is disabled; ask the operator to enable it")
+
+
+class WrongPasswordError(UnauthorizedError):
+    code = "wrong-password"
+
+    def __init__(self) -> None:
+        super().__init__("wrong password")
 
 
 @dataclass(frozen=True)
@@ -67,10 +81,25 @@ class AuthService:
         verified = await self._hashing.verify(user.password_hash if user else None, password)
         if user is None or not verified:
             raise UnauthorizedError(_BAD_CREDENTIALS)
+        if user.disabled_at is not None:  # said only to whoever knows the password
+            raise AccountDisabledError()
         if self._hashing.needs_rehash(user.password_hash):
             await replace_password_hash(user_id=user.id, password_hash=await self._hashing.hash(password))
             logger.info("password hash of user {} upgraded to the current parameters", user.id)
         return await self._start_family(user.id)
+
+    async def confirm_password(self, *, user_id: uuid.UUID, password: str) -> None:
+        """The account's password again, for what a token alone may not do (deleting the account); attempts count
+        against the same limit as sign-ins to that email."""
+        user = await get_user(user_id)
+        if self._limiter.enabled:
+            (await self._limiter.hit(RouteClass.LOGIN_EMAIL, user.email)).raise_if_refused("password attempts")
+        if not await self._hashing.verify(user.password_hash, password):
+            raise WrongPasswordError()
+
+    @property
+    def revocations(self) -> RevocationCheck:
+        return self._revocations
 
     async def refresh(self, *, refresh_token: str) -> TokenPair:
         """Exchange a refresh token for a new pair. A token used twice was stolen: its whole family dies."""
@@ -124,8 +153,8 @@ class AuthService:
         await self._revoke_for_session_lifetime(key_id, RevocationKind.FAMILY)
 
     async def _revoke_for_session_lifetime(self, revoked_id: uuid.UUID, kind: str) -> None:
-        lifetime = datetime.timedelta(seconds=self._settings.auth.session_token_ttl_seconds)
-        await revoke(self._revocations, revoked_id, kind=kind, expires_at=_now() + lifetime)
+        expires_at = _family_revocation_end([], self._settings.auth)  # as long as a session token minted now
+        await revoke(self._revocations, revoked_id, kind=kind, expires_at=expires_at)
 
     def issue_session_token(self, claims: TokenClaims, session_id: uuid.UUID) -> IssuedToken:
         """A token that acts for one session only; it dies with the sign-in (or the API key) it came from, and never
@@ -171,19 +200,66 @@ class AuthService:
     async def _issue_pair(self, user_id: uuid.UUID, family_id: uuid.UUID) -> TokenPair:
         access = self.codec.issue(TokenType.ACCESS, user_id, family_id=family_id)
         refresh = self.codec.issue(TokenType.REFRESH, user_id, family_id=family_id)
-        await RefreshToken.insert(
-            RefreshToken(
-                id=refresh.claims.jti, family_id=family_id, owner=user_id, expires_at=refresh.claims.expires_at
-            )
+        # Only for an account that is enabled, read under a share lock: disabling (or deleting) an account updates
+        # its row, so it waits for a sign-in that got here first, whose family it then sees and revokes, and a
+        # sign-in that comes after sees the account disabled.
+        inserted = await RefreshToken.raw(
+            "WITH owner AS (SELECT id FROM users WHERE id = {} AND disabled_at IS NULL FOR SHARE) "
+            "INSERT INTO refresh_tokens (id, family_id, owner, expires_at, used_at, created_at) "
+            "SELECT {}, {}, owner.id, {}, NULL, now() FROM owner RETURNING id",
+            user_id,
+            refresh.claims.jti,
+            family_id,
+            refresh.claims.expires_at,
         )
+        if not inserted:
+            raise AccountDisabledError()
         return TokenPair(access=access, refresh=refresh)
 
     async def _revoke_family(self, family_id: uuid.UUID) -> None:
-        # The family's tokens live at most as long as its newest refresh token, or a session token minted now.
         newest = await RefreshToken.select(RefreshToken.expires_at).where(RefreshToken.family_id == family_id)
-        session_lifetime = datetime.timedelta(seconds=self._settings.auth.session_token_ttl_seconds)
-        expires_at = max([row["expires_at"] for row in newest] + [_now() + session_lifetime])
+        expires_at = _family_revocation_end([row["expires_at"] for row in newest], self._settings.auth)
         await revoke(self._revocations, family_id, kind=RevocationKind.FAMILY, expires_at=expires_at)
+
+
+def _family_revocation_end(refresh_expiries: list[datetime.datetime], settings: AuthSettings) -> datetime.datetime:
+    """How long a sign-in's revocation must last: its tokens live at most as long as its newest refresh token, or a
+    session token minted now."""
+    return max([*refresh_expiries, _now() + datetime.timedelta(seconds=settings.session_token_ttl_seconds)])
+
+
+def session_tokens_outlive_sign_ins(settings: AuthSettings) -> bool:
+    """Whether a session token can outlive every refresh token of the sign-in it came from (an access token lives
+    past its refresh token, or a session token minted at the end of one does), so that revoking the sign-in no longer
+    reaches it once its refresh tokens are purged. Not with the defaults (30 min + 1 day against 30 days)."""
+    return settings.access_token_ttl_seconds + settings.session_token_ttl_seconds > settings.refresh_token_ttl_seconds
+
+
+async def revoke_every_token_of(
+    check: RevocationCheck,
+    settings: AuthSettings,
+    *,
+    user_id: uuid.UUID,
+    api_key_ids: list[uuid.UUID],
+    session_ids: list[uuid.UUID],
+) -> int:
+    """Every token of the user stops working, on every worker and replica at once: each sign-in (refresh family:
+    its access, refresh and session tokens), each session token an API key minted (the key's id is their family) and,
+    given ``session_ids``, every token of those sessions. The user's id is stored nowhere: revocations hold the
+    revoked ids only. The keys themselves are refused where they are looked up. How many ids were revoked."""
+    families = await RefreshToken.raw(
+        "SELECT family_id, max(expires_at) AS expires_at FROM refresh_tokens WHERE owner = {} GROUP BY family_id",
+        user_id,
+    )
+    for family in families:
+        expires_at = _family_revocation_end([family["expires_at"]], settings)
+        await revoke(check, family["family_id"], kind=RevocationKind.FAMILY, expires_at=expires_at)
+    session_lifetime_end = _family_revocation_end([], settings)
+    for key_id in api_key_ids:
+        await revoke(check, key_id, kind=RevocationKind.FAMILY, expires_at=session_lifetime_end)
+    for session_id in session_ids:
+        await revoke(check, session_id, kind=RevocationKind.SESSION, expires_at=session_lifetime_end)
+    return len(families) + len(api_key_ids) + len(session_ids)
 
 
 # What a key that never expires is taken to expire at, where a date is needed (it is never compared with now).

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from loguru import logger
 
@@ -265,6 +265,43 @@ async def _earlier_scores(turns: list[TurnToJudge], metrics: list[EvalMetric]) -
                 if previous is None or row["created_at"] > previous[0]:
                     found[(key, row["metric"])] = (row["created_at"], row["quality"])
     return {key: quality for key, (_, quality) in found.items()}
+
+
+async def scores_of_turns(turn_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """Every verdict on these turns (an export of a user's data), oldest first."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(turn_ids), _LOOKUP_CHUNK):
+        found += (
+            await EvalScore.select(
+                EvalScore.id,
+                EvalScore.turn,
+                EvalScore.run,
+                EvalScore.metric,
+                EvalScore.prompt_version,
+                EvalScore.judge_model,
+                EvalScore.score,
+                EvalScore.quality,
+                EvalScore.reasoning,
+                EvalScore.error,
+                EvalScore.created_at,
+            )
+            .where(EvalScore.turn.is_in(turn_ids[start : start + _LOOKUP_CHUNK]))
+            .order_by(EvalScore.created_at)
+        )
+    return found
+
+
+async def forget_sessions_in_runs(session_ids: list[uuid.UUID]) -> int:
+    """Deleted sessions leave the records of the runs that judged them (`agentctl eval --session`): the run keeps its
+    summary, not whose session it was. How many runs named one."""
+    if not session_ids:
+        return 0
+    updated = await EvalRun.raw(
+        "UPDATE eval_runs SET options = jsonb_set(options, ARRAY['session_id'], 'null'::jsonb) "
+        "WHERE options->>'session_id' = ANY({}::text[]) RETURNING id",
+        [str(session_id) for session_id in session_ids],
+    )
+    return len(updated)
 
 
 def _options_record(options: EvalOptions) -> dict[str, object]:

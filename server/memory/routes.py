@@ -12,19 +12,8 @@ from server.auth.dependencies import USER_TOKEN, user_or_api_key
 from server.auth.tokens import TokenClaims
 from server.errors import problem_responses
 from server.memory.schemas import ForgetAllResponse, Memory, MemoryList
-from server.memory.service import MemoryItem, MemoryService
+from server.memory.service import MemoryService
 from server.security.text import normalize_text
-
-
-def _memory(item: MemoryItem) -> Memory:
-    return Memory(
-        id=item.id,
-        memory=item.text,
-        session_id=item.session_id,
-        created_at=item.created_at,
-        updated_at=item.updated_at,
-        score=item.score,
-    )
 
 
 class MemoryController(Controller):
@@ -53,7 +42,7 @@ class MemoryController(Controller):
             items = await memories.search(user.subject, query, limit=limit)
         else:
             items = await memories.newest(user.subject, limit=limit)
-        return MemoryList(memories=[_memory(item) for item in items])
+        return MemoryList(memories=[Memory.of(item) for item in items])
 
     @delete("/{memory_id:uuid}", status_code=204, responses=problem_responses(401, 403, 404, 429, 503))
     async def delete_memory(

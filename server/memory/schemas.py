@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import msgspec
 
+from server.memory.service import MemoryItem
+
 
 class Memory(msgspec.Struct):
     id: str
@@ -10,6 +12,17 @@ class Memory(msgspec.Struct):
     created_at: str | None
     updated_at: str | None
     score: float | None = None
+
+    @classmethod
+    def of(cls, item: MemoryItem) -> Memory:
+        return cls(
+            id=item.id,
+            memory=item.text,
+            session_id=item.session_id,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+            score=item.score,
+        )
 
 
 class MemoryList(msgspec.Struct):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import sqlite3
 import time
 import uuid
@@ -22,6 +23,7 @@ from loguru import logger
 from psycopg_pool import ConnectionPool
 
 from agentctl.config import MemorySettings, Settings, prepare_mem0_environment
+from server.database.engine import Database
 from server.errors import NotFoundError
 from server.llm.service import LLMService
 from server.memory.collection import COLLECTION
@@ -31,8 +33,10 @@ from server.memory.vectors import QueryVectors
 from server.observability.metrics import MemoryMetrics
 from server.observability.pools import psycopg_pool_usage
 from server.outages import RateLimitedLog
+from server.users.service import user_exists
 
 _RECALL_CACHE_ENTRIES = 10_000
+_HISTORY_FILE = "history.db"
 
 
 class MemoryNotFoundError(NotFoundError):
@@ -136,7 +140,7 @@ class MemoryService:
             open=False,
         )
         await asyncio.to_thread(pool.open)
-        history_path = mem0_dir / "history.db"
+        history_path = mem0_dir / _HISTORY_FILE
         config = MemoryConfig(
             vector_store={
                 "provider": "pgvector",
@@ -342,10 +346,7 @@ class MemoryService:
 
         Recorded first, so that no memory writer, on any worker, writes a turn queued before it; then the user's
         turns still queued here are dropped, and what exists is deleted."""
-        now = datetime.datetime.now(tz=datetime.UTC)
-        await MemoryErasure.insert(MemoryErasure(owner=user_id, erased_at=now)).on_conflict(
-            target=MemoryErasure.owner, action="DO UPDATE", values=[MemoryErasure.erased_at]
-        )
+        await _record_erasure(user_id)
         self._drop_queued(user_id)
         ids = await asyncio.to_thread(self._memory_ids_of, str(user_id))
         await self._memory.delete_all(user_id=str(user_id))
@@ -361,8 +362,12 @@ class MemoryService:
         self._forget_cached(user_id)
 
     async def _erased_since(self, job: RememberJob) -> bool:
+        """Whether the user forgot everything since the turn was queued, or no longer exists (the account was
+        deleted, its erasure record with it): either way, nothing of the turn may be kept."""
         row = await MemoryErasure.select(MemoryErasure.erased_at).where(MemoryErasure.owner == job.user_id).first()
-        return row is not None and row["erased_at"] >= job.queued_at
+        if row is not None:
+            return bool(row["erased_at"] >= job.queued_at)
+        return not await user_exists(job.user_id)
 
     def _drop_queued(self, user_id: uuid.UUID) -> None:
         """This worker's queued turns of the user, out of the queue (the writers would skip them anyway)."""
@@ -392,15 +397,76 @@ class MemoryService:
         """Mem0 keeps every memory's past text (and the user's last messages) in its SQLite history, even after a
         delete; forgetting means those go too (on this host: see the README on replicas)."""
 
-        def purge() -> None:
-            with contextlib.closing(sqlite3.connect(self._history_path, timeout=10)) as connection, connection:
-                connection.executemany("DELETE FROM history WHERE memory_id = ?", [(item,) for item in memory_ids])
-                connection.execute("DELETE FROM messages WHERE session_scope = ?", (f"user_id={user_id}",))
-
-        await asyncio.to_thread(purge)
+        await asyncio.to_thread(_purge_history_file, self._history_path, user_id, memory_ids)
 
     def _forget_cached(self, user_id: uuid.UUID) -> None:
         self._generations[str(user_id)] += 1
+
+
+def history_file(settings: Settings) -> Path:
+    """Mem0's SQLite history on this host (in the data directory prepare_mem0_environment gives Mem0)."""
+    return settings.data_dir / "mem0" / _HISTORY_FILE
+
+
+async def _record_erasure(user_id: uuid.UUID) -> None:
+    """From now on, no memory writer on any worker writes a turn of the user queued before now."""
+    now = datetime.datetime.now(tz=datetime.UTC)
+    await MemoryErasure.insert(MemoryErasure(owner=user_id, erased_at=now)).on_conflict(
+        target=MemoryErasure.owner, action="DO UPDATE", values=[MemoryErasure.erased_at]
+    )
+
+
+def _purge_history_file(path: Path, user_id: uuid.UUID, memory_ids: list[str]) -> None:
+    """The memories' past texts and the user's last messages, out of one host's Mem0 history (if it has one)."""
+    if not path.exists():  # connecting would create it
+        return
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as connection, connection:
+        connection.executemany("DELETE FROM history WHERE memory_id = ?", [(item,) for item in memory_ids])
+        connection.execute("DELETE FROM messages WHERE session_scope = ?", (f"user_id={user_id}",))
+
+
+async def _collection_exists(database: Database) -> bool:
+    return bool(await database.pool.fetchval("SELECT to_regclass($1) IS NOT NULL", COLLECTION))
+
+
+async def all_memories_of(database: Database, user_id: uuid.UUID) -> list[MemoryItem]:
+    """Every memory of the user, oldest first, read from the collection itself: whether or not this process runs
+    Mem0 (memory may be off now and have been on before), and with no page limit (an export)."""
+    if not await _collection_exists(database):
+        return []
+    rows = await database.pool.fetch(
+        f"SELECT id::text AS id, payload FROM {COLLECTION} WHERE payload->>'user_id' = $1 "
+        "ORDER BY payload->>'created_at', id",
+        str(user_id),
+    )
+    items = []
+    for row in rows:
+        payload = row["payload"] if isinstance(row["payload"], dict) else json.loads(row["payload"])
+        items.append(
+            MemoryItem(
+                id=row["id"],
+                text=payload.get("data", ""),
+                session_id=payload.get("session_id"),
+                created_at=payload.get("created_at"),
+                updated_at=payload.get("updated_at"),
+            )
+        )
+    return items
+
+
+async def erase_memories_of(database: Database, user_id: uuid.UUID, history_path: Path) -> int:
+    """Delete every memory of the user without Mem0 (a deleted account, from the server or the CLI): recorded first,
+    so that no writer on any worker writes a turn queued before; then the vectors, then this host's history of them.
+    How many memories there were."""
+    await _record_erasure(user_id)
+    ids: list[str] = []
+    if await _collection_exists(database):
+        deleted = await database.pool.fetch(
+            f"DELETE FROM {COLLECTION} WHERE payload->>'user_id' = $1 RETURNING id::text AS id", str(user_id)
+        )
+        ids = [row["id"] for row in deleted]
+    await asyncio.to_thread(_purge_history_file, history_path, user_id, ids)
+    return len(ids)
 
 
 def _keep_mem0_offline() -> None:

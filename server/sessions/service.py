@@ -91,3 +91,8 @@ async def delete_session(*, owner_id: uuid.UUID, session_id: uuid.UUID) -> None:
     )
     if not deleted:
         raise SessionNotFoundError("no such session")
+
+
+async def sessions_of(*, owner_id: uuid.UUID) -> list[ChatSession]:
+    """Every session of the owner, oldest first (an export, a deletion)."""
+    return await ChatSession.objects().where(ChatSession.owner == owner_id).order_by(ChatSession.created_at)

@@ -30,6 +30,7 @@ _PROBE = textwrap.dedent(
     from server.llm.service import LLMService
     from server.memory.service import MemoryService, RememberJob
     from server.observability.metrics import MemoryMetrics
+    from server.users.service import create_user
 
     async def main():
         settings = load_settings()
@@ -39,7 +40,8 @@ _PROBE = textwrap.dedent(
             MemoryMetrics(CollectorRegistry()),
         )
         memory.start()
-        user = uuid.uuid4()
+        # A user that exists: the writers never write for one that does not (deleted meanwhile).
+        user = (await create_user(email=f"{uuid.uuid4().hex}@example.com", password_hash="x", username=None)).id
         memory.remember(RememberJob(user, uuid.uuid4(), uuid.uuid4(), "I sail on weekends."))
         for _ in range(200):
             found = [item.text for item in await memory.newest(user, limit=10)]
