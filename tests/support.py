@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 
 from agentctl.loadtest.runner import free_loopback_port as free_port
@@ -27,6 +29,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def database_url_named(server_url: str, name: str) -> str:
     """The URL of database ``name`` on the server ``server_url`` points at."""
     return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+def fetch_rows(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
+    """The rows of one query, on a connection of its own (for tests that run outside an event loop)."""
+
+    async def fetch() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(database_url)
+        try:
+            return await connection.fetch(query, *args)
+        finally:
+            await connection.close()
+
+    return asyncio.run(fetch())
 
 
 def unique_database_name() -> str:

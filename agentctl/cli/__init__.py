@@ -16,8 +16,10 @@ from agentctl.cli import loadtest as loadtest_commands
 from agentctl.cli import migrate as migrate_commands
 from agentctl.cli import models as models_commands
 from agentctl.cli import serve as serve_commands
+from agentctl.cli import usage_report as usage_commands
+from agentctl.cli import users as users_commands
 from agentctl.cli.context import CliState
-from agentctl.cli.usage import Context
+from agentctl.cli.usage import Context, PlainUsageErrors
 from agentctl.config import SettingsError
 
 
@@ -41,7 +43,7 @@ class _AgentctlGroup(TyperGroup):
 app = typer.Typer(
     cls=_AgentctlGroup,
     name="agentctl",
-    help="Run an AI agent as a service: serve it, talk to it, load-test it, evaluate it.",
+    help="Run an AI agent as a service: serve it, talk to it, load-test it, evaluate it, operate it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -51,9 +53,11 @@ app.command(name="migrate")(migrate_commands.migrate)
 app.command(name="models")(models_commands.models)
 app.command(name="chat")(chat_commands.chat)
 app.command(name="loadtest", cls=loadtest_commands.LoadTestCommand)(loadtest_commands.loadtest)
+app.command(name="usage", cls=PlainUsageErrors)(usage_commands.usage)
 app.add_typer(config_commands.app, name="config")
 app.add_typer(llm_commands.app, name="llm")
 app.add_typer(eval_commands.app, name="eval")
+app.add_typer(users_commands.app, name="users")
 
 
 def _print_version(value: bool) -> None:

@@ -11,7 +11,7 @@ import json
 import uuid
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentctl.cli.context import settings_of
+from agentctl.cli.output import SinceOption, UntilOption, operator_database, stdout_console, usage_error
 from agentctl.config import Settings
 
 if TYPE_CHECKING:
@@ -43,20 +44,11 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Judge recorded conversations with a model: scores, reports and a quality gate.")
 
 
-def _usage_error(message: str) -> NoReturn:
-    typer.echo(f"agentctl: {message}", err=True)
-    raise typer.Exit(2)
-
-
 @app.callback(invoke_without_command=True)
 def evaluate(
     ctx: typer.Context,
-    since: Annotated[
-        str, typer.Option("--since", help="Start of the window: yesterday, today, 2h, 30m, 7d, 2026-11-01 (UTC).")
-    ] = "24h",
-    until: Annotated[
-        str | None, typer.Option("--until", help="End of the window (same forms), exclusive; default now.")
-    ] = None,
+    since: SinceOption = "24h",
+    until: UntilOption = None,
     sample: Annotated[
         int | None, typer.Option("--sample", min=1, help="Judge this many turns of the window, drawn at random.")
     ] = None,
@@ -106,22 +98,22 @@ def evaluate(
     try:
         window = parse_window(since, until)
     except WindowError as error:
-        _usage_error(str(error))
+        usage_error(str(error))
     if source not in ("database", "langfuse"):
-        _usage_error(f"--source must be database or langfuse, not {source!r}")
+        usage_error(f"--source must be database or langfuse, not {source!r}")
     chosen_source: Source = "langfuse" if source == "langfuse" else "database"
     if source == "langfuse" and not settings.observability.tracing_enabled:
-        _usage_error("--source langfuse needs Langfuse configured: set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY")
+        usage_error("--source langfuse needs Langfuse configured: set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY")
     if session is not None and source == "database":
         try:
             uuid.UUID(session)
         except ValueError:
-            _usage_error(f"--session {session!r} is not a session id (a UUID)")
+            usage_error(f"--session {session!r} is not a session id (a UUID)")
     metrics = _chosen_metrics(settings, metric)
     try:
         gate = parse_gate(fail_under, {m.name for m in metrics})
     except GateSpecError as error:
-        _usage_error(str(error))
+        usage_error(str(error))
     options = EvalOptions(
         window=window,
         metrics=metrics,
@@ -135,7 +127,7 @@ def evaluate(
         gate=gate,
     )
     result = asyncio.run(_run(settings, options))
-    console = _stdout_console()
+    console = stdout_console()
     if result.turns_selected == 0:
         typer.echo(f"no turns to evaluate from {window.describe()}: nothing scored")
         return
@@ -177,13 +169,13 @@ def agreement(
     try:
         answers = read_labelled_set(labelled_set)
     except LabelledSetError as error:
-        _usage_error(str(error))
+        usage_error(str(error))
     metrics = {m.name: m for m in _chosen_metrics(settings, metric)}
     unknown = sorted({answer.metric for answer in answers} - set(metrics))
     if unknown and not metric:
-        _usage_error(f"{labelled_set} labels metrics with no metric file: {', '.join(unknown)}")
+        usage_error(f"{labelled_set} labels metrics with no metric file: {', '.join(unknown)}")
     results = asyncio.run(_agree(settings, metrics, answers, concurrency or settings.evals.concurrency))
-    _stdout_console().print(_agreement_table(results))
+    stdout_console().print(_agreement_table(results))
     if report is not None:
         _write_json(report, {name: result.as_dict() for name, result in results.items()})
     if min_agreement is not None:
@@ -200,12 +192,12 @@ def _chosen_metrics(settings: Settings, names: list[str] | None) -> list[EvalMet
     try:
         available = read_metrics(metrics_directory(settings.evals.metrics_dir))
     except MetricFileError as error:
-        _usage_error(error.detail)
+        usage_error(error.detail)
     if not names:
         return list(available.values())
     unknown = [name for name in names if name not in available]
     if unknown:
-        _usage_error(f"unknown metric {', '.join(unknown)}; metric files define: {', '.join(available)}")
+        usage_error(f"unknown metric {', '.join(unknown)}; metric files define: {', '.join(available)}")
     return [available[name] for name in dict.fromkeys(names)]
 
 
@@ -261,19 +253,17 @@ def _model_registry(settings: Settings) -> ModelRegistry:
     try:
         return ModelRegistry.from_settings(settings.llm)
     except NoModelConfiguredError as error:
-        _usage_error(error.detail)
+        usage_error(error.detail)
 
 
 async def _run(settings: Settings, options: EvalOptions) -> EvalReport:
-    from server.database.embedded import database_url
     from server.evaluation.service import EvaluationService
     from server.evaluation.sources import LangfuseScores, LangfuseUnavailableError, turns_from_database
-    from server.schema import open_database
 
     try:
         langfuse = await asyncio.to_thread(LangfuseScores.from_settings, settings.observability)
     except LangfuseUnavailableError as error:
-        _usage_error(error.detail)
+        usage_error(error.detail)
     registry = _model_registry(settings)
     progress = _ProgressBar("judging")
     session_uuid = uuid.UUID(options.session_id) if options.session_id and options.source == "database" else None
@@ -289,9 +279,7 @@ async def _run(settings: Settings, options: EvalOptions) -> EvalReport:
             stack.push_async_callback(langfuse.close)
         stack.push_async_callback(registry.aclose)
         stack.callback(progress.stop)
-        # Starting the embedded PostgreSQL (when no DATABASE_URL) blocks: off the event loop.
-        url = await asyncio.to_thread(stack.enter_context, database_url(settings))
-        await stack.enter_async_context(open_database(url, settings, schema="require_current"))
+        await stack.enter_async_context(operator_database(settings))
         service = EvaluationService(judge=_judge_for(settings, registry), langfuse=langfuse)
         return await service.run(options, load_turns, progress)
 
@@ -310,12 +298,6 @@ async def _agree(
     finally:
         progress.stop()
         await registry.aclose()
-
-
-def _stdout_console() -> Console:
-    """Tables as wide as they need when stdout is a file or a CI log (rich would assume 80 columns)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
 
 
 def _number(value: float | None, pattern: str = "{:.3f}") -> str:

@@ -203,21 +203,7 @@ async def export_account(*, user_id: uuid.UUID, database: Database, conversation
         for session in await sessions_of(owner_id=user_id)
     ]
     turns = [_exported_turn(row) for row in await _turns_of(user_id)]
-    scores = [
-        ExportedScore(
-            id=row["id"],
-            turn_id=row["turn"],
-            metric=row["metric"],
-            prompt_version=row["prompt_version"],
-            judge_model=row["judge_model"],
-            score=row["score"],
-            quality=row["quality"],
-            reasoning=row["reasoning"],
-            error=row["error"],
-            created_at=row["created_at"],
-        )
-        for row in await scores_of_turns([turn.id for turn in turns])
-    ]
+    scores = [ExportedScore(**row) for row in await scores_of_turns([turn.id for turn in turns])]
     return AccountExport(
         exported_at=datetime.datetime.now(tz=datetime.UTC),
         account=ExportedAccount(id=user.id, email=user.email, username=user.username, created_at=user.created_at),
@@ -234,7 +220,7 @@ async def _turns_of(user_id: uuid.UUID) -> list[dict[str, Any]]:
     return (
         await ChatTurn.select(
             ChatTurn.id,
-            ChatTurn.session,
+            ChatTurn.session.as_alias("session_id"),
             ChatTurn.surface,
             ChatTurn.input,
             ChatTurn.output,
@@ -257,23 +243,7 @@ async def _turns_of(user_id: uuid.UUID) -> list[dict[str, Any]]:
 
 def _exported_turn(row: dict[str, Any]) -> ExportedTurn:
     tool_calls = row["tool_calls"]
-    return ExportedTurn(
-        id=row["id"],
-        session_id=row["session"],
-        surface=row["surface"],
-        input=row["input"],
-        output=row["output"],
-        status=row["status"],
-        error_type=row["error_type"],
-        model=row["model"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        cached_tokens=row["cached_tokens"],
-        cost_usd=row["cost_usd"],
-        tool_calls=json.loads(tool_calls) if isinstance(tool_calls, str) else list(tool_calls or []),
-        created_at=row["created_at"],
-        finished_at=row["finished_at"],
-    )
+    return ExportedTurn(**{**row, "tool_calls": json.loads(tool_calls) if isinstance(tool_calls, str) else tool_calls})
 
 
 # Per account: its sessions and turns, and when it was last active (its latest sign-in, token refresh or turn). Each
@@ -288,29 +258,16 @@ _ACCOUNT_SUMMARY = (
 )
 
 
-def _summary(row: dict[str, Any]) -> AccountSummary:
-    return AccountSummary(
-        id=row["id"],
-        email=row["email"],
-        username=row["username"],
-        created_at=row["created_at"],
-        disabled_at=row["disabled_at"],
-        sessions=row["sessions"],
-        turns=row["turns"],
-        last_active=row["last_active"],
-    )
-
-
 async def list_accounts() -> list[AccountSummary]:
     """Every account, oldest first."""
-    return [_summary(row) for row in await User.raw(_ACCOUNT_SUMMARY + " ORDER BY u.created_at, u.id")]
+    return [AccountSummary(**row) for row in await User.raw(_ACCOUNT_SUMMARY + " ORDER BY u.created_at, u.id")]
 
 
 async def account_details(user: User, settings: Settings) -> AccountDetails:
     """The account, its budget overrides, its spending today and this month against its limits, its keys."""
     rows = await User.raw(_ACCOUNT_SUMMARY + " WHERE u.id = {}", user.id)
     return AccountDetails(
-        summary=_summary(rows[0]),
+        summary=AccountSummary(**rows[0]),
         budget_overrides=budget_overrides_of(user),
         usage=await usage_of(user.id, settings.budget),
         api_keys=[ApiKeyInfo.of(row) for row in await list_api_keys(owner_id=user.id)],

@@ -274,8 +274,7 @@ async def scores_of_turns(turn_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
         found += (
             await EvalScore.select(
                 EvalScore.id,
-                EvalScore.turn,
-                EvalScore.run,
+                EvalScore.turn.as_alias("turn_id"),
                 EvalScore.metric,
                 EvalScore.prompt_version,
                 EvalScore.judge_model,

@@ -4,7 +4,6 @@ through Typer's CliRunner against the same database and Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import time
@@ -24,7 +23,7 @@ from tests.apikeys.conftest import new_key
 from tests.chat.conftest import Conversation, serve_with_model
 from tests.evaluation.conftest import judge_says
 from tests.memory.test_memory import wait_for_memories
-from tests.support import ApiClient
+from tests.support import ApiClient, fetch_rows
 
 JWT_SECRET = "accounts-test-signing-key-" + "k" * 40
 
@@ -58,14 +57,7 @@ class Replicas:
         )
 
     def rows(self, query: str, *args: object) -> list[asyncpg.Record]:
-        async def fetch() -> list[asyncpg.Record]:
-            connection = await asyncpg.connect(self.database_url)
-            try:
-                return await connection.fetch(query, *args)
-            finally:
-                await connection.close()
-
-        return asyncio.run(fetch())
+        return fetch_rows(self.database_url, query, *args)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +163,18 @@ def openai_status(replicas: Replicas, key: str, *, tries: int = 4) -> list[int]:
         ).status_code
         for attempt in range(tries)
     ]
+
+
+def rows_mentioning(replicas: Replicas, needle: str) -> dict[str, int]:
+    """Every table of the public schema, every row cast to text: how many rows of each mention ``needle``."""
+    tables = [row["tablename"] for row in replicas.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    assert {"users", "chat_turns", "checkpoints", "checkpoint_writes", "memories", "revoked_tokens"} <= set(tables)
+    found = {}
+    for table in tables:
+        (row,) = replicas.rows(f'SELECT count(*) AS n FROM "{table}" AS t WHERE t::text LIKE $1', f"%{needle}%")
+        if row["n"]:
+            found[table] = row["n"]
+    return found
 
 
 def history_rows_mentioning(history_file: Path, *needles: str) -> int:

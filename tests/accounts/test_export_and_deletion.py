@@ -17,6 +17,7 @@ from tests.accounts.conftest import (
     history_rows_mentioning,
     openai_status,
     refused_everywhere,
+    rows_mentioning,
     user_with_data,
     wait_until,
 )
@@ -24,18 +25,6 @@ from tests.accounts.conftest import (
 
 def _delete(replicas: Replicas, token: str, password: str) -> httpx.Response:
     return replicas.first.request("DELETE", "/auth/me", token=token, json={"password": password})
-
-
-def _rows_mentioning(replicas: Replicas, needle: str) -> dict[str, int]:
-    """Every table of the public schema, every row cast to text: how many rows of each mention ``needle``."""
-    tables = [row["tablename"] for row in replicas.rows("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-    assert {"users", "chat_turns", "checkpoints", "checkpoint_writes", "memories", "revoked_tokens"} <= set(tables)
-    found = {}
-    for table in tables:
-        (row,) = replicas.rows(f'SELECT count(*) AS n FROM "{table}" AS t WHERE t::text LIKE $1', f"%{needle}%")
-        if row["n"]:
-            found[table] = row["n"]
-    return found
 
 
 def test_the_export_holds_every_part_and_no_secret(replicas: Replicas) -> None:
@@ -163,11 +152,11 @@ def test_deletion_leaves_nothing_anywhere_and_every_credential_fails_at_once(rep
     # a session in its checkpoints (binary: found by thread id) and in the evaluation run that judged it, the user in
     # Mem0's history file.
     assert {"users", "chat_sessions", "chat_turns", "api_keys", "refresh_tokens", "memories", "user_usage"} <= set(
-        _rows_mentioning(replicas, user.user_id)
+        rows_mentioning(replicas, user.user_id)
     )
-    assert {"chat_turns", "memories", "eval_scores"} <= set(_rows_mentioning(replicas, user.marker))
+    assert {"chat_turns", "memories", "eval_scores"} <= set(rows_mentioning(replicas, user.marker))
     assert {"checkpoints", "checkpoint_blobs", "checkpoint_writes", "eval_runs"} <= set(
-        _rows_mentioning(replicas, user.session_ids[0])
+        rows_mentioning(replicas, user.session_ids[0])
     )
     assert history_rows_mentioning(replicas.history_file, user.user_id, user.marker) > 0
 
@@ -203,13 +192,13 @@ def test_deletion_leaves_nothing_anywhere_and_every_credential_fails_at_once(rep
         assert signed_in.status_code == 401
 
     time.sleep(1.5)  # anything late (a memory writer, a stopped run's events) would have written by now
-    assert _rows_mentioning(replicas, user.user_id) == {}
-    assert _rows_mentioning(replicas, user.email) == {}
-    assert _rows_mentioning(replicas, user.marker) == {}
-    assert _rows_mentioning(replicas, user.key_id) == {"revoked_tokens": 1}  # its minted tokens' revocation
+    assert rows_mentioning(replicas, user.user_id) == {}
+    assert rows_mentioning(replicas, user.email) == {}
+    assert rows_mentioning(replicas, user.marker) == {}
+    assert rows_mentioning(replicas, user.key_id) == {"revoked_tokens": 1}  # its minted tokens' revocation
     for session_id in user.session_ids:
         # The session's revocation is its id alone (kind 'session'): nothing says whose it was.
-        assert _rows_mentioning(replicas, session_id) == {"revoked_tokens": 1}
+        assert rows_mentioning(replicas, session_id) == {"revoked_tokens": 1}
         (revocation,) = replicas.rows("SELECT kind FROM revoked_tokens WHERE id = $1", uuid.UUID(session_id))
         assert revocation["kind"] == "session"
     assert history_rows_mentioning(replicas.history_file, user.user_id, user.email, user.marker) == 0

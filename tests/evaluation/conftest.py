@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 from agentctl.cli import app
 from agentctl.simulator.process import RunningSimulator
+from tests.support import fetch_rows
 
 _WINDOWS = itertools.count()
 
@@ -81,14 +82,7 @@ class EvalWorld:
             await connection.close()
 
     def rows(self, query: str, *args: object) -> list[asyncpg.Record]:
-        async def fetch() -> list[asyncpg.Record]:
-            connection = await asyncpg.connect(self.database_url)
-            try:
-                return await connection.fetch(query, *args)
-            finally:
-                await connection.close()
-
-        return asyncio.run(fetch())
+        return fetch_rows(self.database_url, query, *args)
 
     def eval(self, *args: str, env: dict[str, str] | None = None) -> Result:
         """`agentctl eval` as an operator runs it, against this world's database and judge."""
