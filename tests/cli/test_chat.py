@@ -3,20 +3,18 @@ model is the simulator."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import stat
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 
 from agentctl.simulator.process import RunningSimulator
 from agentctl.terminal.client import ChatClient, Profile, TokenStore
+from tests.cli.budgets import set_budget
 from tests.cli.conftest import ChatUser
 from tests.cli.terminal import Terminal
 from tests.support import CuttingProxy, free_port
@@ -475,18 +473,6 @@ def test_edit_retry_and_branch_at_the_prompt(user: ChatUser, terminals: list[Ter
     assert terminal.exit_status() == 0
 
 
-def _set_daily_token_budget(database_url: str, user_id: str, tokens: int | None) -> None:
-    async def update() -> None:
-        connection = await asyncpg.connect(database_url)
-        try:
-            update = "UPDATE users SET budget_daily_tokens = $1 WHERE id = $2"
-            await connection.execute(update, tokens, uuid.UUID(user_id))
-        finally:
-            await connection.close()
-
-    asyncio.run(update())
-
-
 def test_budget_shows_spending_and_a_turn_refused_for_it_is_one_line(
     user: ChatUser, terminals: list[Terminal], migrated_database_url: str
 ) -> None:
@@ -507,7 +493,7 @@ def test_budget_shows_spending_and_a_turn_refused_for_it_is_one_line(
     assert re.search(rf"this month\s+1\s+{spent:,}\s+\$0\.0000", table), table
 
     user_id = user.api.request("GET", "/auth/me", token=_access(user)).json()["id"]
-    _set_daily_token_budget(migrated_database_url, user_id, 1)
+    set_budget(migrated_database_url, user_id, daily_tokens=1)
     mark = terminal.mark()
     terminal.type("/budget")
     refill = r"at \d{4}-\d\d-\d\d \d\d:\d\d \S+ \(in (\d+ h ?)?(\d+ min)?\)"
