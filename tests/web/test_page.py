@@ -16,6 +16,7 @@ from playwright.sync_api import Locator, Page, expect
 from agentctl.simulator.process import RunningSimulator
 from server.web.routes import ASSETS_PATH, PAGE_CSP, PAGE_PATH, STATIC_DIR
 from tests.chat.conftest import Conversation, serve_with_model
+from tests.cli.budgets import set_budget
 from tests.support import ApiClient, CuttingProxy, unique_email
 from tests.web.conftest import AXE, DESKTOP, PHONE, SCREENSHOTS, Tab
 
@@ -62,7 +63,7 @@ def wait_done(page: Page, status: str = "done", timeout: float = 30_000) -> None
 def history_reader(api: ApiClient, page: Page) -> Callable[[], list[dict]]:
     """Reads the page's chat as the server recorded it, through the JSON API with the page's own session."""
     session_id = page.evaluate("localStorage.getItem('agentctl.session')")
-    email = page.locator("#who").inner_text().removeprefix("Signed in as ")
+    email = (page.locator("#who").text_content() or "").removeprefix("Signed in as ")  # in the drawer on phones
     token = api.login(email)["access_token"]
     session_token = api.request("POST", f"/auth/session/{session_id}/token", token=token).json()["token"]
     return lambda: api.request("GET", "/chatbot/messages", token=session_token["access_token"]).json()["messages"]
@@ -94,7 +95,7 @@ def test_sign_up_then_an_answer_streams_as_markdown_with_its_usage(new_tab, web_
     box.press_sequentially("second line")
     assert box.input_value() == "first line\nsecond line"
     box.press("Enter")
-    expect(page.locator("article.user").last).to_have_text("first line\nsecond line")
+    expect(page.locator("article.user .plain").last).to_have_text("first line\nsecond line")
     wait_done(page)
     answer = last_answer(page)
     assert answer.locator(".markdown").inner_text().strip().startswith("first line")
@@ -255,7 +256,7 @@ def test_sessions_new_switch_rename_delete(new_tab) -> None:
     # Each chat is named after its first message; back to the first one: only its messages.
     expect(page.locator("#sessions .session-open")).to_have_text(["bravo question", "alpha question"])
     page.get_by_role("button", name="alpha question", exact=True).click()
-    expect(page.locator("article.user")).to_have_text(["alpha question"])
+    expect(page.locator("article.user .plain")).to_have_text(["alpha question"])
     expect(page.locator("#session-title")).to_have_text("alpha question")
     page.get_by_role("button", name="Rename chat alpha question").click()
     page.get_by_role("textbox", name="Name").fill("Renamed chat")
@@ -265,7 +266,7 @@ def test_sessions_new_switch_rename_delete(new_tab) -> None:
     page.get_by_role("button", name="Delete chat Renamed chat").click()
     page.get_by_role("button", name="Delete", exact=True).click()
     expect(page.locator("#sessions li")).to_have_count(1)
-    expect(page.locator("article.user")).to_have_text(["bravo question"])
+    expect(page.locator("article.user .plain")).to_have_text(["bravo question"])
 
 
 def test_memory_panel_lists_searches_and_forgets(new_tab, web_server: ApiClient) -> None:
@@ -475,6 +476,9 @@ def test_hostile_markup_from_the_user_and_the_model_stays_inert(new_tab, simulat
     user = page.locator("article.user").last
     expect(user).to_contain_text('<img src=x onerror="window.__xss.push(1)">')
     assert user.locator("img, script, a, svg").count() == 0
+    user.get_by_role("button", name="Edit").click()  # the editor holds the text as text, too
+    expect(user.get_by_role("textbox", name="Edit your message")).to_have_value(f"hostile {_HOSTILE}")
+    user.get_by_role("button", name="Cancel").click()
     answer = last_answer(page).locator(".markdown")
     expect(answer).to_contain_text("<script>window.__xss.push(2)</script>")
     expect(answer).to_contain_text('<img src=x onerror="window.__xss.push(1)">')
@@ -646,3 +650,154 @@ def test_errors_in_plain_words(new_tab, simulator: RunningSimulator, tmp_path, m
         )
     finally:
         server.terminate()
+
+
+def question(page: Page, number: int) -> Locator:
+    """The page's ``number``-th question (0-based), looked up afresh each time: an edit replaces it."""
+    return page.locator("article.user").nth(number)
+
+
+def versions(page: Page, number: int) -> Locator:
+    return question(page, number).get_by_role("group", name="Versions of this message")
+
+
+def said(history: list[dict]) -> list[str]:
+    return [message["content"] for message in history if message["role"] == "user"]
+
+
+def shown_text(locator: Locator) -> str:
+    return " ".join(locator.inner_text().split())
+
+
+def test_edit_a_question_in_place_then_switch_versions_with_the_arrows(new_tab, web_server: ApiClient) -> None:
+    """In Chromium against a real server: Edit opens the question in place (Esc and Cancel leave it as it was, Enter
+    saves); the new answer streams in the old one's place; the version arrows ("Previous version", "2/2", "Next
+    version") switch between the versions, each with its own answer, and the server's conversation follows."""
+    page = new_tab().open()
+    sign_up(page)
+    for text in ("first question", "second question"):
+        send(page, text)
+        wait_done(page)
+    old_answer = shown_text(last_answer(page).locator(".markdown"))
+    edit = question(page, 1).get_by_role("button", name="Edit")
+    editor = question(page, 1).get_by_role("textbox", name="Edit your message")
+    edit.click()
+    expect(editor).to_be_focused()
+    expect(editor).to_have_value("second question")
+    editor.press("Escape")
+    expect(editor).to_have_count(0)
+    expect(edit).to_be_focused()
+    edit.click()
+    editor.fill("changed my mind")
+    question(page, 1).get_by_role("button", name="Cancel").click()
+    expect(editor).to_have_count(0)
+    expect(question(page, 1).locator(".plain")).to_have_text("second question")
+    assert question(page, 0).get_by_role("group").count() == 0  # no versions, no arrows
+
+    edit.click()
+    expect(editor).to_have_value("second question")
+    editor.fill("second, edited")
+    editor.press("Enter")
+    expect(question(page, 1).locator(".plain")).to_have_text("second, edited")
+    wait_done(page)
+    expect(page.locator("article.assistant")).to_have_count(2)
+    assert shown_text(last_answer(page).locator(".markdown")).startswith("second, edited ")
+    expect(versions(page, 1)).to_contain_text("2/2")
+    expect(versions(page, 1).get_by_role("button", name="Next version")).to_be_disabled()
+    read_history = history_reader(web_server, page)
+    assert said(read_history()) == ["first question", "second, edited"]
+    check_page(page, "desktop versions")
+    question(page, 0).get_by_role("button", name="Edit").click()  # an editor open, for the screenshot
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "web-versions-desktop.png")
+    check_page(page, "desktop editor")
+    question(page, 0).get_by_role("button", name="Cancel").click()
+
+    versions(page, 1).get_by_role("button", name="Previous version").click()
+    expect(question(page, 1).locator(".plain")).to_have_text("second question")
+    expect(versions(page, 1)).to_contain_text("1/2")
+    assert shown_text(last_answer(page).locator(".markdown")) == old_answer
+    expect(versions(page, 1).get_by_role("button", name="Next version")).to_be_focused()  # Previous is at its end
+    assert said(read_history()) == ["first question", "second question"]
+
+    versions(page, 1).get_by_role("button", name="Next version").click()
+    expect(question(page, 1).locator(".plain")).to_have_text("second, edited")
+    expect(versions(page, 1)).to_contain_text("2/2")
+    assert said(read_history()) == ["first question", "second, edited"]
+
+
+def test_regenerate_an_earlier_answer_on_a_phone_keeps_the_first_as_a_version(
+    new_tab, web_server: ApiClient, simulator: RunningSimulator
+) -> None:
+    """In Chromium at a phone's width against a real server: Regenerate on the first of two answers continues from
+    its question (the later turn goes with the old version), the new answer streams, and "Previous version" brings
+    the first back with the turn after it."""
+    simulator.configure({"tokens_per_second": 60, "answer_tokens": 30})
+    page = new_tab(viewport=PHONE).open()
+    sign_up(page)
+    for text in ("tell me something", "and another thing"):
+        send(page, text)
+        wait_done(page)
+    first_answer = shown_text(page.locator("article.assistant").first.locator(".markdown"))
+    page.locator("article.assistant").first.get_by_role("button", name="Regenerate").click()
+    expect(page.locator("article.user")).to_have_count(1)
+    expect(last_answer(page)).to_have_attribute("data-status", "streaming")
+    wait_done(page)
+    again = shown_text(last_answer(page).locator(".markdown"))
+    assert again.startswith("tell me something ")
+    assert again != first_answer
+    expect(versions(page, 0)).to_contain_text("2/2")
+    history = history_reader(web_server, page)()
+    assert said(history) == ["tell me something"]
+    assert history[0]["branch"]["count"] == 2
+    check_page(page, "phone versions")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "web-versions-phone.png")
+
+    versions(page, 0).get_by_role("button", name="Previous version").click()
+    expect(page.locator("article.user")).to_have_count(2)
+    expect(versions(page, 0)).to_contain_text("1/2")
+    assert shown_text(page.locator("article.assistant").first.locator(".markdown")) == first_answer
+    expect(question(page, 1).locator(".plain")).to_have_text("and another thing")
+
+
+def test_usage_against_the_budget_and_a_refusal_in_plain_words(
+    new_tab, web_server: ApiClient, migrated_database_url: str
+) -> None:
+    """In Chromium against a real server: the sidebar shows today's and this month's spending, read again after each
+    answer; at the limit a message (and Regenerate) is refused in plain words with what was spent, the limit and
+    when it refills, and the sidebar says the budget is used up."""
+    page = new_tab().open()
+    email = sign_up(page)
+    token = web_server.login(email)["access_token"]
+    expect(page.locator("#spending dd").first).to_have_text("0 tokens · $0.0000")
+    send(page, "spend a little")
+    wait_done(page)
+    spent = web_server.request("GET", "/auth/me/usage", token=token).json()["day"]["tokens"]
+    assert spent > 0
+    spending = page.get_by_role("region", name="Usage")
+    expect(spending.locator("dt")).to_have_text(["Today", "This month"])
+    expect(spending.locator("dd")).to_have_text([f"{spent:,} tokens · $0.0000"] * 2)
+    expect(spending.locator("meter")).to_have_count(0)  # no budget: nothing to fill
+
+    user_id = web_server.request("GET", "/auth/me", token=token).json()["id"]
+    set_budget(migrated_database_url, user_id, daily_tokens=spent)  # exactly at the limit: refused
+    send(page, "one more, please", accepted=False)
+    refusal = re.compile(
+        rf"^Your daily token budget is used up: {spent:,} of {spent:,} tokens spent\. "
+        r"It refills on .+ \(in (\d+ h ?)?(\d+ min)?\)\.$"
+    )
+    expect(page.locator("#chat-error")).to_have_text(refusal)
+    expect(page.get_by_label("Message", exact=True)).to_have_value("one more, please")  # kept for later
+    expect(spending.locator("dd").first).to_contain_text(f"{spent:,} of {spent:,} tokens · $0.0000")
+    expect(spending.locator(".refill").first).to_have_text(re.compile(r"^Used up; refills on .+\.$"))
+    expect(spending.get_by_role("meter", name="Today: share of the budget used")).to_have_attribute("value", "1")
+    expect(spending.locator("dd").nth(1)).to_have_text(f"{spent:,} tokens · $0.0000")  # no monthly limit
+
+    page.locator("#chat-error").evaluate("element => { element.textContent = ''; }")
+    last_answer(page).get_by_role("button", name="Regenerate").click()
+    expect(page.locator("#chat-error")).to_have_text(refusal)
+    expect(page.locator("article.assistant")).to_have_count(1)  # the answer stays as it was
+    check_page(page, "desktop budget")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "web-budget-desktop.png")

@@ -1,6 +1,8 @@
 // The page's only way to the server. Tokens live in this module's memory and nowhere else: the access token and
 // the session tokens are variables, the refresh token is an httpOnly cookie the browser sends to one route only.
 
+import { budgetRefusal } from "/web/js/budget.js";
+
 const CSRF_HEADER = "X-Agentctl-CSRF";
 
 /** A failed request, with what the server said (problem+json) and how long to wait, if it said. */
@@ -12,6 +14,7 @@ export class ApiError extends Error {
     this.detail = problem.detail || "";
     this.requestId = problem.request_id || "";
     this.errors = Array.isArray(problem.errors) ? problem.errors : []; // [{field, message}] of a 422
+    this.budget = problem.budget && typeof problem.budget === "object" ? problem.budget : null; // of budget-exceeded
     this.retryAfter = retryAfter;
   }
 }
@@ -140,11 +143,16 @@ export function plainWords(error) {
   if (error instanceof OfflineError) return "You are offline, or the server cannot be reached. Check the connection and try again.";
   if (!(error instanceof ApiError)) return `Something went wrong in the page: ${error.message}`;
   const wait = error.retryAfter != null ? ` Try again in ${Math.ceil(error.retryAfter)} s.` : " Try again shortly.";
+  if (error.code === "budget-exceeded" && error.budget) return budgetRefusal(error.budget);
   switch (error.status) {
     case 409:
-      return error.code === "turn-in-progress"
-        ? "This chat is still answering your last message: wait for it, or press Stop."
-        : `That conflicts with what is already there: ${error.detail}`;
+      if (error.code === "turn-in-progress") return "This chat is still answering your last message: wait for it, or press Stop.";
+      if (error.code === "message-too-old")
+        return "This message is too old to edit or answer again: the chat's state before it is no longer kept.";
+      return `That conflicts with what is already there: ${error.detail}`;
+    case 404:
+      if (error.code === "message-not-found") return "That message is no longer in this chat. Reload the page to see the chat as it is.";
+      return `${error.detail || error.message} (request ${error.requestId || "unknown"})`;
     case 429:
       return `Too many requests: you have reached the rate limit.${wait}`;
     case 503:

@@ -1,4 +1,8 @@
-// One answer on the page: its recalled memories, its tool calls, its text as it streams, how it ended, its usage.
+// The conversation on the page: each question (editable, with its versions), and each answer (its recalled memories,
+// its tool calls, its text as it streams, how it ended, its usage, another answer on demand).
+//
+// ``controls`` are the page's actions on a conversation, given by main.js: edit(id, text) and regenerate(id) resolve
+// true once the new run is accepted; switchBranch(id, label) shows another version.
 import { asSession, json, plainWords } from "/web/js/api.js";
 import { h } from "/web/js/dom.js";
 import { addCopyButtons, renderMarkdown } from "/web/js/markdown.js";
@@ -15,16 +19,90 @@ const RUN_ERRORS = {
 /** What a run's error event means, in plain words. */
 export const runErrorWords = (error) => RUN_ERRORS[error.type] || `The agent could not answer: ${error.detail}.`;
 
-export function userMessage(text) {
-  return h("article", { class: "msg user", "aria-label": "You" }, h("p", { class: "plain", text }));
+/** A question; with its run's ``id`` and ``controls``, an Edit button and, where it has versions, arrows between them. */
+export function userMessage(text, { id = null, branch = null, controls = null } = {}) {
+  const article = h("article", { class: "msg user", "aria-label": "You", "data-message": id }, h("p", { class: "plain", text }));
+  if (!id || !controls) return article;
+  const edit = h("button", { type: "button", class: "small", text: "Edit" });
+  edit.addEventListener("click", () => openEditor(article, edit, id, text, controls));
+  article.append(h("div", { class: "msg-actions" }, edit));
+  showVersions(article, branch, controls);
+  return article;
+}
+
+/** The ‹ 2/3 › control of a question with versions (``branch`` as GET /messages gives it), put in or replaced. */
+export function showVersions(article, branch, controls) {
+  article.querySelector(".versions")?.remove();
+  if (!branch || branch.count < 2) return;
+  const { index, count, siblings } = branch;
+  const arrow = (label, text, target) => {
+    const button = h("button", { type: "button", class: "small arrow", "aria-label": label, text, disabled: !target });
+    button.addEventListener("click", () => controls.switchBranch(target, label));
+    return button;
+  };
+  article
+    .querySelector(".msg-actions")
+    .prepend(
+      h(
+        "div",
+        { class: "versions", role: "group", "aria-label": "Versions of this message" },
+        arrow("Previous version", "‹", siblings[index - 2]),
+        h("span", { class: "version-count", text: `${index}/${count}` }),
+        arrow("Next version", "›", siblings[index]),
+      ),
+    );
+}
+
+/** The question's text in a box to edit in place: Save (or Enter) asks again with it, Cancel (or Esc) leaves it. */
+function openEditor(article, editButton, id, text, controls) {
+  if (article.dataset.editing) return;
+  const box = h("textarea", { class: "editor-input", rows: Math.min(8, text.split("\n").length + 1), "aria-label": "Edit your message" });
+  box.value = text;
+  const problem = h("p", { class: "error", role: "alert" });
+  const save = h("button", { type: "submit", class: "primary small", text: "Save" });
+  const cancel = h("button", { type: "button", class: "small", text: "Cancel" });
+  const form = h("form", { class: "editor" }, box, problem, h("div", { class: "row end" }, cancel, save));
+  const close = () => {
+    form.remove();
+    delete article.dataset.editing;
+    editButton.focus();
+  };
+  cancel.addEventListener("click", close);
+  box.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation(); // Esc here leaves the editor; it does not stop an answer
+      close();
+    } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const edited = box.value.trim();
+    if (!edited) {
+      problem.textContent = "A message cannot be empty: type one, or Cancel.";
+      return;
+    }
+    problem.textContent = "";
+    save.disabled = true;
+    // Accepted: the question and what followed it make way for the new version. Refused: the editor stays, to retry.
+    if (!(await controls.edit(id, edited))) save.disabled = false;
+  });
+  article.dataset.editing = "true";
+  article.append(form);
+  box.focus();
+  box.setSelectionRange(box.value.length, box.value.length);
 }
 
 const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
 
 export class Answer {
-  constructor(sessionId, runId, { streaming = true } = {}) {
+  constructor(sessionId, runId, { streaming = true, controls = null } = {}) {
     this.sessionId = sessionId;
     this.runId = runId;
+    this.controls = controls;
     this.text = "";
     this.frame = 0;
     this.pendingTools = [];
@@ -40,7 +118,7 @@ export class Answer {
       this.body,
       this.note,
     );
-    if (!streaming) this.addUsage();
+    if (!streaming) this.addFooter();
   }
 
   /** One event of the run's stream. */
@@ -109,6 +187,23 @@ export class Answer {
     this.note.textContent = note;
     this.note.className = status === "error" ? "note error" : "note";
     if (status !== "error") this.addUsage();
+    this.addActions();
+  }
+
+  addFooter() {
+    this.addUsage();
+    this.addActions();
+  }
+
+  /** Regenerate: another answer to the same question (this one is kept as a version of it). */
+  addActions() {
+    if (!this.runId || !this.controls || this.el.querySelector(".msg-actions")) return;
+    const again = h("button", { type: "button", class: "small", text: "Regenerate" });
+    again.addEventListener("click", async () => {
+      again.disabled = true;
+      if (!(await this.controls.regenerate(this.runId))) again.disabled = false;
+    });
+    this.el.append(h("div", { class: "msg-actions" }, again));
   }
 
   connection(state) {
@@ -142,8 +237,8 @@ export class Answer {
   }
 }
 
-/** The session's history as the page shows it: each turn's question, tool calls and answer. */
-export function renderHistory(sessionId, messages) {
+/** The session's history as the page shows it: each turn's question (with its versions), tool calls and answer. */
+export function renderHistory(sessionId, messages, controls = null) {
   const nodes = [];
   const answers = [];
   let answer = null;
@@ -152,11 +247,11 @@ export function renderHistory(sessionId, messages) {
     if (message.role === "user") {
       answer = null;
       runId = message.id;
-      nodes.push(userMessage(message.content));
+      nodes.push(userMessage(message.content, { id: message.id, branch: message.branch, controls }));
       continue;
     }
     if (!answer) {
-      answer = new Answer(sessionId, runId, { streaming: false });
+      answer = new Answer(sessionId, runId, { streaming: false, controls });
       answers.push(answer);
       nodes.push(answer.el);
     }

@@ -1,14 +1,25 @@
-// The page: signing in, the chats in the sidebar, sending and following answers, the memory and API keys panels.
+// The page: signing in, the chats in the sidebar, sending and following answers, editing and answering again with
+// versions of a question, what the user spent, the memory and API keys panels.
 import * as api from "/web/js/api.js";
-import { Answer, renderHistory, userMessage } from "/web/js/chat.js";
+import { Answer, renderHistory, showVersions, userMessage } from "/web/js/chat.js";
 import { $, confirmDialog, h, renameDialog } from "/web/js/dom.js";
 import { openKeys } from "/web/js/keys.js";
 import { openMemory } from "/web/js/memory.js";
+import { refreshSpending } from "/web/js/spending.js";
 import { followRun } from "/web/js/stream.js";
 
 const LAST_SESSION = "agentctl.session"; // which chat was open: an id, not a secret
 const ACTIVE = new Set(["queued", "running"]);
-const state = { signingUp: false, sessions: [], sessionId: null, runId: null, follow: null, hiddenAt: 0, loading: null };
+const state = {
+  signingUp: false,
+  sessions: [],
+  sessionId: null,
+  runId: null,
+  follow: null,
+  hiddenAt: 0,
+  loading: null,
+  asking: false,
+};
 
 // -- signing in -----------------------------------------------------------------------------------------------------
 
@@ -54,6 +65,8 @@ async function signOut() {
   state.sessions = [];
   state.sessionId = null;
   $("messages").replaceChildren();
+  $("spending").hidden = true;
+  $("spending-list").replaceChildren();
   setAuthMode(false);
   show("signin");
   $("email").focus();
@@ -65,6 +78,7 @@ async function enterApp() {
   const user = api.currentUser();
   $("who").textContent = user ? `Signed in as ${user.email}` : "";
   show("app");
+  refreshSpending();
   await loadSessions();
   const remembered = localStorage.getItem(LAST_SESSION);
   const chosen = state.sessions.find((s) => s.session_id === remembered) || state.sessions[0];
@@ -163,7 +177,7 @@ async function loadSession(sessionId) {
       const cut = messages.findIndex((m) => m.id === active.id);
       if (cut >= 0) messages = messages.slice(0, cut);
     }
-    $("messages").replaceChildren(...renderHistory(sessionId, messages));
+    $("messages").replaceChildren(...renderHistory(sessionId, messages, controls));
     if (active) startAnswer(active.id, active.input);
     else if (newest?.status === "awaiting_human") setAsking(true);
     scrollToEnd(true);
@@ -175,6 +189,7 @@ async function loadSession(sessionId) {
 // -- sending and following ------------------------------------------------------------------------------------------
 
 function setAsking(asking) {
+  state.asking = asking;
   $("input").placeholder = asking ? "Answer the agent's question" : "Message: Enter sends, Shift+Enter adds a line";
 }
 
@@ -190,10 +205,14 @@ function stopFollowing() {
   setRunning(false);
 }
 
-function startAnswer(runId, question) {
+/** Follow a run's answer below its question. A reply to the agent's question continues a turn: it is no question of
+ * its own to edit or answer again (the page offers that on the turn's question once reloaded). */
+function startAnswer(runId, question, { forked = false, reply = false } = {}) {
   const sessionId = state.sessionId;
-  const answer = new Answer(sessionId, runId);
-  $("messages").append(userMessage(question), answer.el);
+  const turnControls = reply ? null : controls;
+  const answer = new Answer(sessionId, runId, { controls: turnControls });
+  const asked = userMessage(question, { id: runId, controls: turnControls });
+  $("messages").append(asked, answer.el);
   scrollToEnd(true);
   const controller = new AbortController();
   state.follow = controller;
@@ -216,8 +235,67 @@ function startAnswer(runId, question) {
         state.runId = null;
         setRunning(false);
       }
+      refreshSpending();
+      if (forked) showVersionsOf(sessionId, runId, asked);
     });
 }
+
+/** An edit or a regeneration made a new version of a question: its ‹ n/N › control, as the server now counts them. */
+async function showVersionsOf(sessionId, runId, article) {
+  try {
+    const { messages } = await api.json(api.asSession(sessionId, "/api/v1/chatbot/messages"));
+    const question = messages.find((message) => message.id === runId);
+    if (question && article.isConnected) showVersions(article, question.branch, controls);
+  } catch {
+    // The arrows are a convenience: the next time the chat is opened shows them.
+  }
+}
+
+/** Remove a question and everything after it: an edit or a regeneration continues from just before it. */
+function dropFrom(messageId) {
+  const question = [...$("messages").querySelectorAll("article.user")].find((item) => item.dataset.message === messageId);
+  while (question?.nextElementSibling) question.nextElementSibling.remove();
+  question?.remove();
+}
+
+/** A new run for a question (edited, or answered again), streamed in its place; false, with the error shown, if refused. */
+async function forkedRun(messageId, path, body) {
+  showError(null);
+  try {
+    await state.loading;
+    const run = await api.json(api.asSession(state.sessionId, `/api/v1/chatbot/messages/${messageId}/${path}`, { method: "POST", body }));
+    dropFrom(messageId);
+    setAsking(false);
+    startAnswer(run.id, run.input, { forked: true });
+    return true;
+  } catch (error) {
+    showError(error);
+    return false;
+  }
+}
+
+/** Another version of the conversation: the one holding the question ``messageId``, at its latest turn. The focus
+ * stays on the arrow that was used (or its twin, where that one is now at the end). */
+async function switchBranch(messageId, label) {
+  showError(null);
+  try {
+    await state.loading;
+    const { messages } = await api.json(api.asSession(state.sessionId, `/api/v1/chatbot/messages/${messageId}/branch`, { method: "POST" }));
+    $("messages").replaceChildren(...renderHistory(state.sessionId, messages, controls));
+    setAsking(false);
+    const question = [...$("messages").querySelectorAll("article.user")].find((item) => item.dataset.message === messageId);
+    const arrows = [...(question?.querySelectorAll(".versions button") || [])];
+    (arrows.find((arrow) => arrow.getAttribute("aria-label") === label && !arrow.disabled) || arrows.find((arrow) => !arrow.disabled))?.focus();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+const controls = {
+  edit: (messageId, content) => forkedRun(messageId, "edit", { content }),
+  regenerate: (messageId) => forkedRun(messageId, "regenerate", {}),
+  switchBranch,
+};
 
 async function send(event) {
   event?.preventDefault();
@@ -232,8 +310,9 @@ async function send(event) {
       api.asSession(state.sessionId, "/api/v1/chatbot/runs", { method: "POST", body: { messages: [{ role: "user", content: text }] } }),
     );
     if (input.value.trim() === text) input.value = ""; // what was typed while it was sending stays
+    const reply = state.asking;
     setAsking(false);
-    startAnswer(run.id, text);
+    startAnswer(run.id, text, { reply });
     nameAfterFirstMessage(state.sessionId, text);
   } catch (error) {
     showError(error);
@@ -266,6 +345,7 @@ async function stop() {
 
 function showError(error) {
   $("chat-error").textContent = error ? api.plainWords(error) : "";
+  if (error instanceof api.ApiError && error.code === "budget-exceeded") refreshSpending();
   if (error instanceof api.ApiError && error.status === 401) signOut();
 }
 
