@@ -3,30 +3,17 @@ for their user within their scopes, revoked everywhere at once."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import time
 import uuid
 
-import asyncpg
 import pytest
 
 from tests.apikeys.conftest import KeyHolder, new_key
-from tests.support import ApiClient
+from tests.support import ApiClient, fetch_rows
 
 pytestmark = pytest.mark.usefixtures("simulator")
-
-
-def _rows(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
-    async def fetch() -> list[asyncpg.Record]:
-        connection = await asyncpg.connect(database_url)
-        try:
-            return await connection.fetch(query, *args)
-        finally:
-            await connection.close()
-
-    return asyncio.run(fetch())
 
 
 def test_a_key_is_shown_once_stored_as_a_hash_and_listed_by_prefix(
@@ -47,7 +34,7 @@ def test_a_key_is_shown_once_stored_as_a_hash_and_listed_by_prefix(
     assert item["expires_at"] is None
     assert item["last_used_at"] is None
 
-    (row,) = _rows(migrated_database_url, "SELECT * FROM api_keys WHERE id = $1", uuid.UUID(holder.key_id))
+    (row,) = fetch_rows(migrated_database_url, "SELECT * FROM api_keys WHERE id = $1", uuid.UUID(holder.key_id))
     assert row["secret_hash"] == hashlib.sha256(holder.key.encode()).hexdigest()
     assert holder.key not in " ".join(str(value) for value in row.values())
 
@@ -150,8 +137,8 @@ def test_deleting_the_user_deletes_their_keys(
     api, _ = replicas
     holder = new_key(api)
     user_id = api.request("GET", "/auth/me", token=holder.user_token).json()["id"]
-    _rows(migrated_database_url, "DELETE FROM users WHERE id = $1", uuid.UUID(user_id))
-    assert _rows(migrated_database_url, "SELECT id FROM api_keys WHERE owner = $1", uuid.UUID(user_id)) == []
+    fetch_rows(migrated_database_url, "DELETE FROM users WHERE id = $1", uuid.UUID(user_id))
+    assert fetch_rows(migrated_database_url, "SELECT id FROM api_keys WHERE owner = $1", uuid.UUID(user_id)) == []
     assert holder.with_key("GET", "/auth/sessions").status_code == 401
 
 
