@@ -119,7 +119,10 @@ class BrowserAuthController(Controller):
         return await _signed_in(registration.tokens, refresh_cookie, 201)
 
     @post(
-        "/login", status_code=200, opt={"rate_limit": RouteClass.LOGIN}, responses=problem_responses(401, 413, 422, 429)
+        "/login",
+        status_code=200,
+        opt={"rate_limit": RouteClass.LOGIN},
+        responses=problem_responses(401, 403, 413, 422, 429),
     )
     async def login(
         self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], refresh_cookie: RefreshCookie

@@ -129,15 +129,16 @@ class AuthController(Controller):
         "/login",
         status_code=200,
         opt={"rate_limit": RouteClass.LOGIN},
-        responses=problem_responses(401, 413, 422, 429),
+        responses=problem_responses(401, 403, 413, 422, 429),
         operation_class=_LoginOperation,
     )
     async def login(self, request: Request, auth: NamedDependency[AuthService]) -> TokenPairResponse:
-        """Sign in with email and password (JSON, or an OAuth2 password-grant form)."""
+        """Sign in with email and password (JSON, or an OAuth2 password-grant form); 403 account-disabled for an account
+        an operator disabled."""
         credentials = await _login_request(request)
         return _pair(await auth.login(email=credentials.email, password=credentials.password))
 
-    @post("/refresh", status_code=200, responses=problem_responses(401, 422, 429))
+    @post("/refresh", status_code=200, responses=problem_responses(401, 403, 422, 429))
     async def refresh(self, data: JSONBody[RefreshRequest], auth: NamedDependency[AuthService]) -> TokenPairResponse:
         """Exchange a refresh token (single use) for a new access and refresh token."""
         return _pair(await auth.refresh(refresh_token=data.refresh_token))
