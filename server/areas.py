@@ -45,11 +45,12 @@ from server.llm.registry import ModelRegistry
 from server.llm.resilience import Lane
 from server.llm.service import LLMService, metrics_recorder
 from server.memory.collection import memory_dimensions
-from server.memory.service import MemoryService
+from server.memory.service import MemoryService, history_file
 from server.observability.metrics import AppMetrics
 from server.observability.pools import asyncpg_pool_usage, psycopg_pool_usage
 from server.observability.tracing import TurnTracer, build_tracer
 from server.ratelimit.service import RateLimiter
+from server.retention.service import RetentionSweeper, sweeping
 from server.schema import open_database, schema_action_for
 from server.security.client_ip import Network, trusted_networks
 from server.tasks import running
@@ -266,7 +267,14 @@ async def open_conversations(
             tracer=observability.tracer,
             budget=settings.budget,
         )
-        async with chat.serving():
+        sweeper = RetentionSweeper(
+            database,
+            settings.retention,
+            events_ttl_seconds=settings.chat.run_events_ttl_seconds,
+            history_path=history_file(settings) if memory is not None else None,
+            removed=metrics.retention_removed,
+        )
+        async with chat.serving(), sweeping(sweeper, enabled=settings.retention.enabled):
             storage.notifications.subscribe(chat.cancellations())
             yield Conversations(chat, checkpoints)
     finally:

@@ -12,7 +12,7 @@ from agentctl.simulator.process import RunningSimulator
 from server.database.embedded import EmbeddedPostgres
 from server.database.engine import Database
 from server.schema import open_database
-from tests.support import database_url_named, unique_database_name
+from tests.support import database_url_named, new_migrated_database, unique_database_name
 
 
 @pytest.fixture(scope="session")
@@ -43,16 +43,7 @@ async def empty_database_url(postgres_server_url: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def migrated_database_url(postgres_server_url: str) -> str:
     """One database migrated once per test run; tests that write to it keep their data apart."""
-    name = unique_database_name()
-    admin = await asyncpg.connect(postgres_server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = database_url_named(postgres_server_url, name)
-    async with open_database(url, Settings(), schema="migrate"):
-        pass
-    return url
+    return await new_migrated_database(postgres_server_url)
 
 
 @pytest.fixture

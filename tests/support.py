@@ -48,6 +48,26 @@ def unique_database_name() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
+async def new_migrated_database(server_url: str) -> str:
+    """The URL of a new database on ``server_url``, migrated: for tests that keep their data in a database of their
+    own."""
+    import asyncpg
+
+    from agentctl.config import Settings
+    from server.schema import open_database
+
+    name = unique_database_name()
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = database_url_named(server_url, name)
+    async with open_database(url, Settings(), schema="migrate"):
+        pass
+    return url
+
+
 def b64url_json(data: dict) -> str:
     """A JWT segment: base64url of the JSON, unpadded."""
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()

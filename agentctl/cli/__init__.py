@@ -15,6 +15,7 @@ from agentctl.cli import llm as llm_commands
 from agentctl.cli import loadtest as loadtest_commands
 from agentctl.cli import migrate as migrate_commands
 from agentctl.cli import models as models_commands
+from agentctl.cli import retention as retention_commands
 from agentctl.cli import serve as serve_commands
 from agentctl.cli import usage_report as usage_commands
 from agentctl.cli import users as users_commands
@@ -58,6 +59,7 @@ app.add_typer(config_commands.app, name="config")
 app.add_typer(llm_commands.app, name="llm")
 app.add_typer(eval_commands.app, name="eval")
 app.add_typer(users_commands.app, name="users")
+app.add_typer(retention_commands.app, name="retention")
 
 
 def _print_version(value: bool) -> None:

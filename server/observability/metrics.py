@@ -324,6 +324,13 @@ class AppMetrics:
         self.pools = PoolMetrics(self.registry)
         self.memory = MemoryMetrics(self.registry)
         self.chat = ChatMetrics(self.registry)
+        self.retention_removed = Counter(
+            "agentctl_retention_rows_removed_total",
+            "Rows the retention sweeper removed, by kind (sessions, checkpoints, checkpoint_writes, checkpoint_blobs, "
+            "turns, run_events, memories).",
+            ["kind"],
+            registry=self.registry,
+        )
         self._before_scrape: list[Callable[[], None]] = [self.pools.sample]
         self._samplers: list[Callable[[], None]] = [self.pools.sample]
 
