@@ -50,10 +50,11 @@ def state_the_configured_limits(app: Litestar, settings: Settings) -> None:
     password = _property(app, "RegisterRequest", "password")
     if password is not None:
         _state_the_password_policy(password, settings)
-    content = _property(app, "ClientMessage", "content")
-    if content is not None:
-        content.max_length = settings.agent.message_max_chars
-        content.pattern = VISIBLE_CHARACTER
+    for component in ("ClientMessage", "EditRequest"):
+        content = _property(app, component, "content")
+        if content is not None:
+            content.max_length = settings.agent.message_max_chars
+            content.pattern = VISIBLE_CHARACTER
     for component in ("RegisterRequest", "LoginRequest"):
         email = _property(app, component, "email")
         if email is not None:

@@ -12,7 +12,6 @@ from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.schemas import UserResponse
 from server.auth.service import AuthService
 from server.auth.tokens import TokenClaims
-from server.chat.routes import _conversation as conversation_of
 from server.chat.schemas import ChatMessage
 from server.chat.service import ChatService
 from server.database.engine import Database
@@ -48,7 +47,7 @@ class AccountController(Controller):
         records, evaluation scores, memories, API keys' metadata, daily usage. No password hash, key or token."""
 
         async def conversation(session_id: uuid.UUID) -> list[ChatMessage]:
-            return (await conversation_of(chat, session_id)).messages
+            return [ChatMessage(**item) for item in await chat.conversation(session_id)]
 
         return await export_account(user_id=user.subject, database=database, conversation=conversation)
 

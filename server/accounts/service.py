@@ -8,7 +8,6 @@ whole, and these are reads and one cancellation of queued runs, the same stateme
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import json
 import uuid
@@ -32,10 +31,9 @@ from server.apikeys.service import delete_api_keys_of, list_api_keys
 from server.auth.revocation import RevocationCheck
 from server.auth.service import revoke_every_token_of, session_tokens_outlive_sign_ins
 from server.budgets.service import Usage, usage_of, usage_rows
-from server.chat.runs import RunStore, worker_name
+from server.chat.records import turn_count_of, turn_records_of
 from server.chat.schemas import ChatMessage
-from server.chat.service import _CANCEL_CHANNEL
-from server.chat.tables import ChatTurn
+from server.chat.service import stop_runs_of_owner
 from server.database.engine import Database
 from server.evaluation.service import forget_sessions_in_runs, scores_of_turns
 from server.memory.schemas import Memory
@@ -46,7 +44,6 @@ from server.users.tables import User
 
 # A running run stops within milliseconds of its cancellation; one whose worker died ends when its lease lapses,
 # and a sweeper (every third of a lease) notices.
-_RUN_STOP_POLL_SECONDS = 0.05
 _RUN_STOP_LEASES = 2
 
 Conversation = Callable[[uuid.UUID], Awaitable[list[ChatMessage]]]
@@ -132,7 +129,7 @@ class AccountService:
                 self.revocations, self.settings.auth, user_id=user_id, api_key_ids=[], session_ids=late
             )
             sessions += late
-        turns = await ChatTurn.count().where(ChatTurn.owner == user_id)
+        turns = await turn_count_of(user_id)
         memories = await erase_memories_of(self.database, user_id, history_file(self.settings))
         for session_id in sessions:
             await self.forget_conversation(session_id)
@@ -161,24 +158,15 @@ class AccountService:
         return disabled_at
 
     async def _stop_runs_of(self, user_id: uuid.UUID) -> None:
-        """Cancel the user's queued runs, stop the running ones wherever they run, and wait until they have recorded
-        themselves (a stopped run writes its partial answer into its checkpoint first)."""
-        runs = RunStore(self.database, worker=worker_name(), lease_seconds=self.settings.chat.run_lease_seconds)
-        active = await ChatTurn.select(ChatTurn.id, ChatTurn.status).where(
-            (ChatTurn.owner == user_id) & ChatTurn.status.is_in(["queued", "running"])
+        """The user's runs stopped, wherever they run, and recorded."""
+        stopped = await stop_runs_of_owner(
+            self.database,
+            user_id,
+            lease_seconds=self.settings.chat.run_lease_seconds,
+            wait_leases=_RUN_STOP_LEASES,
         )
-        for run in active:  # queued first: a run that ends starts the next queued run of its session
-            if run["status"] == "queued":
-                await runs.cancel_queued(run["id"])
-        for run in active:
-            if run["status"] == "running":  # every worker listens, this one included
-                await self.database.pool.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, f"{run['id']} cancel")
-        deadline = asyncio.get_running_loop().time() + _RUN_STOP_LEASES * self.settings.chat.run_lease_seconds
-        while await ChatTurn.exists().where((ChatTurn.owner == user_id) & (ChatTurn.status == "running")):
-            if asyncio.get_running_loop().time() > deadline:
-                logger.warning("account {}: a run did not stop in time; deleting all the same", user_id)
-                return
-            await asyncio.sleep(_RUN_STOP_POLL_SECONDS)
+        if not stopped:
+            logger.warning("account {}: a run did not stop in time; deleting all the same", user_id)
 
 
 async def enable_account(user_id: uuid.UUID) -> None:
@@ -202,7 +190,7 @@ async def export_account(*, user_id: uuid.UUID, database: Database, conversation
         )
         for session in await sessions_of(owner_id=user_id)
     ]
-    turns = [_exported_turn(row) for row in await _turns_of(user_id)]
+    turns = [_exported_turn(row) for row in await turn_records_of(user_id)]
     scores = [ExportedScore(**row) for row in await scores_of_turns([turn.id for turn in turns])]
     return AccountExport(
         exported_at=datetime.datetime.now(tz=datetime.UTC),
@@ -213,31 +201,6 @@ async def export_account(*, user_id: uuid.UUID, database: Database, conversation
         memories=[Memory.of(item) for item in await all_memories_of(database, user_id)],
         api_keys=[ApiKeyInfo.of(row) for row in await list_api_keys(owner_id=user_id)],
         usage=[DailyUsage(**row) for row in await usage_rows(user_id)],
-    )
-
-
-async def _turns_of(user_id: uuid.UUID) -> list[dict[str, Any]]:
-    return (
-        await ChatTurn.select(
-            ChatTurn.id,
-            ChatTurn.session.as_alias("session_id"),
-            ChatTurn.surface,
-            ChatTurn.input,
-            ChatTurn.output,
-            ChatTurn.status,
-            ChatTurn.error_type,
-            ChatTurn.model,
-            ChatTurn.input_tokens,
-            ChatTurn.output_tokens,
-            ChatTurn.cached_tokens,
-            ChatTurn.cost_usd,
-            ChatTurn.tool_calls,
-            ChatTurn.created_at,
-            ChatTurn.finished_at,
-        )
-        .where(ChatTurn.owner == user_id)
-        .order_by(ChatTurn.created_at)
-        .order_by(ChatTurn.id)
     )
 
 

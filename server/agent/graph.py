@@ -33,8 +33,8 @@ class AgentState(TypedDict):
 
 def _pending_tool_calls(state: AgentState) -> list[ToolCall]:
     """The tool calls the model's last message asks for (none when it answered)."""
-    last = state["messages"][-1]
-    return last.tool_calls if isinstance(last, AIMessage) else []
+    messages = state["messages"]
+    return messages[-1].tool_calls if messages and isinstance(messages[-1], AIMessage) else []
 
 
 def build_agent(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from server.chat.tables import ChatTurn
 
@@ -52,3 +53,33 @@ async def answered_turns(
         )
         for row in await query
     ]
+
+
+async def turn_records_of(owner_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Every turn record of the user, oldest first (an export)."""
+    return (
+        await ChatTurn.select(
+            ChatTurn.id,
+            ChatTurn.session.as_alias("session_id"),
+            ChatTurn.surface,
+            ChatTurn.input,
+            ChatTurn.output,
+            ChatTurn.status,
+            ChatTurn.error_type,
+            ChatTurn.model,
+            ChatTurn.input_tokens,
+            ChatTurn.output_tokens,
+            ChatTurn.cached_tokens,
+            ChatTurn.cost_usd,
+            ChatTurn.tool_calls,
+            ChatTurn.created_at,
+            ChatTurn.finished_at,
+        )
+        .where(ChatTurn.owner == owner_id)
+        .order_by(ChatTurn.created_at)
+        .order_by(ChatTurn.id)
+    )
+
+
+async def turn_count_of(owner_id: uuid.UUID) -> int:
+    return await ChatTurn.count().where(ChatTurn.owner == owner_id)

@@ -398,16 +398,7 @@ def _checked_message(settings: AgentSettings, content: str, field: str, *, visib
 
 
 async def _conversation(chat: ChatService, session_id: uuid.UUID) -> MessagesResponse:
-    """The session's current branch, each user message with its siblings where it has any."""
-    history = await chat.history(session_id)
-    places = await chat.branches(session_id)
-    return MessagesResponse(
-        messages=[
-            ChatMessage(**item, branch=places.get(item["id"]) if item["role"] == "user" else None)
-            for item in history
-            if item["role"] != "system"
-        ]
-    )
+    return MessagesResponse(messages=[ChatMessage(**item) for item in await chat.conversation(session_id)])
 
 
 async def _forked_run(

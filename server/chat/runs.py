@@ -336,6 +336,13 @@ class RunStore:
             )
         )
 
+    async def active_of_owner(self, owner_id: uuid.UUID) -> list[RunRow]:
+        """The user's queued and running runs, in any session (or none)."""
+        rows = await self._database.pool.fetch(
+            f"SELECT {_RUN_COLUMNS} FROM chat_turns WHERE owner = $1 AND status IN ('queued', 'running')", owner_id
+        )
+        return [RunRow.of(row) for row in rows]
+
     async def get_owned(self, run_id: uuid.UUID, *, owner_id: uuid.UUID) -> RunRow | None:
         """One of the user's runs, whichever session (or none) it is in."""
         row = await self._database.pool.fetchrow(

@@ -27,7 +27,7 @@ from agentctl.config import AgentSettings, BudgetSettings, ChatSettings, Multita
 from server.agent.turn import TurnRecorder
 from server.budgets.service import Limits, ensure_within_budget, overrides_of
 from server.chat.events import HEARTBEAT, RunLog, SharedEventLog, TurnEvent
-from server.chat.runs import WORKER_LOST, Claimed, RunOutcome, RunRow, RunStore
+from server.chat.runs import WORKER_LOST, Claimed, RunOutcome, RunRow, RunStore, worker_name
 from server.database.engine import Database
 from server.database.notifications import Subscription
 from server.errors import (
@@ -46,7 +46,7 @@ from server.sessions.service import owner_name_of_session
 from server.tasks import running
 from server.users.service import get_user
 
-_CANCEL_CHANNEL = "agentctl_cancel_run"
+CANCEL_CHANNEL = "agentctl_cancel_run"  # a run id and a mode: every worker stops the run if it runs it
 # Error types of error events and turn records, besides the codes of AppErrors.
 _MODEL_STREAM_FAILED = "model-stream-failed"
 _INTERNAL_ERROR = "internal-error"
@@ -423,7 +423,7 @@ class ChatService:
         if (local := self._local.get(run_id)) is not None:
             self._cancel_local(local, mode)
             return
-        await self._database.pool.execute("SELECT pg_notify($1, $2)", _CANCEL_CHANNEL, f"{run_id} {mode}")
+        await self._database.pool.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, f"{run_id} {mode}")
 
     def cancel_here(self, run_id: uuid.UUID) -> None:
         """Stop a run of this worker (one without a session lives nowhere else)."""
@@ -447,7 +447,7 @@ class ChatService:
 
     def cancellations(self) -> Subscription:
         """What this worker listens for: cancellations asked of other workers and replicas."""
-        return Subscription(_CANCEL_CHANNEL, self._on_cancel_notice)
+        return Subscription(CANCEL_CHANNEL, self._on_cancel_notice)
 
     def _on_cancel_notice(self, payload: str) -> None:
         try:
@@ -833,6 +833,16 @@ class ChatService:
         }
         await self._agent.aupdate_state(config, None, as_node="chat")
 
+    async def conversation(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The session's current branch without the system prompt, each user message with its place among its
+        siblings (``branch``) where it has any."""
+        places = await self.branches(session_id)
+        return [
+            {**item, "branch": places.get(item["id"]) if item["role"] == "user" else None}
+            for item in await self.history(session_id)
+            if item["role"] != "system"
+        ]
+
     async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
         state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
         return [_as_dict(message) for message in state.values.get("messages", [])]
@@ -842,6 +852,30 @@ class ChatService:
         checkpointer = self._agent.checkpointer
         if isinstance(checkpointer, BaseCheckpointSaver):
             await checkpointer.adelete_thread(str(session_id))
+
+
+async def stop_runs_of_owner(
+    database: Database, owner_id: uuid.UUID, *, lease_seconds: float, wait_leases: float
+) -> bool:
+    """Cancel the user's queued runs, stop the running ones wherever they run (every worker listens on
+    CANCEL_CHANNEL), and wait until they have recorded themselves (a stopped run writes its partial answer into its
+    checkpoint first), at most ``wait_leases`` leases; False if one had not stopped by then. Needs no ChatService:
+    the CLI stops runs of servers it does not run."""
+    runs = RunStore(database, worker=worker_name(), lease_seconds=lease_seconds)
+    active = await runs.active_of_owner(owner_id)
+    for run in active:  # queued first: a run that ends starts the next queued run of its session
+        if run.status == "queued":
+            await runs.cancel_queued(run.id)
+    for run in active:
+        if run.status == "running":
+            await database.pool.execute("SELECT pg_notify($1, $2)", CANCEL_CHANNEL, f"{run.id} cancel")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_leases * lease_seconds
+    while any(run.status == "running" for run in await runs.active_of_owner(owner_id)):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 def _uuid_or_none(value: str) -> uuid.UUID | None:
