@@ -14,9 +14,8 @@ from langchain_openai import ChatOpenAI
 from agentctl.simulator.process import RunningSimulator
 from server.agent.prompts import USER_INSTRUCTIONS_HEADING
 from tests.apikeys.conftest import KeyHolder
-from tests.apikeys.test_api_keys import _rows
 from tests.openai_compat.conftest import AGENT, v1_url
-from tests.support import ApiClient
+from tests.support import ApiClient, fetch_rows
 
 
 def _client(holder: KeyHolder, **options: object) -> openai.OpenAI:
@@ -51,7 +50,7 @@ def test_chat_completion_whole_with_the_turns_real_usage(
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 24
     run_id = uuid.UUID(completion.model_extra["agentctl"]["run_id"])
     # Recorded as a turn of the key's user, in no session: nothing about it is stored as a conversation.
-    (row,) = _rows(migrated_database_url, "SELECT * FROM chat_turns WHERE id = $1", run_id)
+    (row,) = fetch_rows(migrated_database_url, "SELECT * FROM chat_turns WHERE id = $1", run_id)
     assert row["session"] is None
     assert row["surface"] == "chat.completions"
     assert row["status"] == "done"
