@@ -15,8 +15,8 @@ from agentctl.cli.output import SinceOption, UntilOption, operator_database, std
 from agentctl.config import Settings
 
 if TYPE_CHECKING:
+    from server.chat.records import UsageGrouping, UsageLine
     from server.evaluation.window import Window
-    from server.reports.usage import UsageGrouping, UsageLine
 
 _GROUPINGS = ("user", "model", "day")
 
@@ -56,14 +56,14 @@ def usage(
 
 
 async def _report(settings: Settings, window: Window, by: UsageGrouping) -> list[UsageLine]:
-    from server.reports.usage import usage_report
+    from server.chat.records import usage_report
 
     async with operator_database(settings):
-        return await usage_report(window, by)
+        return await usage_report(since=window.since, until=window.until, by=by)
 
 
 def _total(lines: list[UsageLine]) -> UsageLine:
-    from server.reports.usage import UsageLine
+    from server.chat.records import UsageLine
 
     return UsageLine(
         key="total",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from server.chat.tables import ChatTurn
 
@@ -83,3 +83,61 @@ async def turn_records_of(owner_id: uuid.UUID) -> list[dict[str, Any]]:
 
 async def turn_count_of(owner_id: uuid.UUID) -> int:
     return await ChatTurn.count().where(ChatTurn.owner == owner_id)
+
+
+# -- what the service was used for: turns, tokens, cost and errors over a window, by user, model or UTC day (one
+# grouped query; the operator's `agentctl usage` prints it)
+
+UsageGrouping = Literal["user", "model", "day"]
+
+# The group each turn falls in. A turn of a deleted user is gone with the user; a turn that never reached a model has
+# no model.
+_GROUP_KEYS: dict[UsageGrouping, str] = {
+    "user": "COALESCE(u.email, t.owner::text)",
+    "model": "COALESCE(t.model, '(none)')",
+    "day": "to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
+_ORDER: dict[UsageGrouping, str] = {
+    "user": "cost_usd DESC, turns DESC, key",
+    "model": "cost_usd DESC, turns DESC, key",
+    "day": "key",
+}
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    key: str  # the user's email, the model, or the day
+    turns: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    errors: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def usage_report(*, since: datetime, until: datetime, by: UsageGrouping) -> list[UsageLine]:
+    """Turns created in [since, until), grouped ``by`` user (most expensive first), model (likewise) or day (in
+    order)."""
+    key = _GROUP_KEYS[by]
+    rows = await ChatTurn.raw(
+        f"SELECT {key} AS key, count(*) AS turns, COALESCE(sum(t.input_tokens), 0) AS input_tokens, "
+        "COALESCE(sum(t.output_tokens), 0) AS output_tokens, COALESCE(sum(t.cost_usd), 0) AS cost_usd, "
+        "count(*) FILTER (WHERE t.status = 'error') AS errors "
+        "FROM chat_turns t LEFT JOIN users u ON u.id = t.owner "
+        f"WHERE t.created_at >= {{}} AND t.created_at < {{}} GROUP BY 1 ORDER BY {_ORDER[by]}",
+        since,
+        until,
+    )
+    return [
+        UsageLine(
+            key=row["key"],
+            turns=int(row["turns"]),
+            input_tokens=int(row["input_tokens"]),
+            output_tokens=int(row["output_tokens"]),
+            cost_usd=float(row["cost_usd"]),
+            errors=int(row["errors"]),
+        )
+        for row in rows
+    ]

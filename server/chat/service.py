@@ -479,6 +479,10 @@ class ChatService:
         """One of the user's runs, in any of their sessions or none."""
         return await self._runs.get_owned(run_id, owner_id=owner_id)
 
+    async def checkpoint_kept(self, session_id: uuid.UUID, checkpoint_id: str) -> bool:
+        """Whether the session's conversation still has that checkpoint (not cleared, not pruned by retention)."""
+        return await self._runs.checkpoint_exists(session_id, checkpoint_id)
+
     async def conversation_at(self, session_id: uuid.UUID, checkpoint_id: str | None) -> list[BaseMessage]:
         """The session's messages as of one checkpoint (its latest without one)."""
         configurable: dict[str, Any] = {"thread_id": str(session_id)}

@@ -332,6 +332,9 @@ async def _previous_response(chat: ChatService, user: TokenClaims, value: str | 
     if row.active:
         raise InvalidFieldError("previous_response_id", "that response is still in progress")
     await get_owned_session(owner_id=user.subject, session_id=row.session_id)
+    if row.checkpoint_id is None or not await chat.checkpoint_kept(row.session_id, row.checkpoint_id):
+        # Its conversation was cleared, or retention pruned that point of it: nothing to continue from.
+        raise InvalidFieldError("previous_response_id", "that response's conversation is no longer kept")
     return row
 
 

@@ -300,3 +300,15 @@ def test_a_conversation_without_a_session_is_remembered_and_recalled_for_the_key
     )
     assert "I live in Lisbon." in answer.choices[0].message.content  # in the prompt the model was given
     assert "I live in Lisbon." in answer.model_extra["agentctl"]["memories"]
+
+
+def test_a_response_whose_conversation_was_cleared_cannot_be_continued(holder: KeyHolder) -> None:
+    client = _client(holder)
+    first = client.responses.create(model=AGENT, input="a conversation to clear")
+    session_id = first.model_extra["agentctl"]["session_id"]
+    cleared = holder.with_key("DELETE", "/chatbot/messages", headers={"X-Agentctl-Session": session_id})
+    assert cleared.status_code == 204
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model=AGENT, input="go on", previous_response_id=first.id)
+    assert refused.value.body["param"] == "previous_response_id"
+    assert "no longer kept" in refused.value.body["message"]
