@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from agentctl.simulator.process import RunningSimulator
-from tests.chat.conftest import serve_with_model
+from tests.chat.conftest import running_replicas
 from tests.support import ApiClient
 
 
@@ -44,14 +44,5 @@ def replicas(
     tmp_path_factory: pytest.TempPathFactory, migrated_database_url: str, simulator: RunningSimulator
 ) -> Iterator[tuple[ApiClient, ApiClient]]:
     """Two `agentctl serve` processes sharing one PostgreSQL: two replicas."""
-    servers = [
-        serve_with_model(tmp_path_factory.mktemp(f"replica{index}"), migrated_database_url, simulator)
-        for index in range(2)
-    ]
-    try:
-        for server in servers:
-            server.wait_until_healthy()
-        yield ApiClient(servers[0]), ApiClient(servers[1])
-    finally:
-        for server in servers:
-            server.terminate()
+    with running_replicas(tmp_path_factory, migrated_database_url, simulator, "replica") as replicas:
+        yield replicas

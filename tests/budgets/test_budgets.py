@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agentctl.simulator.process import RunningSimulator
-from tests.chat.conftest import Conversation, answer_of, parse_events, serve_with_model
+from tests.chat.conftest import Conversation, answer_of, parse_events, running_replicas
 from tests.support import ApiClient
 
 
@@ -22,22 +22,14 @@ from tests.support import ApiClient
 def replicas(
     tmp_path_factory: pytest.TempPathFactory, migrated_database_url: str, simulator: RunningSimulator
 ) -> Iterator[tuple[ApiClient, ApiClient]]:
-    servers = [
-        serve_with_model(
-            tmp_path_factory.mktemp(f"budget{index}"),
-            migrated_database_url,
-            simulator,
-            AGENTCTL_AUTH__JWT_SECRET="budget-replicas-share-this-signing-secret-0123456789",  # tokens work on both
-        )
-        for index in range(2)
-    ]
-    try:
-        for server in servers:
-            server.wait_until_healthy()
-        yield ApiClient(servers[0]), ApiClient(servers[1])
-    finally:
-        for server in servers:
-            server.terminate()
+    with running_replicas(
+        tmp_path_factory,
+        migrated_database_url,
+        simulator,
+        "budget",
+        AGENTCTL_AUTH__JWT_SECRET="budget-replicas-share-this-signing-secret-0123456789",  # tokens work on both
+    ) as replicas:
+        yield replicas
 
 
 def _set_budget(database_url: str, user_token_owner: str, **columns: float | None) -> None:

@@ -31,6 +31,24 @@ def serve_with_model(
     )
 
 
+@contextlib.contextmanager
+def running_replicas(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, simulator: RunningSimulator, label: str, **env: str
+) -> Iterator[tuple[ApiClient, ApiClient]]:
+    """Two `agentctl serve` processes sharing one PostgreSQL: two replicas, until the block ends."""
+    servers = [
+        serve_with_model(tmp_path_factory.mktemp(f"{label}{index}"), database_url, simulator, **env)
+        for index in range(2)
+    ]
+    try:
+        for server in servers:
+            server.wait_until_healthy()
+        yield ApiClient(servers[0]), ApiClient(servers[1])
+    finally:
+        for server in servers:
+            server.terminate()
+
+
 @pytest.fixture(scope="module")
 def chat_api(
     tmp_path_factory: pytest.TempPathFactory, migrated_database_url: str, simulator: RunningSimulator
