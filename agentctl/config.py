@@ -9,6 +9,7 @@ where it came from so that ``agentctl config show`` can say so.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -148,11 +149,11 @@ class ServerSettings(_Section):
         description="Serve the web chat page at / (its assets under /web/, its cookie sign-in under "
         "/api/v1/auth/web/). Off: the server is an API only.",
     )
-    readiness_requires: Annotated[list[Literal["models", "redis", "memory"]], NoDecode] = Field(
+    readiness_requires: Annotated[list[Literal["models", "redis", "memory", "mcp"]], NoDecode] = Field(
         default_factory=list,
         description="Shared dependencies whose failure makes /health/ready answer 503, comma-separated (models, "
-        "redis, memory). Empty: they are reported as degraded and the instance stays ready; the database always "
-        "counts, and Redis does when rate limits fail closed.",
+        "redis, memory, mcp: every MCP server up). Empty: they are reported as degraded and the instance stays "
+        "ready; the database always counts, and Redis does when rate limits fail closed.",
     )
 
     @field_validator("trusted_proxies")
@@ -375,6 +376,56 @@ class LLMSettings(_Section):
         return self
 
 
+ToolPolicy = Literal["allow", "approve", "deny"]
+_SERVER_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*$"  # no double underscore: it separates server and tool
+
+
+class ToolRule(_Section):
+    """One tool's own rules, over its server's (or the built-ins') defaults."""
+
+    policy: ToolPolicy | None = Field(
+        default=None,
+        description="allow (runs), approve (waits for the user's yes, edit or no), deny (never offered to the model).",
+    )
+    timeout_seconds: float | None = Field(default=None, gt=0, description="Time one call may take.")
+    max_output_chars: int | None = Field(default=None, ge=100, description="Longest result the model reads.")
+
+
+class McpServerSettings(_Section):
+    """One MCP server: a command to run (stdio) or a URL (streamable HTTP)."""
+
+    command: str | None = Field(default=None, description="stdio: the program to start.")
+    args: list[str] = Field(default_factory=list, description="stdio: its arguments.")
+    env: dict[str, SecretStr] = Field(
+        default_factory=dict, description="stdio: environment variables of its process (besides PATH and HOME)."
+    )
+    cwd: Path | None = Field(default=None, description="stdio: its working directory.")
+    url: str | None = Field(default=None, description="Streamable HTTP: the server's endpoint (http or https).")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Streamable HTTP: headers of every request (Authorization: ${TOKEN}...)."
+    )
+    enabled: bool = Field(default=True, description="A disabled server is neither started nor offered.")
+    policy: ToolPolicy = Field(
+        default="approve",
+        description="Default policy of its tools: approve (the user says yes first) unless the operator trusts them.",
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Time one call of its tools may take.")
+    max_output_chars: int = Field(default=20_000, ge=100, description="Longest result of its tools the model reads.")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Time to start and initialize it.")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (a stdio server) or url (a streamable HTTP server)")
+        if self.url is not None and urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"url must be http or https, not {self.url!r}")
+        return self
+
+    @property
+    def transport(self) -> Literal["stdio", "streamable_http"]:
+        return "stdio" if self.command is not None else "streamable_http"
+
+
 class AgentSettings(_Section):
     name: str = Field(default="Agent", min_length=1, max_length=64, description="The agent's name in its prompt.")
     prompts_dir: Path | None = Field(
@@ -390,6 +441,49 @@ class AgentSettings(_Section):
     )
     web_search_timeout_seconds: float = Field(default=8.0, gt=0, description="Time one web search may take.")
     web_search_max_results: int = Field(default=5, ge=1, le=20, description="Results one web search returns.")
+    tool_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Time one call of a built-in tool may take before the model is told it failed."
+    )
+    tool_max_output_chars: int = Field(
+        default=20_000, ge=100, description="Longest result of a built-in tool the model reads (the rest is cut)."
+    )
+    tools: dict[str, ToolRule] = Field(
+        default_factory=dict,
+        description="Per tool, by the name the model sees (web_search, time__get_current_time...): its policy "
+        "(allow, approve, deny), timeout and output cap, over its server's defaults. Usually from the MCP servers "
+        "file's [tools.<name>] tables.",
+    )
+    mcp_servers_file: Path | None = Field(
+        default=None,
+        description="MCP servers to take tools from: JSON in the mcpServers shape other clients use, or TOML "
+        "([mcp_servers.<name>], [tools.<name>]). Secret values come from the environment as ${VARIABLE}.",
+    )
+    mcp_servers: dict[str, McpServerSettings] = Field(
+        default_factory=dict, description="MCP servers by name (usually from the MCP servers file)."
+    )
+    mcp_start_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a starting worker waits for its MCP servers; one not up by then is retried in the "
+        "background and its tools come when it does.",
+    )
+    mcp_restart_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait between two restarts of an MCP server that keeps failing."
+    )
+    mcp_ping_seconds: float = Field(
+        default=10.0, gt=0, description="How often each MCP server is pinged (a server that does not answer restarts)."
+    )
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _names_that_namespace(cls, servers: dict[str, McpServerSettings]) -> dict[str, McpServerSettings]:
+        # The model sees <server>__<tool>: a name without "__" splits at its first one, and no built-in has one.
+        for name in servers:
+            if len(name) > 32 or not re.match(_SERVER_NAME, name):
+                raise ValueError(
+                    f"server name {name!r}: up to 32 letters, digits, - and single _, starting with a letter or digit"
+                )
+        return servers
 
 
 MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
@@ -691,7 +785,13 @@ def load_settings(
         path = Path(models_file) if Path(models_file).is_absolute() else directory / models_file
         layers.insert(0, ({"llm": _read_models_file(path)}, str(path)))
         merged, sources = _merge_layers(layers, environ)
-    _resolve_model_keys(merged, sources, {**base_file, **_read_env_file(env_file), **environ})
+    variables = {**base_file, **_read_env_file(env_file), **environ}
+    mcp_file = merged.get("agent", {}).get("mcp_servers_file")
+    if mcp_file:
+        path = Path(mcp_file) if Path(mcp_file).is_absolute() else directory / mcp_file
+        layers.insert(0, ({"agent": _read_mcp_servers_file(path, variables)}, str(path)))
+        merged, sources = _merge_layers(layers, environ)
+    _resolve_model_keys(merged, sources, variables)
     try:
         settings = Settings(**merged)
     except ValidationError as error:
@@ -723,6 +823,75 @@ def _read_models_file(path: Path) -> dict[str, Any]:
         raise SettingsError([f"{variable_name(('llm', 'models_file'))}: no such file: {path}"]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SettingsError([f"{path}: not valid TOML: {error}"]) from None
+
+
+_VARIABLE_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# The mcpServers shape of other clients: their key for the transport, and its values, in ours.
+_MCP_TRANSPORT_KEYS = ("type", "transport")
+_MCP_TRANSPORTS = {"stdio": "stdio", "http": "streamable_http", "streamable-http": "streamable_http"}
+
+
+def _read_mcp_servers_file(path: Path, variables: Mapping[str, str]) -> dict[str, Any]:
+    """The file's servers and tool rules as agent settings. JSON (``{"mcpServers": {...}, "tools": {...}}``, as
+    Claude Desktop, Cursor and others write it) or TOML (``[mcp_servers.<name>]``, ``[tools.<name>]``); every
+    ``${VARIABLE}`` (or ``${VARIABLE:-default}``) in a string is replaced by its value from the environment."""
+    where = variable_name(("agent", "mcp_servers_file"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError([f"{where}: no such file: {path}"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError([f"{where}: cannot read {path}: {error}"]) from None
+    try:
+        document = json.loads(text) if path.suffix == ".json" or text.lstrip().startswith("{") else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        kind = "JSON" if path.suffix == ".json" or text.lstrip().startswith("{") else "TOML"
+        raise SettingsError([f"{path}: not valid {kind}: {error}"]) from None
+    if not isinstance(document, dict):
+        raise SettingsError([f"{path}: expected an object with mcpServers"])
+    unknown = set(document) - {"mcpServers", "mcp_servers", "tools"}
+    if unknown:
+        raise SettingsError([f"{path}: unknown keys {sorted(unknown)}: expected mcpServers (or mcp_servers) and tools"])
+    servers = document.get("mcpServers", document.get("mcp_servers", {}))
+    if not isinstance(servers, dict) or not all(isinstance(spec, dict) for spec in servers.values()):
+        raise SettingsError([f"{path}: mcpServers must map each server's name to its settings"])
+    problems: list[str] = []
+    normalized: dict[str, Any] = {}
+    for name, spec in servers.items():
+        spec = dict(spec)
+        transport = next((spec.pop(key) for key in _MCP_TRANSPORT_KEYS if key in spec), None)
+        if transport is not None and _MCP_TRANSPORTS.get(str(transport).replace("_", "-")) is None:
+            problems.append(
+                f"{path}: server {name}: transport {transport!r} is not supported (stdio or http; the SSE transport "
+                "is deprecated in MCP: use the server's streamable HTTP endpoint)"
+            )
+            continue
+        if "disabled" in spec:  # Claude Desktop's and Cline's switch
+            spec["enabled"] = not spec.pop("disabled")
+        normalized[name] = _expand_variables(spec, variables, f"{path}: server {name}", problems)
+    if problems:
+        raise SettingsError(problems)
+    return {"mcp_servers": normalized, "tools": document.get("tools", {})}
+
+
+def _expand_variables(value: Any, variables: Mapping[str, str], where: str, problems: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {key: _expand_variables(item, variables, where, problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_variables(item, variables, where, problems) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in variables:
+            return variables[name]
+        if default is not None:
+            return default
+        problems.append(f"{where}: ${{{name}}} is not set in the environment")
+        return ""
+
+    return _VARIABLE_REFERENCE.sub(replace, value)
 
 
 def _resolve_model_keys(merged: dict[str, Any], sources: dict[str, str], variables: Mapping[str, str]) -> None:

@@ -54,6 +54,8 @@ from server.retention.service import RetentionSweeper, sweeping
 from server.schema import open_database, schema_action_for
 from server.security.client_ip import Network, trusted_networks
 from server.tasks import running
+from server.tools.catalog import ToolCatalog
+from server.tools.mcp import McpServers
 
 # Pool and connection gauges stay fresh in every worker this often, not only in the one answering scrapes.
 _SAMPLE_SECONDS = 0.5
@@ -203,6 +205,8 @@ async def open_memory(
 class Conversations:
     chat: ChatService
     checkpoints: AsyncConnectionPool
+    catalog: ToolCatalog
+    mcp: McpServers
 
 
 @asynccontextmanager
@@ -233,20 +237,24 @@ async def open_conversations(
         open=False,
     )
     await checkpoints.open()
+    stack = AsyncExitStack()  # the MCP servers: stopped after the chat, before the checkpoints' pool closes
     try:
         database.check_after_outages(checkpoints.check)
         metrics.pools.watch("checkpoints", partial(psycopg_pool_usage, checkpoints))
         prompts = PromptLibrary(settings.agent)
         await prompts.load()  # a missing prompt file stops the start, not the first chat
+        catalog = ToolCatalog(settings.agent, build_tools(settings.agent))
+        mcp = await stack.enter_async_context(McpServers(settings.agent, catalog, metrics.tools).running())
         # Compiling loads the tokenizers (~0.4 s): off the event loop.
         agent = await asyncio.to_thread(
             partial(
                 build_agent,
                 llm=llm,
-                tools=build_tools(settings.agent),
+                catalog=catalog,
                 prompts=prompts,
                 settings=settings.agent,
                 checkpointer=AsyncPostgresSaver(checkpoints),  # type: ignore[arg-type]  # psycopg's row type is dict
+                tool_metrics=metrics.tools,
             )
         )
         shared_events: SharedEventLog = (
@@ -266,6 +274,7 @@ async def open_conversations(
             metrics=metrics.chat,
             tracer=observability.tracer,
             budget=settings.budget,
+            catalog=catalog,
         )
         sweeper = RetentionSweeper(
             database,
@@ -276,8 +285,9 @@ async def open_conversations(
         )
         async with chat.serving(), sweeping(sweeper, enabled=settings.retention.enabled):
             storage.notifications.subscribe(chat.cancellations())
-            yield Conversations(chat, checkpoints)
+            yield Conversations(chat, checkpoints, catalog, mcp)
     finally:
+        await stack.aclose()
         await checkpoints.close()
 
 
@@ -326,6 +336,8 @@ def readiness_probe(
         dependencies.append(Dependency("redis", redis_answers, required=fails_closed or "redis" in requires))
     if memory is not None:
         dependencies.append(Dependency("memory", partial(memory.ping, timeout), required="memory" in requires))
+    if conversations.mcp.servers:
+        dependencies.append(Dependency("mcp", conversations.mcp.check, required="mcp" in requires))
 
     def on_failing(failing: list[str]) -> None:
         if "database" in failing:

@@ -55,6 +55,7 @@ class Stats:
         self.streams = 0
         self.embeddings = 0
         self.embedding_inputs = 0
+        self.last_tools: list[str] = []  # the tools offered by the latest chat request that offered any
 
     def count(self, model: str, outcome: str) -> None:
         counts = self.by_model.get(model)
@@ -71,6 +72,7 @@ class Stats:
             "streams": self.streams,
             "embeddings": self.embeddings,
             "embedding_inputs": self.embedding_inputs,
+            "last_tools": self.last_tools,
             "outcomes": outcomes,
             "models": self.by_model,
         }
@@ -154,6 +156,8 @@ class SimulatorApp:
         model = request.model
         self.models_seen[model] = None
         self.stats.chat_completions += 1
+        if request.tools:
+            self.stats.last_tools = [_tool_name(tool) for tool in request.tools]
         stream = bool(request.stream)
         if stream:
             self.stats.streams += 1
@@ -367,6 +371,11 @@ class SimulatorApp:
 def create_simulator_app(config: SimulatorConfig | None = None) -> SimulatorApp:
     """The ASGI app; serve it with uvicorn (httptools) for the measured throughput."""
     return SimulatorApp(config or SimulatorConfig())
+
+
+def _tool_name(tool: Any) -> str:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return str(function.get("name")) if isinstance(function, dict) else "?"
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:

@@ -47,7 +47,8 @@ class AccountController(Controller):
         records, evaluation scores, memories, API keys' metadata, daily usage. No password hash, key or token."""
 
         async def conversation(session_id: uuid.UUID) -> list[ChatMessage]:
-            return [ChatMessage(**item) for item in await chat.conversation(session_id)]
+            messages, _approval = await chat.conversation(session_id)
+            return [ChatMessage(**item) for item in messages]
 
         return await export_account(user_id=user.subject, database=database, conversation=conversation)
 

@@ -1,4 +1,4 @@
-"""The agent's tools, and the runner that executes the tool calls of one model step.
+"""The agent's built-in tools (server.tools runs them, with those of MCP servers).
 
 A tool that fails answers with a short "<tool> failed: ..." text instead of raising: the model reads it and
 can try something else, and the turn goes on. The one exception that leaves a tool on purpose is LangGraph's
@@ -11,26 +11,22 @@ import ast
 import asyncio
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ddgs import DDGS
 from ddgs.exceptions import RatelimitException
-from langchain_core.messages import ToolCall, ToolMessage
 from langchain_core.tools import BaseTool, tool
-from langgraph.errors import GraphBubbleUp
 from langgraph.types import interrupt
 from loguru import logger
 
 from agentctl.config import AgentSettings
-
-# Marks a tool that may pause the graph; run_tool_calls runs such tools before any other (see its docstring).
-INTERRUPTS_METADATA_KEY = "interrupts"
+from server.tools.catalog import INTERRUPTS_METADATA_KEY
+from server.tools.runner import describe_error
 
 SNIPPET_MAX_CHARS = 300
-ERROR_MAX_CHARS = 300
 
 
 def build_tools(settings: AgentSettings) -> list[BaseTool]:
@@ -68,69 +64,6 @@ def build_tools(settings: AgentSettings) -> list[BaseTool]:
     return [web_search, current_datetime, calculator, ask_human]
 
 
-async def run_tool_calls(tool_calls: list[ToolCall], tools_by_name: Mapping[str, BaseTool]) -> list[ToolMessage]:
-    """Run the tool calls of one model step; one ToolMessage per call, in the order of the calls.
-
-    Calls run concurrently, except those of tools that may interrupt the graph (``ask_human``): those run
-    first, one after the other, and the rest only once they have all returned. An interrupt ends the node
-    and LangGraph re-runs it from the start on resume, so anything that ran before the interrupt would run
-    again; asking first means every other tool of the step runs exactly once, after the human has answered.
-    One after the other also keeps the order of several questions fixed, which is how LangGraph matches
-    resume values to interrupts. Should an unmarked tool interrupt, its siblings are still awaited before
-    the interrupt propagates (none is left running), and they run again on resume.
-
-    An unknown tool or a tool that raises gives an error ToolMessage that the model can read.
-    """
-    results: list[ToolMessage | BaseException | None] = [None] * len(tool_calls)
-    asking = {index for index, call in enumerate(tool_calls) if _may_interrupt(tools_by_name.get(call["name"]))}
-    for index in sorted(asking):
-        results[index] = await _run_tool_call(tool_calls[index], tools_by_name)
-    others = [index for index in range(len(tool_calls)) if index not in asking]
-    outcomes = await asyncio.gather(
-        *(_run_tool_call(tool_calls[index], tools_by_name) for index in others), return_exceptions=True
-    )
-    for index, outcome in zip(others, outcomes, strict=True):
-        results[index] = outcome
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return [result for result in results if isinstance(result, ToolMessage)]
-
-
-def _may_interrupt(tool: BaseTool | None) -> bool:
-    return tool is not None and bool((tool.metadata or {}).get(INTERRUPTS_METADATA_KEY))
-
-
-async def _run_tool_call(call: ToolCall, tools_by_name: Mapping[str, BaseTool]) -> ToolMessage:
-    name, call_id = call["name"], call.get("id") or ""
-    tool = tools_by_name.get(name)
-    if tool is None:
-        available = ", ".join(sorted(tools_by_name)) or "none"
-        return ToolMessage(
-            content=f"{name} failed: no such tool (available: {available})",
-            tool_call_id=call_id,
-            name=name,
-            status="error",
-        )
-    try:
-        result = await tool.ainvoke({**call, "type": "tool_call"})
-    except GraphBubbleUp:
-        raise
-    except Exception as error:
-        logger.warning("tool {} failed: {}", name, _describe(error))
-        return ToolMessage(
-            content=f"{name} failed: {_describe(error)}", tool_call_id=call_id, name=name, status="error"
-        )
-    if isinstance(result, ToolMessage):
-        return result
-    return ToolMessage(content=str(result), tool_call_id=call_id, name=name)
-
-
-def _describe(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"
-
-
 async def search_the_web(query: str, *, timeout_seconds: float, max_results: int) -> str:
     """Numbered DuckDuckGo results, or "web_search failed: ..." (never raises: the model reads the reason)."""
     try:
@@ -141,8 +74,8 @@ async def search_the_web(query: str, *, timeout_seconds: float, max_results: int
     except RatelimitException:
         return "web_search failed: the search engine is rate limiting us; try again later"
     except Exception as error:
-        logger.info("web search failed: {}", _describe(error))
-        return f"web_search failed: {_describe(error)}"
+        logger.info("web search failed: {}", describe_error(error))
+        return f"web_search failed: {describe_error(error)}"
     if not results:
         return f"web_search: no results for {query!r}"
     return "\n".join(

@@ -25,7 +25,8 @@ class TurnRecorder:
     finish_reason: str | None = None  # why the model's last answer ended (stop, length)
     start_checkpoint: str | None = None  # the checkpoint the turn started from (what an edit of it forks from)
     parent_run: uuid.UUID | None = None  # the turn before it on its branch
-    resumed: bool = False  # it answers the agent's question (ask_human) rather than saying something new
+    resumed: bool = False  # it answers the agent's question (ask_human) or approval rather than saying something new
+    approvals: bool = True  # someone can answer a tool's approval (not so on the OpenAI-compatible API)
     memories: list[str] = field(default_factory=list)
     reports: list[CallReport] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)

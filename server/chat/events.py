@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from server.database.engine import Database
 
-EventKind = Literal["memory", "token", "tool", "interrupt", "usage", "error", "done", "heartbeat"]
+EventKind = Literal["memory", "token", "tool", "interrupt", "approval", "usage", "error", "done", "heartbeat"]
 # A run's last event is one of these: a follower stops after it.
 FINAL_KINDS = frozenset({"done", "error"})
 

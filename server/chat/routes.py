@@ -19,12 +19,15 @@ from server.auth.tokens import SessionClaims
 from server.chat.events import TurnEvent, as_json
 from server.chat.runs import RunRow
 from server.chat.schemas import (
+    ApprovalRequest,
     CancelResponse,
     ChatMessage,
     ChatRequest,
     ChatResponse,
     EditRequest,
     MessagesResponse,
+    PendingApprovalView,
+    PendingToolCall,
     RegenerateRequest,
     Run,
     RunError,
@@ -74,7 +77,10 @@ class ChatController(Controller):
         _source, events = await chat.open_follow(ticket.id, session_id=session.session_id)
         turn = await gather_turn(events)
         answered = ChatResponse(
-            messages=[ChatMessage(role="assistant", content=turn.content)], usage=turn.usage, interrupt=turn.interrupt
+            messages=[ChatMessage(role="assistant", content=turn.content)],
+            usage=turn.usage,
+            interrupt=turn.interrupt,
+            approval=_approval_view(turn.approval_calls),
         )
         return Response(answered, headers=_run_headers(ticket.id, ticket.session_id))
 
@@ -95,7 +101,8 @@ class ChatController(Controller):
         data: JSONBody[ChatRequest],
     ) -> Stream:
         """Send the user's message and receive the answer as server-sent events: memory (what was recalled),
-        token, tool, interrupt, usage, error, done. Every event's data is JSON with at least content and done;
+        token, tool, interrupt (ask_human), approval (tool calls awaiting the user: POST /approval), usage, error,
+        done. Every event's data is JSON with at least content and done;
         every event's id is the run's id and its number, for GET /runs/{id}/stream after a dropped connection
         (the answer goes on without its client unless on_disconnect is cancel)."""
         ticket = await _submit(chat, agent_settings, session, data)
@@ -166,6 +173,42 @@ class ChatController(Controller):
         await chat.switch_branch(session.session_id, message_id)
         return await _conversation(chat, session.session_id)
 
+    @post(
+        "/approval",
+        status_code=202,
+        opt={"rate_limit": RouteClass.CHAT},
+        responses=problem_responses(401, 403, 404, 409, 422, 429, 503),
+    )
+    async def answer_approval(
+        self,
+        session: NamedDependency[SessionClaims],
+        chat: NamedDependency[ChatService],
+        data: JSONBody[ApprovalRequest],
+    ) -> Response[Run]:
+        """Answer the tool calls awaiting approval (the approval event, or GET /messages' approval): approve, approve
+        with edited arguments, or reject with a reason, each call or all at once. The turn goes on as a run: follow
+        its stream. 409 when nothing awaits approval."""
+        owner = await owner_of_session(owner_id=session.subject, session_id=session.session_id)
+        ticket = await chat.answer_approval(
+            owner_id=session.subject,
+            session_id=session.session_id,
+            user_name=owner.name,
+            decision=data.decision,
+            reason=data.reason,
+            decisions=[
+                {"id": item.id, "decision": item.decision, "arguments": item.arguments, "reason": item.reason}
+                for item in data.decisions
+            ],
+            on_disconnect=data.on_disconnect,
+            budget_overrides=owner.budget_overrides,
+        )
+        row = await chat.find(ticket.id, session_id=session.session_id)
+        return Response(
+            await _run_of(chat, row),
+            status_code=202,
+            headers={"Location": f"{RUNS_PATH}/{ticket.id}", SESSION_HEADER: str(session.session_id)},
+        )
+
     @delete("/messages", status_code=204, responses=problem_responses(401, 403, 404, 429))
     async def clear_messages(self, session: NamedDependency[SessionClaims], chat: NamedDependency[ChatService]) -> None:
         """Forget the session's conversation, checkpoints included."""
@@ -218,7 +261,8 @@ class RunsController(Controller):
         session: NamedDependency[SessionClaims],
         chat: NamedDependency[ChatService],
         status: Annotated[
-            list[Literal["queued", "running", "awaiting_human", "done", "error", "cancelled"]] | None,
+            list[Literal["queued", "running", "awaiting_human", "awaiting_approval", "done", "error", "cancelled"]]
+            | None,
             QueryParameter(description="Only runs with one of these statuses."),
         ] = None,
         active: Annotated[
@@ -398,7 +442,17 @@ def _checked_message(settings: AgentSettings, content: str, field: str, *, visib
 
 
 async def _conversation(chat: ChatService, session_id: uuid.UUID) -> MessagesResponse:
-    return MessagesResponse(messages=[ChatMessage(**item) for item in await chat.conversation(session_id)])
+    messages, pending = await chat.conversation(session_id)
+    return MessagesResponse(
+        messages=[ChatMessage(**item) for item in messages],
+        approval=_approval_view(pending.calls if pending is not None else None),
+    )
+
+
+def _approval_view(calls: list[dict[str, object]] | None) -> PendingApprovalView | None:
+    if not calls:
+        return None
+    return PendingApprovalView(calls=[PendingToolCall(**call) for call in calls])  # type: ignore[arg-type]
 
 
 async def _forked_run(

@@ -73,14 +73,60 @@ class ChatMessage(msgspec.Struct):
     branch: dict[str, Any] | None = None
 
 
+class PendingToolCall(msgspec.Struct):
+    """A tool call waiting for the user's decision."""
+
+    id: str  # the call's id: what a decision names
+    tool: str  # as the model sees it: <server>__<tool> for an MCP server's
+    server: str | None  # the MCP server it runs on; None for a built-in tool
+    arguments: dict[str, Any]
+    description: str = ""
+
+
+class PendingApprovalView(msgspec.Struct):
+    """Tool calls of one model step waiting for the user: POST /approval answers them."""
+
+    calls: list[PendingToolCall]
+
+
 class ChatResponse(msgspec.Struct):
     messages: list[ChatMessage]
     usage: dict[str, Any]
     interrupt: dict[str, str] | None = None
+    approval: PendingApprovalView | None = None
 
 
 class MessagesResponse(msgspec.Struct):
     messages: list[ChatMessage]
+    approval: PendingApprovalView | None = None  # tool calls awaiting the user's decision
+
+
+_REASON = Meta(max_length=2000, description="Why, for a rejection: the model reads it.")
+
+
+class ToolCallDecision(Strict):
+    id: Annotated[str, Meta(min_length=1, max_length=200, description="The id of the call (from the approval).")]
+    decision: Annotated[
+        Literal["approve", "edit", "reject"],
+        Meta(description="approve (run it), edit (run it with these arguments instead) or reject (do not run it)."),
+    ]
+    arguments: Annotated[
+        dict[str, Any] | None, Meta(description="edit: the arguments to run the call with; the tool's schema applies.")
+    ] = None
+    reason: Annotated[str, _REASON] | None = None
+
+
+class ApprovalRequest(Strict):
+    """The user's decision on the tool calls awaiting approval: one per call in ``decisions``, ``decision`` for every
+    call not named there (approve or reject them all at once)."""
+
+    decision: (
+        Annotated[Literal["approve", "reject"], Meta(description="For every call without a decision of its own.")]
+        | None
+    ) = None
+    reason: Annotated[str, _REASON] | None = None
+    decisions: Annotated[list[ToolCallDecision], Meta(max_length=50)] = msgspec.field(default_factory=list)
+    on_disconnect: Literal["continue", "cancel"] | None = None
 
 
 class CancelResponse(msgspec.Struct):
@@ -97,7 +143,7 @@ class Run(msgspec.Struct):
 
     id: uuid.UUID
     session_id: uuid.UUID
-    status: Literal["queued", "running", "awaiting_human", "done", "error", "cancelled"]
+    status: Literal["queued", "running", "awaiting_human", "awaiting_approval", "done", "error", "cancelled"]
     strategy: str
     on_disconnect: str
     input: str

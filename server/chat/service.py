@@ -44,6 +44,8 @@ from server.observability.metrics import ChatMetrics
 from server.observability.tracing import TurnTrace, TurnTracer
 from server.sessions.service import owner_name_of_session
 from server.tasks import running
+from server.tools.approvals import CallDecision, Decision, is_approval, resolve_decisions, summary_of
+from server.tools.catalog import ToolCatalog
 from server.users.service import get_user
 
 CANCEL_CHANNEL = "agentctl_cancel_run"  # a run id and a mode: every worker stops the run if it runs it
@@ -127,12 +129,41 @@ class TurnOptions:
     fork_from: str | None = None  # a checkpoint of the session to continue from (an earlier response: a branch)
     previous_run: uuid.UUID | None = None  # the run it continues (recorded)
     model_options: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature
+    approval: ApprovalAnswer | None = None  # the user's decisions on the tool calls awaiting approval
 
     @property
     def queueable(self) -> bool:
         """Whether a run with these options may wait in the queue: its row keeps the surface and the fork point, not
-        the rest (instructions, the conversation given, model options)."""
-        return not (self.instructions or self.prior or self.model_options or self.previous_run)
+        the rest (instructions, the conversation given, model options, an approval's decisions)."""
+        return not (self.instructions or self.prior or self.model_options or self.previous_run or self.approval)
+
+    @property
+    def approvals(self) -> bool:
+        """Whether someone can answer a tool's approval: on the chat API, not on the OpenAI-compatible one."""
+        return self.surface == "chat"
+
+
+@dataclass(frozen=True)
+class ApprovalAnswer:
+    """The answer to one pause for approval: which pause (its interrupt), and a decision per call."""
+
+    interrupt_id: str
+    decisions: dict[str, CallDecision]
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """Tool calls of the session's conversation waiting for the user's decision."""
+
+    interrupt_id: str
+    calls: list[dict[str, Any]]
+
+
+class NoApprovalPendingError(ConflictError):
+    code = "no-approval-pending"
+
+    def __init__(self) -> None:
+        super().__init__("no tool call of this session is waiting for approval (it may have been answered already)")
 
 
 _NO_OPTIONS = TurnOptions()
@@ -201,8 +232,10 @@ class ChatService:
         metrics: ChatMetrics | None = None,
         tracer: TurnTracer | None = None,
         budget: BudgetSettings | None = None,
+        catalog: ToolCatalog | None = None,
     ) -> None:
         self._agent = agent
+        self._catalog = catalog
         self._budget = budget
         # A conversation that is not stored runs on a checkpointer in memory, as its own thread, dropped once it ends:
         # the same graph, so tools and human questions work alike.
@@ -295,6 +328,37 @@ class ChatService:
         status: Literal["running", "queued"] = "running" if claimed == run_id else "queued"
         return RunTicket(run_id, session_id, status, strategy, on_disconnect)
 
+    async def answer_approval(
+        self,
+        *,
+        owner_id: uuid.UUID,
+        session_id: uuid.UUID,
+        user_name: str | None,
+        decision: Decision | None,
+        reason: str | None,
+        decisions: list[dict[str, Any]],
+        on_disconnect: OnDisconnect | None = None,
+        budget_overrides: Limits | None = None,
+    ) -> RunTicket:
+        """Answer the tool calls awaiting approval (a decision each, or one for all): the turn resumes as a run of
+        its own, on whichever worker or replica this is. 409 when nothing awaits approval, 422 for a decision that
+        does not fit the calls (an unknown call, edited arguments the tool refuses)."""
+        pending = await self.pending_approval(session_id)
+        if self._catalog is None:
+            raise RuntimeError("this chat service runs no tools")
+        resolved = resolve_decisions(
+            pending.calls, decision=decision, reason=reason, decisions=decisions, catalog=self._catalog
+        )
+        return await self.submit(
+            owner_id=owner_id,
+            session_id=session_id,
+            text=summary_of(pending.calls, resolved),
+            user_name=user_name,
+            on_disconnect=on_disconnect,
+            options=TurnOptions(approval=ApprovalAnswer(pending.interrupt_id, resolved)),
+            budget_overrides=budget_overrides,
+        )
+
     def _count(self, status: str, strategy: str) -> None:
         if self._metrics is not None:
             self._metrics.runs.labels(status, strategy).inc()
@@ -317,6 +381,7 @@ class ChatService:
             streaming=streaming,
             instructions=options.instructions,
             model_options=options.model_options,
+            approvals=options.approvals,
         )
         log = RunLog(claimed.id)
         turn = TurnContext(
@@ -626,13 +691,30 @@ class ChatService:
             recorder.resumed = resuming
             recorder.start_checkpoint = state.config.get("configurable", {}).get("checkpoint_id")
             recorder.parent_run = _last_question_id(state.values.get("messages", []))
-            graph_input: Command[Any] | dict[str, Any] = (
-                Command(resume=turn.text) if resuming else {"messages": [*turn.options.prior, turn.question]}
-            )
+            approval = turn.options.approval
+            if approval is not None and not any(pending.id == approval.interrupt_id for pending in state.interrupts):
+                resuming = True  # nothing of this run enters the conversation
+                raise NoApprovalPendingError()
+            graph_input: Command[Any] | dict[str, Any]
+            if approval is not None:
+                decisions = {call_id: decision.as_dict() for call_id, decision in approval.decisions.items()}
+                graph_input = Command(resume={approval.interrupt_id: {"decisions": decisions}})
+            elif resuming:
+                graph_input = Command(resume=turn.text)  # an answer to ask_human, or a message instead of approving
+            else:
+                graph_input = {"messages": [*turn.options.prior, turn.question]}
             recorder.emit = partial(_put_event, log)
             async for chunk in agent.astream(graph_input, config, stream_mode="updates"):
                 if "__interrupt__" in chunk:
                     asked = chunk["__interrupt__"][0].value
+                    if is_approval(asked):
+                        status = "awaiting_approval"
+                        recorder.tool_calls.extend(
+                            {"name": call["tool"], "arguments": call["arguments"], "status": "awaiting_approval"}
+                            for call in asked["calls"]
+                        )
+                        log.append("approval", {"content": "", "calls": asked["calls"], "done": False})
+                        continue
                     status = "awaiting_human"
                     question = asked.get("question") if isinstance(asked, dict) else str(asked)
                     log.append("interrupt", {"content": "", "question": question, "done": False})
@@ -837,15 +919,26 @@ class ChatService:
         }
         await self._agent.aupdate_state(config, None, as_node="chat")
 
-    async def conversation(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
+    async def conversation(self, session_id: uuid.UUID) -> tuple[list[dict[str, Any]], PendingApproval | None]:
         """The session's current branch without the system prompt, each user message with its place among its
-        siblings (``branch``) where it has any."""
-        places = await self.branches(session_id)
-        return [
+        siblings (``branch``) where it has any; and the tool calls awaiting approval, if any."""
+        places, state = await asyncio.gather(
+            self.branches(session_id), self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
+        )
+        messages = [
             {**item, "branch": places.get(item["id"]) if item["role"] == "user" else None}
-            for item in await self.history(session_id)
+            for item in (_as_dict(message) for message in state.values.get("messages", []))
             if item["role"] != "system"
         ]
+        return messages, _pending_approval_of(state.interrupts)
+
+    async def pending_approval(self, session_id: uuid.UUID) -> PendingApproval:
+        """The tool calls of the session's conversation awaiting approval; 409 when none does."""
+        state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
+        pending = _pending_approval_of(state.interrupts)
+        if pending is None:
+            raise NoApprovalPendingError()
+        return pending
 
     async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
         state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
@@ -896,6 +989,13 @@ def _last_question_id(messages: list[BaseMessage]) -> uuid.UUID | None:
             with contextlib.suppress(TypeError, ValueError):
                 return uuid.UUID(str(message.id))
             return None
+    return None
+
+
+def _pending_approval_of(interrupts: tuple[Any, ...]) -> PendingApproval | None:
+    for pending in interrupts:
+        if is_approval(pending.value):
+            return PendingApproval(pending.id, list(pending.value["calls"]))
     return None
 
 

@@ -37,6 +37,7 @@ class GatheredTurn:
     answer: str = ""
     usage: dict[str, Any] = field(default_factory=dict)
     interrupt: dict[str, str] | None = None
+    approval_calls: list[dict[str, Any]] | None = None  # tool calls awaiting the user's approval
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
     finish_reason: str | None = None
@@ -62,6 +63,8 @@ async def gather_turn(events: AsyncGenerator[list[TurnEvent]]) -> GatheredTurn:
                     turn.memories = list(data.get("memories", []))
                 elif kind == "interrupt":
                     turn.interrupt = {"question": data["question"]}
+                elif kind == "approval":
+                    turn.approval_calls = list(data["calls"])
                 elif kind == "usage":
                     turn.usage = data["usage"]
                 elif kind == "done":

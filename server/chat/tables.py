@@ -36,7 +36,7 @@ class ChatTurn(TimestampedTable, tablename="chat_turns"):
     cost_usd = DoublePrecision(default=0.0)
     time_to_first_token_ms = DoublePrecision(null=True, default=None)
     latency_ms = DoublePrecision(default=0.0)
-    # queued, running, awaiting_human, done, error, cancelled
+    # queued, running, awaiting_human, awaiting_approval, done, error, cancelled
     status = Varchar(length=32, null=False)
     error_type = Varchar(length=100, null=True, default=None)
     trace_id = Varchar(length=100, null=True, default=None)

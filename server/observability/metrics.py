@@ -249,7 +249,7 @@ class ChatMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.turns = Counter(
             "agentctl_chat_turns_total",
-            "Chat turns by how they ended: done, error, cancelled or awaiting_human.",
+            "Chat turns by how they ended: done, error, cancelled, awaiting_human or awaiting_approval.",
             ["status"],
             registry=registry,
         )
@@ -267,8 +267,8 @@ class ChatMetrics:
         )
         self.runs = Counter(
             "agentctl_chat_runs_total",
-            "Runs by status reached (queued, running, then done, error, cancelled or awaiting_human) and by the "
-            "strategy they were sent with (reject, enqueue, interrupt, rollback).",
+            "Runs by status reached (queued, running, then done, error, cancelled, awaiting_human or "
+            "awaiting_approval) and by the strategy they were sent with (reject, enqueue, interrupt, rollback).",
             ["status", "strategy"],
             registry=registry,
         )
@@ -313,6 +313,48 @@ class ChatMetrics:
         )
 
 
+_TOOL_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ToolMetrics:
+    """The agent's tools: calls, their latency, approvals, and the MCP servers they come from."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "agentctl_tool_calls_total",
+            "Tool calls by tool and outcome: ok, error (the tool failed or refused), timeout, rejected (by the user) "
+            "or unavailable (no such tool, or its server is down).",
+            ["tool", "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "agentctl_tool_call_duration_seconds",
+            "Tool calls that ran: time until their result.",
+            ["tool"],
+            buckets=_TOOL_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.approvals = Counter(
+            "agentctl_tool_approvals_total",
+            "Tool calls that waited for the user, by tool and decision: approved, edited or rejected.",
+            ["tool", "decision"],
+            registry=registry,
+        )
+        self.mcp_server_up = Gauge(
+            "agentctl_mcp_server_up",
+            "1 while this worker is connected to the MCP server, 0 while it is down or restarting.",
+            ["server"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.mcp_restarts = Counter(
+            "agentctl_mcp_server_restarts_total",
+            "Times an MCP server was (re)started after its first start failed or it went away.",
+            ["server"],
+            registry=registry,
+        )
+
+
 class AppMetrics:
     """Every metric of one app, on one registry."""
 
@@ -324,6 +366,7 @@ class AppMetrics:
         self.pools = PoolMetrics(self.registry)
         self.memory = MemoryMetrics(self.registry)
         self.chat = ChatMetrics(self.registry)
+        self.tools = ToolMetrics(self.registry)
         self.retention_removed = Counter(
             "agentctl_retention_rows_removed_total",
             "Rows the retention sweeper removed, by kind (sessions, checkpoints, checkpoint_writes, checkpoint_blobs, "

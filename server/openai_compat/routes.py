@@ -41,6 +41,7 @@ from server.users.service import get_user
 _RESPONSE_STATUS = {
     "done": "completed",
     "awaiting_human": "completed",
+    "awaiting_approval": "incomplete",  # never on this API (its tools need no approval), but not "completed"
     "error": "failed",
     "cancelled": "cancelled",
     "running": "in_progress",
