@@ -147,6 +147,8 @@ export function plainWords(error) {
   switch (error.status) {
     case 409:
       if (error.code === "turn-in-progress") return "This chat is still answering your last message: wait for it, or press Stop.";
+      if (error.code === "no-approval-pending")
+        return "Those tool calls no longer await your decision (answered already, perhaps in another tab): the chat shows where it now stands.";
       if (error.code === "message-too-old")
         return "This message is too old to edit or answer again: the chat's state before it is no longer kept.";
       return `That conflicts with what is already there: ${error.detail}`;

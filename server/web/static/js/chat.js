@@ -1,9 +1,12 @@
 // The conversation on the page: each question (editable, with its versions), and each answer (its recalled memories,
-// its tool calls, its text as it streams, how it ended, its usage, another answer on demand).
+// its tool calls, its text as it streams, the tool calls it waits to have approved, how it ended, its usage, another
+// answer on demand).
 //
 // ``controls`` are the page's actions on a conversation, given by main.js: edit(id, text) and regenerate(id) resolve
-// true once the new run is accepted; switchBranch(id, label) shows another version.
+// true once the new run is accepted; switchBranch(id, label) shows another version. ``answerApproval(body)`` sends
+// the decisions on tool calls awaiting approval (see approvals.js).
 import { asSession, json, plainWords } from "/web/js/api.js";
+import { ApprovalCard, approvalWords } from "/web/js/approvals.js";
 import { h } from "/web/js/dom.js";
 import { addCopyButtons, renderMarkdown } from "/web/js/markdown.js";
 
@@ -99,16 +102,18 @@ function openEditor(article, editButton, id, text, controls) {
 const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
 
 export class Answer {
-  constructor(sessionId, runId, { streaming = true, controls = null } = {}) {
+  constructor(sessionId, runId, { streaming = true, controls = null, answerApproval = null } = {}) {
     this.sessionId = sessionId;
     this.runId = runId;
     this.controls = controls;
+    this.answerApproval = answerApproval;
     this.text = "";
     this.frame = 0;
     this.pendingTools = [];
     this.memories = h("div", { class: "memories" });
     this.tools = h("div", { class: "tools" });
     this.body = h("div", { class: "markdown" });
+    this.approvals = h("div", { class: "approvals" });
     this.note = h("p", { class: "note" });
     this.el = h(
       "article",
@@ -116,6 +121,7 @@ export class Answer {
       this.memories,
       this.tools,
       this.body,
+      this.approvals,
       this.note,
     );
     if (!streaming) this.addFooter();
@@ -127,6 +133,7 @@ export class Answer {
     else if (kind === "memory") this.showMemories(data.memories);
     else if (kind === "tool") this.tool(data);
     else if (kind === "interrupt") this.question(data.question);
+    else if (kind === "approval") this.approval(data.calls);
     else if (kind === "done") this.finish("done");
     else if (kind === "error")
       data.error.type === "cancelled" ? this.finish("stopped", "Stopped.") : this.finish("error", runErrorWords(data.error));
@@ -152,7 +159,8 @@ export class Answer {
   }
 
   tool(data) {
-    if (data.status === "started" || !this.pendingTools.length) {
+    // A call without a started event (one the user rejected: it never ran) gets a block of its own.
+    if (data.status === "started" || !this.pendingTools.some((item) => item.dataset.tool === data.name)) {
       const summary = h("summary", {}, h("span", { class: "tool-name", text: data.name }), h("span", { class: "tool-status", text: " running…" }));
       const details = h(
         "details",
@@ -165,10 +173,25 @@ export class Answer {
       if (data.status === "started") return;
     }
     const index = this.pendingTools.findIndex((item) => item.dataset.tool === data.name);
-    const details = this.pendingTools.splice(index < 0 ? 0 : index, 1)[0];
-    details.querySelector(".tool-status").textContent = data.status === "error" ? " failed" : " done";
+    const details = this.pendingTools.splice(index, 1)[0];
+    const rejected = data.approval?.decision === "rejected";
+    details.querySelector(".tool-status").textContent = rejected ? " not run" : data.status === "error" ? " failed" : " done";
     details.dataset.status = data.status;
+    if (data.approval) {
+      details.dataset.approval = data.approval.decision;
+      details.querySelector("summary").append(h("span", { class: "tool-approval", text: ` · ${approvalWords(data.approval)}` }));
+      if (data.approval.arguments_asked)
+        details.append(h("p", { class: "note", text: `The agent asked for: ${JSON.stringify(data.approval.arguments_asked)}` }));
+    }
     if (data.result != null) details.append(h("pre", { class: "tool-result", text: String(data.result) }));
+  }
+
+  /** Tool calls waiting for the user's decision: their card, below what the answer says so far. */
+  approval(calls) {
+    if (!calls?.length) return;
+    const send = this.answerApproval || (async () => new Error("this answer cannot send decisions"));
+    this.approvals.replaceChildren(new ApprovalCard(calls, send).el);
+    this.el.dataset.awaiting = "approval";
   }
 
   question(text) {
@@ -237,8 +260,9 @@ export class Answer {
   }
 }
 
-/** The session's history as the page shows it: each turn's question (with its versions), tool calls and answer. */
-export function renderHistory(sessionId, messages, controls = null) {
+/** The session's history as the page shows it: each turn's question (with its versions), tool calls and answer; and
+ * the card of the tool calls awaiting approval (``approval``: those calls) in the last answer. */
+export function renderHistory(sessionId, messages, controls = null, { approval = null, answerApproval = null } = {}) {
   const nodes = [];
   const answers = [];
   let answer = null;
@@ -251,7 +275,7 @@ export function renderHistory(sessionId, messages, controls = null) {
       continue;
     }
     if (!answer) {
-      answer = new Answer(sessionId, runId, { streaming: false, controls });
+      answer = new Answer(sessionId, runId, { streaming: false, controls, answerApproval });
       answers.push(answer);
       nodes.push(answer.el);
     }
@@ -262,6 +286,12 @@ export function renderHistory(sessionId, messages, controls = null) {
     } else if (message.role === "tool") {
       answer.tool({ name: message.name, status: message.status === "error" ? "error" : "ok", result: message.content });
     }
+  }
+  if (approval?.length) {
+    const last = answers.at(-1);
+    // The calls without a result are the ones waiting: the card shows them, as it does while the answer streams.
+    for (const details of last?.pendingTools || []) details.remove();
+    last?.approval(approval);
   }
   for (const item of answers) {
     item.render();

@@ -1,6 +1,8 @@
 // The page: signing in, the chats in the sidebar, sending and following answers, editing and answering again with
-// versions of a question, what the user spent, the memory and API keys panels.
+// versions of a question, deciding on tool calls awaiting approval, what the user spent, the memory and API keys
+// panels.
 import * as api from "/web/js/api.js";
+import { settleOpenCards } from "/web/js/approvals.js";
 import { Answer, renderHistory, showVersions, userMessage } from "/web/js/chat.js";
 import { $, confirmDialog, h, renameDialog } from "/web/js/dom.js";
 import { openKeys } from "/web/js/keys.js";
@@ -10,6 +12,13 @@ import { followRun } from "/web/js/stream.js";
 
 const LAST_SESSION = "agentctl.session"; // which chat was open: an id, not a secret
 const ACTIVE = new Set(["queued", "running"]);
+// The input of a run that answers tool calls awaiting approval: the decisions, "approve calculator; reject x".
+const DECISIONS = /^(approve|edit|reject) \S+(; (approve|edit|reject) \S+)*$/;
+const PLACEHOLDERS = {
+  none: "Message: Enter sends, Shift+Enter adds a line",
+  question: "Answer the agent's question",
+  approval: "A message rejects the tool calls above",
+};
 const state = {
   signingUp: false,
   sessions: [],
@@ -18,7 +27,7 @@ const state = {
   follow: null,
   hiddenAt: 0,
   loading: null,
-  asking: false,
+  awaiting: "none", // what the chat's last turn waits for: none, question (ask_human) or approval
 };
 
 // -- signing in -----------------------------------------------------------------------------------------------------
@@ -160,7 +169,7 @@ async function openSession(sessionId) {
   $("session-title").textContent = session?.name || "Untitled chat";
   renderSessions();
   showError(null);
-  setAsking(false);
+  setAwaiting("none");
   state.loading = loadSession(sessionId);
   await state.loading;
 }
@@ -170,16 +179,23 @@ async function loadSession(sessionId) {
   try {
     // The newest run first, then the history: a run that ends in between is then in the history, and shown once.
     const [newest] = (await api.json(api.asSession(sessionId, "/api/v1/chatbot/runs?limit=1"))).items;
-    let { messages } = await api.json(api.asSession(sessionId, "/api/v1/chatbot/messages"));
+    let { messages, approval } = await api.json(api.asSession(sessionId, "/api/v1/chatbot/messages"));
     if (state.sessionId !== sessionId) return;
     const active = newest && ACTIVE.has(newest.status) ? newest : null;
+    let cut = -1;
     if (active) {
-      const cut = messages.findIndex((m) => m.id === active.id);
+      cut = messages.findIndex((m) => m.id === active.id);
       if (cut >= 0) messages = messages.slice(0, cut);
     }
-    $("messages").replaceChildren(...renderHistory(sessionId, messages, controls));
-    if (active) startAnswer(active.id, active.input);
-    else if (newest?.status === "awaiting_human") setAsking(true);
+    $("messages").replaceChildren(...renderHistory(sessionId, messages, controls, { approval: approval?.calls, answerApproval }));
+    if (active) {
+      // A run that resumes a turn paused for approval: the decisions (no question of their own), or a message sent
+      // instead. The card it answers may still be in the history, as it is until the calls have run.
+      const decisions = cut < 0 && DECISIONS.test(active.input);
+      settleOpenCards("Answered: the answer goes on below.");
+      startAnswer(active.id, decisions ? null : active.input, { reply: cut < 0 && (decisions || Boolean(approval)) });
+    } else if (approval) setAwaiting("approval");
+    else if (newest?.status === "awaiting_human") setAwaiting("question");
     scrollToEnd(true);
   } catch (error) {
     showError(error);
@@ -188,9 +204,11 @@ async function loadSession(sessionId) {
 
 // -- sending and following ------------------------------------------------------------------------------------------
 
-function setAsking(asking) {
-  state.asking = asking;
-  $("input").placeholder = asking ? "Answer the agent's question" : "Message: Enter sends, Shift+Enter adds a line";
+/** What the next message answers: nothing ("none"), the agent's question, or tool calls awaiting approval (a message
+ * rejects them, with itself as the reason). The input's placeholder says which. */
+function setAwaiting(what) {
+  state.awaiting = what;
+  $("input").placeholder = PLACEHOLDERS[what];
 }
 
 function setRunning(running) {
@@ -206,13 +224,14 @@ function stopFollowing() {
 }
 
 /** Follow a run's answer below its question. A reply to the agent's question continues a turn: it is no question of
- * its own to edit or answer again (the page offers that on the turn's question once reloaded). */
+ * its own to edit or answer again (the page offers that on the turn's question once reloaded). Decisions on tool
+ * calls continue one too, with no question at all (``question`` null): the answer goes on below their card. */
 function startAnswer(runId, question, { forked = false, reply = false } = {}) {
   const sessionId = state.sessionId;
-  const turnControls = reply ? null : controls;
-  const answer = new Answer(sessionId, runId, { controls: turnControls });
-  const asked = userMessage(question, { id: runId, controls: turnControls });
-  $("messages").append(asked, answer.el);
+  const turnControls = reply || question == null ? null : controls;
+  const answer = new Answer(sessionId, runId, { controls: turnControls, answerApproval });
+  const asked = question == null ? null : userMessage(question, { id: runId, controls: turnControls });
+  $("messages").append(...(asked ? [asked] : []), answer.el);
   scrollToEnd(true);
   const controller = new AbortController();
   state.follow = controller;
@@ -223,7 +242,8 @@ function startAnswer(runId, question, { forked = false, reply = false } = {}) {
     onEvent(kind, data) {
       const stick = nearEnd();
       answer.event(kind, data);
-      if (kind === "interrupt") setAsking(true);
+      if (kind === "interrupt") setAwaiting("question");
+      else if (kind === "approval") setAwaiting("approval");
       if (stick) scrollToEnd();
     },
     onConnection: (connection) => answer.connection(connection),
@@ -265,7 +285,7 @@ async function forkedRun(messageId, path, body) {
     await state.loading;
     const run = await api.json(api.asSession(state.sessionId, `/api/v1/chatbot/messages/${messageId}/${path}`, { method: "POST", body }));
     dropFrom(messageId);
-    setAsking(false);
+    setAwaiting("none");
     startAnswer(run.id, run.input, { forked: true });
     return true;
   } catch (error) {
@@ -280,9 +300,11 @@ async function switchBranch(messageId, label) {
   showError(null);
   try {
     await state.loading;
-    const { messages } = await api.json(api.asSession(state.sessionId, `/api/v1/chatbot/messages/${messageId}/branch`, { method: "POST" }));
-    $("messages").replaceChildren(...renderHistory(state.sessionId, messages, controls));
-    setAsking(false);
+    const { messages, approval } = await api.json(
+      api.asSession(state.sessionId, `/api/v1/chatbot/messages/${messageId}/branch`, { method: "POST" }),
+    );
+    $("messages").replaceChildren(...renderHistory(state.sessionId, messages, controls, { approval: approval?.calls, answerApproval }));
+    setAwaiting(approval ? "approval" : "none");
     const question = [...$("messages").querySelectorAll("article.user")].find((item) => item.dataset.message === messageId);
     const arrows = [...(question?.querySelectorAll(".versions button") || [])];
     (arrows.find((arrow) => arrow.getAttribute("aria-label") === label && !arrow.disabled) || arrows.find((arrow) => !arrow.disabled))?.focus();
@@ -297,6 +319,30 @@ const controls = {
   switchBranch,
 };
 
+/** Send the decisions on the tool calls awaiting approval, then follow the resumed turn below their card. Resolves
+ * null once accepted, or with the error for the card to show. Nothing pending any more (answered in another tab):
+ * the chat is shown as it now stands, with a word why. */
+async function answerApproval(body) {
+  const sessionId = state.sessionId;
+  showError(null);
+  try {
+    await state.loading;
+    const run = await api.json(api.asSession(sessionId, "/api/v1/chatbot/approval", { method: "POST", body }));
+    if (state.sessionId !== sessionId) return null;
+    setAwaiting("none");
+    startAnswer(run.id, null);
+    return null;
+  } catch (error) {
+    if (error instanceof api.ApiError && error.code === "no-approval-pending" && state.sessionId === sessionId) {
+      await openSession(sessionId);
+      showError(error);
+      return null;
+    }
+    if (error instanceof api.ApiError && (error.status === 401 || error.code === "budget-exceeded")) showError(error);
+    return error;
+  }
+}
+
 async function send(event) {
   event?.preventDefault();
   const input = $("input");
@@ -310,8 +356,9 @@ async function send(event) {
       api.asSession(state.sessionId, "/api/v1/chatbot/runs", { method: "POST", body: { messages: [{ role: "user", content: text }] } }),
     );
     if (input.value.trim() === text) input.value = ""; // what was typed while it was sending stays
-    const reply = state.asking;
-    setAsking(false);
+    const reply = state.awaiting !== "none";
+    if (state.awaiting === "approval") settleOpenCards("You sent a message instead: the calls are rejected, with it as the reason.");
+    setAwaiting("none");
     startAnswer(run.id, text, { reply });
     nameAfterFirstMessage(state.sessionId, text);
   } catch (error) {
