@@ -599,6 +599,14 @@ class ChatClient:
         """Make the branch holding the user message ``message_id`` the conversation again: its messages."""
         return self._checked(self._session_call("POST", f"/chatbot/messages/{message_id}/branch"))["messages"]
 
+    def answer_approval(self, decisions: list[dict[str, Any]]) -> dict[str, Any]:
+        """Send a decision on each tool call awaiting approval (approve; edit, with its arguments; reject, with an
+        optional reason): the run that goes on with them, to follow."""
+        response = self._turn_started(
+            lambda: self._session_call("POST", "/chatbot/approval", json={"decisions": decisions}), 202
+        )
+        return dict(response.json())
+
     def run(self, run_id: str) -> dict[str, Any]:
         """One run of the session: its input, status and answer."""
         return dict(self._checked(self._session_call("GET", f"/chatbot/runs/{run_id}")))
@@ -674,7 +682,15 @@ class ChatClient:
         return bool(self._checked(response)["cancelled"])
 
     def history(self) -> list[dict[str, Any]]:
-        return self._checked(self._session_call("GET", "/chatbot/messages"))["messages"]
+        return list(self._conversation()["messages"])
+
+    def pending_approval(self) -> list[dict[str, Any]]:
+        """The session's tool calls awaiting the user's decision (the client that saw them left before answering)."""
+        approval = self._conversation().get("approval")
+        return list(approval["calls"]) if approval else []
+
+    def _conversation(self) -> dict[str, Any]:
+        return dict(self._checked(self._session_call("GET", "/chatbot/messages")))
 
     def clear_history(self) -> None:
         self._checked(self._session_call("DELETE", "/chatbot/messages"))

@@ -65,6 +65,7 @@ class TurnResult:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     memories: list[str] = field(default_factory=list)
     interrupt: str | None = None
+    approval: list[dict[str, Any]] = field(default_factory=list)  # tool calls awaiting the user's decision
     usage: dict[str, Any] | None = None
     message_id: str | None = None
     error: ChatError | None = None
@@ -84,6 +85,7 @@ class TurnResult:
             "session_name": session.name if session else None,
             "answer": self.answer,
             "interrupt": {"question": self.interrupt} if self.interrupt is not None else None,
+            "approval": {"calls": self.approval} if self.approval else None,
             "tool_calls": self.tool_calls,
             "memories": self.memories,
             "usage": self.usage,
@@ -113,6 +115,9 @@ class AnswerView:
         pass
 
     def interrupt(self, question: str) -> None:
+        pass
+
+    def approval(self, calls: list[dict[str, Any]]) -> None:
         pass
 
     def notice(self, kind: str, data: dict[str, Any]) -> None:
@@ -181,11 +186,14 @@ def _record(result: TurnResult, event: StreamEvent, elapsed: float) -> None:
         if result.first_token_seconds is None:
             result.first_token_seconds = elapsed
     elif event.kind == "tool" and data.get("status") != "started":
-        result.tool_calls.append({key: data.get(key) for key in ("name", "arguments", "status", "result")})
+        call = {key: data.get(key) for key in ("name", "arguments", "status", "result")}
+        result.tool_calls.append({**call, **({"approval": data["approval"]} if data.get("approval") else {})})
     elif event.kind == "memory":
         result.memories.extend(str(memory) for memory in data.get("memories") or [])
     elif event.kind == "interrupt":
         result.interrupt = str(data.get("question", ""))
+    elif event.kind == "approval":
+        result.approval = list(data.get("calls") or [])
     elif event.kind == "usage":
         result.usage = data.get("usage")
     elif event.kind == "done":
@@ -208,6 +216,8 @@ def _show(view: AnswerView, event: StreamEvent) -> None:
         view.memory([str(memory) for memory in event.data.get("memories") or []])
     elif event.kind == "interrupt":
         view.interrupt(str(event.data.get("question", "")))
+    elif event.kind == "approval":
+        view.approval(list(event.data.get("calls") or []))
     elif event.kind not in ("usage", "done", "error"):
         view.notice(event.kind, event.data)  # a kind newer than this client: shown, not dropped
 
@@ -244,8 +254,16 @@ def tool_line(data: dict[str, Any]) -> str:
     name = data.get("name", "tool")
     if data.get("status") == "started":
         return f"⚙ {name} {_one_line(data.get('arguments') or {})}"
-    outcome = "" if data.get("status") == "success" else f"{data.get('status')}: "
-    return f"  ↳ {name}: {outcome}{_one_line(data.get('result', ''))}"
+    decided = (data.get("approval") or {}).get("decision")  # approved, edited or rejected by the user
+    label = f" ({decided})" if decided else ""
+    outcome = "" if data.get("status") == "success" or decided == "rejected" else f"{data.get('status')}: "
+    return f"  ↳ {name}{label}: {outcome}{_one_line(data.get('result', ''))}"
+
+
+def approval_line(calls: list[dict[str, Any]]) -> str:
+    """The tool calls a turn paused for, awaiting the user's decision."""
+    shown = "; ".join(f"{call.get('tool')} {_one_line(call.get('arguments') or {})}" for call in calls)
+    return f"⏸ awaiting your approval: {_one_line(shown)}"
 
 
 def memory_line(memories: list[str]) -> str:
@@ -433,6 +451,9 @@ class MarkdownView(AnswerView):
     def interrupt(self, question: str) -> None:
         self._side_line(Text(f"? {question}", style=QUESTION_STYLE))
 
+    def approval(self, calls: list[dict[str, Any]]) -> None:
+        self._side_line(Text(approval_line(calls), style=QUESTION_STYLE))
+
     def notice(self, kind: str, data: dict[str, Any]) -> None:
         self._side_line(Text(notice_line(kind, data), style=SIDE_STYLE))
 
@@ -489,6 +510,9 @@ class RawView(AnswerView):
     def interrupt(self, question: str) -> None:
         self._end_line()
         self._write(question + "\n")
+
+    def approval(self, calls: list[dict[str, Any]]) -> None:
+        self._side_line(approval_line(calls))
 
     def notice(self, kind: str, data: dict[str, Any]) -> None:
         self._side_line(notice_line(kind, data))
@@ -565,6 +589,8 @@ def ask_once(
     if result.error is not None:
         err_console.print(Text(f"agentctl: {result.error.message}"))
         return 1
+    if result.approval:
+        err_console.print(Text(f"agentctl: {_calls_awaiting(result.approval)}: `agentctl chat` asks for your decision"))
     return 0
 
 
@@ -703,19 +729,22 @@ class ChatRepl:
         )
         self._describe_session("session")
         self.say("/help lists the commands · Ctrl-C stops an answer · Ctrl-D leaves")
-        self._show_running_answer()
+        with self._failures_told():
+            if not self._show_running_answer():
+                self._ask_pending_approval()
 
-    def _show_running_answer(self) -> None:
+    def _show_running_answer(self) -> bool:
         """An answer of this session still being given (the last client left, or lost its connection, before it
-        ended) is shown to its end, from its start."""
+        ended) is shown to its end, from its start; False when there is none."""
         try:
             run = self.client.active_run()
         except ChatError:
-            return  # an older server without runs: nothing to show
+            return False  # an older server without runs: nothing to show
         if run is None:
-            return
+            return False
         self.say(f"an answer is still being given to: {_one_line(run['input'])}")
-        follow_running_answer(self.client, run, self._view())
+        self._answered(follow_running_answer(self.client, run, self._view()))
+        return True
 
     def _describe_session(self, verb: str) -> None:
         session = self.client.session
@@ -732,10 +761,17 @@ class ChatRepl:
 
     def _handle(self, line: str) -> bool:
         """Run one line; True when the conversation should end. Failures are one line and the loop goes on."""
-        try:
+        with self._failures_told():
             if line.startswith("/") and not line.startswith("//"):
                 return self._command(line)
             self._send(line.removeprefix("/"))
+        return False
+
+    @contextlib.contextmanager
+    def _failures_told(self) -> Iterator[None]:
+        """A failure inside is told as one line (a lost sign-in is asked for again) and the conversation goes on."""
+        try:
+            yield
         except SignedOutError as error:
             self.fail(error.message)
             sign_in(self.client, self.console)
@@ -748,7 +784,6 @@ class ChatRepl:
         except (KeyboardInterrupt, EOFError):  # at a command's own question (/rename, /forget all)
             self.console.print()
             self.say("interrupted")
-        return False
 
     def _command(self, line: str) -> bool:
         name, _, argument = line[1:].partition(" ")
@@ -769,10 +804,85 @@ class ChatRepl:
             self.fail(result.error.message)
         self.awaiting_answer = result.interrupt if result.succeeded else None
         self.console.print()
+        if result.succeeded and result.approval:
+            self._decide(result.approval)
 
     def _follow_new_answer(self, run: dict[str, Any]) -> None:
-        """The answer of an edit or a regeneration just accepted, streamed like any answer (Ctrl-C stops it)."""
+        """The answer of an edit, a regeneration or an approval just accepted, streamed like any answer (Ctrl-C
+        stops it)."""
         self._answered(follow_running_answer(self.client, run, self._view(), cancel=True))
+
+    # -- tool calls awaiting approval
+
+    def _ask_pending_approval(self) -> bool:
+        """Ask about the session's tool calls awaiting approval, if any (a client left before answering); False when
+        there are none."""
+        calls = self.client.pending_approval()
+        if calls:
+            self.say(f"the last answer paused: {_calls_awaiting(calls)}")
+            self._decide(calls)
+        return bool(calls)
+
+    def _decide(self, calls: list[dict[str, Any]]) -> None:
+        """A decision on each call, asked one by one and sent together; then the turn goes on, shown like any answer.
+        Ctrl-C or Ctrl-D at a question leaves the calls awaiting approval."""
+        while True:
+            try:
+                decisions = [self._decision_on(call, number, len(calls)) for number, call in enumerate(calls, 1)]
+            except (KeyboardInterrupt, EOFError):
+                self.console.print()
+                self.say(f"{_calls_awaiting(calls)} still: /approve asks again")
+                self.say("(a message sent instead declines them all, with the message as the reason)")
+                return
+            try:
+                run = self.client.answer_approval(decisions)
+                break
+            except ChatError as error:
+                if error.code != "validation-failed":
+                    raise
+                self.fail(error.message)  # edited arguments the tool's schema refuses: the user decides again
+        self._follow_new_answer(run)
+
+    def _decision_on(self, call: dict[str, Any], number: int, count: int) -> dict[str, Any]:
+        """The user's decision on one call: approve, edit (new arguments as JSON) or reject (an optional reason)."""
+        where = f"MCP server {call['server']}" if call.get("server") else "built-in"
+        self.console.print(
+            Text.assemble(("⏸ ", QUESTION_STYLE), (str(call.get("tool")), "bold"), (f" ({where})", SIDE_STYLE))
+        )
+        # Soft-wrapped: the terminal wraps long lines, so that what is copied from the screen is what was sent.
+        if call.get("description"):
+            self.console.print(Text(_one_line(call["description"]), style=SIDE_STYLE), soft_wrap=True)
+        self.console.print(Text(json.dumps(call.get("arguments") or {}, indent=2, ensure_ascii=False)), soft_wrap=True)
+        decided: dict[str, Any] = {"id": call["id"]}
+        while True:
+            choice = input(self._prompt(f"call {number} of {count}: [a]pprove / [e]dit / [r]eject?")).strip().lower()
+            if choice in ("a", "approve"):
+                return {**decided, "decision": "approve"}
+            if choice in ("e", "edit"):
+                arguments = self._edited_arguments()
+                if arguments is None:
+                    self.say("arguments unchanged: approved as they are")
+                    return {**decided, "decision": "approve"}
+                return {**decided, "decision": "edit", "arguments": arguments}
+            if choice in ("r", "reject"):
+                reason = input(self._prompt("reason (optional, the model reads it):")).strip()
+                return {**decided, "decision": "reject", **({"reason": reason} if reason else {})}
+
+    def _edited_arguments(self) -> dict[str, Any] | None:
+        """New arguments for a call, as a JSON object; None when an empty line keeps the ones shown."""
+        self.say("the new arguments as JSON; an empty line keeps them (end a line with \\ to go on with the next)")
+        while True:
+            text = self._read_message("arguments>")
+            if not text.strip():
+                return None
+            try:
+                arguments = json.loads(text)
+            except ValueError as error:
+                self.fail(f"not JSON ({error}): try again")
+                continue
+            if isinstance(arguments, dict):
+                return arguments
+            self.fail('the arguments are a JSON object, {"name": value, ...}: try again')
 
     # -- the commands
 
@@ -811,6 +921,7 @@ class ChatRepl:
         self.client.switch_session(target.id)
         self.awaiting_answer = None
         self._describe_session("switched to")
+        self._ask_pending_approval()
 
     def rename(self, name: str) -> None:
         name = name or input("New name: ").strip()
@@ -964,6 +1075,10 @@ class ChatRepl:
         if not limited:
             self.say("no budget is set for you: what you spend is not limited")
 
+    def approve(self, _: str) -> None:
+        if not self._ask_pending_approval():
+            self.say("no tool call of this session awaits your approval")
+
     def usage(self, _: str) -> None:
         self.show_usage = not self.show_usage
         self.say(f"usage after each answer: {'shown' if self.show_usage else 'hidden'}")
@@ -982,6 +1097,11 @@ class ChatRepl:
 
     def quit(self, _: str) -> bool:
         return True
+
+
+def _calls_awaiting(calls: list[dict[str, Any]]) -> str:
+    many = len(calls) != 1
+    return f"{len(calls)} tool call{'s' if many else ''} await{'' if many else 's'} your approval"
 
 
 def _last_user_message(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -1011,8 +1131,17 @@ COMMANDS: dict[str, Command] = {
     "retry": Command(ChatRepl.retry, "/retry", "another answer to your last message (the old one is kept)"),
     "branch": Command(ChatRepl.branch, "/branch [#]", "list the versions of your last edited message; # shows one"),
     "usage": Command(ChatRepl.usage, "/usage", "show or hide tokens, cost and latency after each answer"),
+    "approve": Command(ChatRepl.approve, "/approve", "decide on the tool calls awaiting your approval, one by one"),
     "budget": Command(ChatRepl.budget, "/budget", "what you spent today and this month, against your budget"),
     "help": Command(ChatRepl.help, "/help", "this list"),
     "quit": Command(ChatRepl.quit, "/quit", "leave"),
 }
-ALIASES = {"exit": "quit", "q": "quit", "?": "help", "memories": "memory", "regenerate": "retry", "branches": "branch"}
+ALIASES = {
+    "approval": "approve",
+    "exit": "quit",
+    "q": "quit",
+    "?": "help",
+    "memories": "memory",
+    "regenerate": "retry",
+    "branches": "branch",
+}
