@@ -17,6 +17,7 @@ from agentctl.cli import migrate as migrate_commands
 from agentctl.cli import models as models_commands
 from agentctl.cli import retention as retention_commands
 from agentctl.cli import serve as serve_commands
+from agentctl.cli import tools as tools_commands
 from agentctl.cli import usage_report as usage_commands
 from agentctl.cli import users as users_commands
 from agentctl.cli.context import CliState
@@ -52,6 +53,7 @@ app = typer.Typer(
 app.command(name="serve")(serve_commands.serve)
 app.command(name="migrate")(migrate_commands.migrate)
 app.command(name="models")(models_commands.models)
+app.command(name="tools")(tools_commands.tools)
 app.command(name="chat")(chat_commands.chat)
 app.command(name="loadtest", cls=loadtest_commands.LoadTestCommand)(loadtest_commands.loadtest)
 app.command(name="usage", cls=PlainUsageErrors)(usage_commands.usage)

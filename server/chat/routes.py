@@ -389,6 +389,7 @@ async def _run_of(chat: ChatService, row: RunRow) -> Run:
         answer=row.output if finished else None,
         usage=row.usage if finished else None,
         error=error,
+        resumed=row.resumed,
     )
 
 

@@ -149,13 +149,15 @@ class RunStore:
         surface: str = "chat",
         previous_run: uuid.UUID | None = None,
         start_checkpoint: str | None = None,
+        resumed: bool = False,
     ) -> bool:
         """Insert the run as running in this worker, if its session has no run running or queued (one round trip).
-        A run without a session always starts (NULL never conflicts)."""
+        A run without a session always starts (NULL never conflicts). ``resumed``: known to continue a paused turn
+        (an approval's answer; an answer to ask_human is known only once it runs)."""
         started = await self._database.pool.fetchval(
             "INSERT INTO chat_turns (id, session, owner, input, status, strategy, on_disconnect, worker, lease_until, "
-            "started_at, surface, previous_run, start_checkpoint) SELECT $1, $2, $3, $4, 'running', $5, $6, $7, "
-            "now() + make_interval(secs => $8), now(), $9, $10, $11 "
+            "started_at, surface, previous_run, start_checkpoint, resumed) SELECT $1, $2, $3, $4, 'running', $5, $6, "
+            "$7, now() + make_interval(secs => $8), now(), $9, $10, $11, $12 "
             "WHERE NOT EXISTS (SELECT 1 FROM chat_turns WHERE session = $2 AND status = 'queued') "
             "ON CONFLICT (session) WHERE status = 'running' DO NOTHING RETURNING true",
             run_id,
@@ -169,6 +171,7 @@ class RunStore:
             surface,
             previous_run,
             start_checkpoint,
+            resumed,
         )
         return bool(started)
 

@@ -155,6 +155,8 @@ class Run(msgspec.Struct):
     answer: str | None = None
     usage: dict[str, Any] | None = None
     error: RunError | None = None
+    # It continues a paused turn (an answer to ask_human, or to an approval) rather than saying something new.
+    resumed: bool = False
 
 
 class RunPage(msgspec.Struct):

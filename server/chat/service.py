@@ -296,6 +296,7 @@ class ChatService:
             surface=options.surface,
             previous_run=options.previous_run,
             start_checkpoint=options.fork_from,
+            resumed=options.approval is not None,
         ):
             run = Claimed(run_id, session_id, owner_id, text, strategy, on_disconnect, options.fork_from)
             self._launch(run, user_name, streaming, options)

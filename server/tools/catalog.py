@@ -8,7 +8,7 @@ The model is offered the tools whose policy is not ``deny``; on a surface where 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from langchain_core.tools import BaseTool
@@ -49,6 +49,30 @@ def qualified_name(server: str, tool: str) -> str:
     return f"{server}{NAMESPACE_SEPARATOR}{tool}"
 
 
+@dataclass(frozen=True)
+class ToolRules:
+    policy: ToolPolicy
+    timeout_seconds: float
+    max_output_chars: int
+
+
+def rules_for(settings: AgentSettings, name: str, server: str | None, *, interrupts: bool = False) -> ToolRules:
+    """A tool's rules: its own (agent.tools.<name>) over its server's, over the built-ins' defaults (allow)."""
+    rule = settings.tools.get(name)
+    spec = settings.mcp_servers.get(server) if server is not None else None
+    policy: ToolPolicy = (rule.policy if rule else None) or (spec.policy if spec else "allow")
+    if policy == "approve" and interrupts:
+        logger.warning("tool {}: it asks the user itself; its policy approve is taken as allow", name)
+        policy = "allow"
+    return ToolRules(
+        policy=policy,
+        timeout_seconds=(rule.timeout_seconds if rule else None)
+        or (spec.timeout_seconds if spec else settings.tool_timeout_seconds),
+        max_output_chars=(rule.max_output_chars if rule else None)
+        or (spec.max_output_chars if spec else settings.tool_max_output_chars),
+    )
+
+
 class ToolCatalog:
     """The tools of one worker: the built-ins, and each connected MCP server's (replaced when it reconnects, gone
     while it is down)."""
@@ -62,22 +86,9 @@ class ToolCatalog:
         self._rebuild()
 
     def _entry(self, tool: BaseTool, *, source: Literal["built-in", "mcp"], server: str | None) -> ToolEntry:
-        rule = self._settings.tools.get(tool.name)
-        spec = self._settings.mcp_servers.get(server) if server is not None else None
-        policy: ToolPolicy = (rule.policy if rule else None) or (spec.policy if spec else "allow")
-        if policy == "approve" and (tool.metadata or {}).get(INTERRUPTS_METADATA_KEY):
-            logger.warning("tool {}: it asks the user itself; its policy approve is taken as allow", tool.name)
-            policy = "allow"
-        return ToolEntry(
-            tool=tool,
-            source=source,
-            server=server,
-            policy=policy,
-            timeout_seconds=(rule.timeout_seconds if rule else None)
-            or (spec.timeout_seconds if spec else self._settings.tool_timeout_seconds),
-            max_output_chars=(rule.max_output_chars if rule else None)
-            or (spec.max_output_chars if spec else self._settings.tool_max_output_chars),
-        )
+        interrupts = bool((tool.metadata or {}).get(INTERRUPTS_METADATA_KEY))
+        rules = rules_for(self._settings, tool.name, server, interrupts=interrupts)
+        return ToolEntry(tool=tool, source=source, server=server, **asdict(rules))
 
     def set_server_tools(self, server: str, tools: Iterable[BaseTool]) -> list[str]:
         """Make ``tools`` (already named <server>__<tool>) the server's; returns the names of those left out (a

@@ -248,7 +248,7 @@ class McpServers:
         if not self.servers:
             return None
         down = [server for server in self.servers if server.state != "up"]
-        detail: dict[str, object] = {server.name: server.report() for server in self.servers}
+        detail: dict[str, object] = {"servers": {server.name: server.report() for server in self.servers}}
         if not down:
             return CheckResult(detail=detail)
         error = "; ".join(f"{server.name}: {server.error or server.state}" for server in down)

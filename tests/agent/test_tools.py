@@ -1,4 +1,5 @@
-"""The agent's tools and the runner of one step's tool calls, with a real LangGraph graph for ask_human."""
+"""The agent's built-in tools and the runner of one step's tool calls (with its bounds), with a real LangGraph graph
+for ask_human."""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, interrupt
 
-from agentctl.config import AgentSettings
-from server.agent.tools import build_tools, calculate, run_tool_calls
+from agentctl.config import AgentSettings, ToolRule
+from server.agent.tools import build_tools, calculate
+from server.tools import runner
+from server.tools.catalog import ToolCatalog
+
+
+async def run_tool_calls(calls: list[Any], tools: dict[str, BaseTool], **rules: ToolRule) -> list[ToolMessage]:
+    """The runner, over a catalog of just these tools (with these rules by tool name)."""
+    return await runner.run_tool_calls(calls, ToolCatalog(AgentSettings(tools=rules), tools.values()))
 
 
 @pytest.fixture
@@ -152,7 +160,7 @@ async def test_web_search_failure_is_an_answer_the_model_reads(tools: dict[str, 
     started = time.perf_counter()
     [message] = await run_tool_calls([tool_call(name="web_search", args={"query": "agentctl"}, id="s1")], tools)
     assert time.perf_counter() - started < 3 + 1
-    assert message.status == "success"
+    assert message.status == "error"  # a readable answer, counted as the tool's error
     assert message.tool_call_id == "s1"
     assert isinstance(message.content, str)
     assert message.content.startswith("web_search failed: ")
@@ -219,6 +227,43 @@ async def test_run_tool_calls_turns_failures_into_error_messages() -> None:
     assert isinstance(invalid.content, str)
     assert invalid.content.startswith("slow_echo failed: ValidationError")
     assert (fine.tool_call_id, fine.content, fine.status) == ("d", "fine", "success")
+
+
+async def test_a_call_past_its_timeout_or_its_output_cap_is_told_to_the_model() -> None:
+    calls = [
+        tool_call(name="slow_echo", args={"text": "late", "seconds": 5}, id="a"),
+        tool_call(name="slow_echo", args={"text": "y" * 500, "seconds": 0}, id="b"),
+    ]
+    began = time.perf_counter()
+    late, long = await run_tool_calls(
+        calls, slow_tools([]), slow_echo=ToolRule(timeout_seconds=0.2, max_output_chars=100)
+    )
+    assert time.perf_counter() - began < 2
+    assert (late.content, late.status) == ("slow_echo failed: no result within 0.2 s", "error")
+    assert long.content == "y" * 100 + "\n[cut: 400 more characters; the tool's result is limited to 100]"
+
+
+async def test_a_denied_tool_is_neither_offered_nor_run() -> None:
+    tools = slow_tools([])
+    catalog = ToolCatalog(AgentSettings(tools={"broken": ToolRule(policy="deny")}), tools.values())
+    assert [tool.name for tool in catalog.offered(approvals=True)] == ["slow_echo"]
+    [refused] = await runner.run_tool_calls([tool_call(name="broken", args={"text": "x"}, id="a")], catalog)
+    assert refused.content == "broken failed: no such tool (available: slow_echo)"
+
+
+def test_tools_that_need_approval_are_offered_only_where_someone_can_give_it() -> None:
+    catalog = ToolCatalog(
+        AgentSettings(tools={"web_search": ToolRule(policy="approve"), "ask_human": ToolRule(policy="approve")}),
+        build_tools(AgentSettings()),
+    )
+    assert [tool.name for tool in catalog.offered(approvals=True)] == [
+        "web_search",
+        "current_datetime",
+        "calculator",
+        "ask_human",
+    ]
+    # ask_human asks the user itself: approving it first would ask twice.
+    assert [tool.name for tool in catalog.offered(approvals=False)] == ["current_datetime", "calculator", "ask_human"]
 
 
 async def test_ask_human_outside_a_graph_is_an_error_message(tools: dict[str, BaseTool]) -> None:

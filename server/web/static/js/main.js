@@ -12,8 +12,6 @@ import { followRun } from "/web/js/stream.js";
 
 const LAST_SESSION = "agentctl.session"; // which chat was open: an id, not a secret
 const ACTIVE = new Set(["queued", "running"]);
-// The input of a run that answers tool calls awaiting approval: the decisions, "approve calculator; reject x".
-const DECISIONS = /^(approve|edit|reject) \S+(; (approve|edit|reject) \S+)*$/;
 const PLACEHOLDERS = {
   none: "Message: Enter sends, Shift+Enter adds a line",
   question: "Answer the agent's question",
@@ -189,9 +187,9 @@ async function loadSession(sessionId) {
     }
     $("messages").replaceChildren(...renderHistory(sessionId, messages, controls, { approval: approval?.calls, answerApproval }));
     if (active) {
-      // A run that resumes a turn paused for approval: the decisions (no question of their own), or a message sent
-      // instead. The card it answers may still be in the history, as it is until the calls have run.
-      const decisions = cut < 0 && DECISIONS.test(active.input);
+      // A run that resumes a turn paused for approval (the server says so): the decisions, no question of their own;
+      // else perhaps a message sent instead. The card it answers may still be in the history until the calls have run.
+      const decisions = cut < 0 && active.resumed;
       settleOpenCards("Answered: the answer goes on below.");
       startAnswer(active.id, decisions ? null : active.input, { reply: cut < 0 && (decisions || Boolean(approval)) });
     } else if (approval) setAwaiting("approval");
