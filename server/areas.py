@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg.rows import dict_row
@@ -55,7 +56,9 @@ from server.schema import open_database, schema_action_for
 from server.security.client_ip import Network, trusted_networks
 from server.tasks import running
 from server.tools.catalog import ToolCatalog
-from server.tools.mcp import McpServers
+
+if TYPE_CHECKING:
+    from server.tools.mcp import McpServers
 
 # Pool and connection gauges stay fresh in every worker this often, not only in the one answering scrapes.
 _SAMPLE_SECONDS = 0.5
@@ -206,7 +209,7 @@ class Conversations:
     chat: ChatService
     checkpoints: AsyncConnectionPool
     catalog: ToolCatalog
-    mcp: McpServers
+    mcp: McpServers | None  # None without MCP servers
 
 
 @asynccontextmanager
@@ -244,7 +247,12 @@ async def open_conversations(
         prompts = PromptLibrary(settings.agent)
         await prompts.load()  # a missing prompt file stops the start, not the first chat
         catalog = ToolCatalog(settings.agent, build_tools(settings.agent))
-        mcp = await stack.enter_async_context(McpServers(settings.agent, catalog, metrics.tools).running())
+        mcp = None
+        if any(server.enabled for server in settings.agent.mcp_servers.values()):
+            # Imported only then: the MCP SDK and its adapters are modules a worker without servers need not hold.
+            from server.tools.mcp import McpServers
+
+            mcp = await stack.enter_async_context(McpServers(settings.agent, catalog, metrics.tools).running())
         # Compiling loads the tokenizers (~0.4 s): off the event loop.
         agent = await asyncio.to_thread(
             partial(
@@ -336,7 +344,7 @@ def readiness_probe(
         dependencies.append(Dependency("redis", redis_answers, required=fails_closed or "redis" in requires))
     if memory is not None:
         dependencies.append(Dependency("memory", partial(memory.ping, timeout), required="memory" in requires))
-    if conversations.mcp.servers:
+    if conversations.mcp is not None:
         dependencies.append(Dependency("mcp", conversations.mcp.check, required="mcp" in requires))
 
     def on_failing(failing: list[str]) -> None:

@@ -121,6 +121,13 @@ class ToolCatalog:
         """The tool the model may call by that name (a denied one included: the runner refuses it)."""
         return self._entries.get(name)
 
+    def server_down_for(self, name: str) -> str | None:
+        """The configured MCP server a tool name belongs to, when that server's tools are out (it is down)."""
+        server = name.split(NAMESPACE_SEPARATOR, 1)[0] if NAMESPACE_SEPARATOR in name else None
+        if server is None or server not in self._settings.mcp_servers or server in self._servers:
+            return None
+        return server
+
     def entries(self) -> list[ToolEntry]:
         return list(self._entries.values())
 

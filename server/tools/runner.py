@@ -65,6 +65,9 @@ async def run_tool_call(call: ToolCall, catalog: ToolCatalog, metrics: ToolMetri
     """One call, bounded by its tool's timeout and output cap."""
     name, call_id = call["name"], call.get("id") or ""
     entry = catalog.entry(name)
+    if entry is None and (server := catalog.server_down_for(name)) is not None:
+        _count(metrics, name, "unavailable")
+        return failed_call(call, f"its MCP server {server} is not available right now; try again later")
     if entry is None or entry.policy == "deny":
         available = ", ".join(sorted(tool.name for tool in catalog.offered(approvals=True))) or "none"
         _count(metrics, name, "unavailable")

@@ -104,6 +104,10 @@ def test_a_server_that_never_answers_leaves_the_agent_running_without_its_tools(
     events = Conversation(api).stream("hello there")
     assert events[-1][0] == "done"
     assert not any(name.startswith("mute__") for name in simulator.stats()["last_tools"])
+    script(simulator, "speak", ("mute__hello", {}))  # a model that remembers the tool from an earlier turn
+    events = Conversation(api).stream("speak, mute server")
+    [finished] = [data for data in events_named(events, "tool") if data["status"] != "started"]
+    assert finished["result"] == "mute__hello failed: its MCP server mute is not available right now; try again later"
     assert "MCP server mute did not start" in api.server.output()
 
 

@@ -4,13 +4,15 @@ model is the simulator, scripted to call the tools."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from agentctl.simulator.process import RunningSimulator
 from tests.chat.conftest import Conversation, answer_of, read_events, serve_with_model
-from tests.support import ApiClient
+from tests.support import ApiClient, fetch_rows
 from tests.tools.conftest import TIME_SERVER, NotesServer, write_servers_file
 
 pytestmark = pytest.mark.slow
@@ -148,7 +150,7 @@ def test_an_edited_call_runs_with_the_new_arguments_which_the_conversation_keeps
 
 
 def test_a_rejected_call_does_not_run_and_the_model_reads_the_reason(
-    tools_api: ApiClient, simulator: RunningSimulator, notes_http: NotesServer
+    tools_api: ApiClient, simulator: RunningSimulator, notes_http: NotesServer, migrated_database_url: str
 ) -> None:
     chat = Conversation(tools_api)
     before = len(notes_http.calls("write_note"))
@@ -161,6 +163,16 @@ def test_a_rejected_call_does_not_run_and_the_model_reads_the_reason(
     [ran] = [data for _id, name, data in events if name == "tool" and data["status"] != "started"]
     assert ran["approval"] == {"decision": "rejected", "reason": "no secrets in notes"}
     assert ran["status"] == "error"
+    # The turn records: the paused run lists the call as awaiting approval, the resumed one keeps the decision.
+    rows = fetch_rows(
+        migrated_database_url,
+        "SELECT status, resumed, tool_calls FROM chat_turns WHERE session = $1 ORDER BY created_at",
+        uuid.UUID(chat.session_id),
+    )
+    assert [(row["status"], row["resumed"]) for row in rows] == [("awaiting_approval", False), ("done", True)]
+    paused, resumed = (json.loads(row["tool_calls"]) for row in rows)
+    assert paused == [{"name": "notes__write_note", "arguments": {"text": "hunter2"}, "status": "awaiting_approval"}]
+    assert resumed[0]["approval"] == {"decision": "rejected", "reason": "no secrets in notes"}
 
 
 def test_several_calls_of_one_step_are_shown_together_and_decided_one_by_one(
