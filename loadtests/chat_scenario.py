@@ -7,7 +7,11 @@ into agentctl's own process (gevent's monkey-patching stalls asyncio's threads):
 
 Each user registers once, logs in and opens a session, then loops: pick an action by weight, do it, think.
 A streamed turn is read to its last event; its time to first token is its own Locust entry (request type
-``TTFT``), so Locust aggregates it across worker processes like any request. The scenario's options are
+``TTFT``), so Locust aggregates it across worker processes like any request. A request the server sheds (503
+with problem type ``overloaded``, or 429, with ``Retry-After``) is not a failure: it is recorded under request type
+``SHED`` with its endpoint's name and the time the refusal took, and the user waits ``Retry-After`` seconds (at most
+MAX_RETRY_AFTER_SECONDS) before its next action; a shed sign-up or login is tried again after that wait. The
+scenario's options are
 Locust custom arguments (shown by ``--help``; workers receive the master's), also settable as environment
 variables ``LOCUST_CHAT_WEIGHT`` etc. ``--agentctl-summary PATH`` writes the failures by cause at the end.
 """
@@ -21,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 from locust import FastHttpUser, events, task
 from locust.env import Environment
 
@@ -35,6 +40,8 @@ STREAM_DROPPED = "POST /api/v1/chatbot/chat/stream (dropped)"
 REJOIN_STREAM = "GET /api/v1/chatbot/runs/{id}/stream"
 TTFT = "TTFT"  # the request type of the time-to-first-token entries
 REJOIN = "REJOIN"  # the request type of the rejoin-latency entries: request to first replayed event
+SHED = "SHED"  # the request type of requests the server refused for load (503 overloaded, 429), with Retry-After
+MAX_RETRY_AFTER_SECONDS = 30.0  # a longer Retry-After is obeyed for this long only: the run has an end
 PASSWORD = "Load-test-password-7"
 ACTIONS = ("chat", "stream", "history", "new_session", "drop_rejoin")
 _WORDS = ("what", "should", "I", "cook", "tonight", "with", "rice", "beans", "and", "a", "few", "tomatoes",
@@ -129,23 +136,35 @@ class ChatUser(FastHttpUser):
 
     session_token = ""
     user_token = ""
+    retry_at = 0.0  # perf_counter time before which the server asked not to be called again (Retry-After)
+    shed = False  # whether the last _json_call was shed
 
     def wait_time(self) -> float:
         low, high = _span(self.environment.parsed_options.think_time)
-        return random.uniform(low, high)
+        return max(random.uniform(low, high), self.retry_at - time.perf_counter())
 
     def on_start(self) -> None:
         email = f"load-{_run_id}-{uuid.uuid4().hex[:12]}@example.com"
         body = {"email": email, "password": PASSWORD}
-        if self._json_call("POST", "/auth/register", REGISTER, 201, body=body) is None:
+        if self._call_until_admitted("POST", "/auth/register", REGISTER, 201, body=body) is None:
             self.stop()
             return
-        login = self._json_call("POST", "/auth/login", LOGIN, 200, body=body)
+        login = self._call_until_admitted("POST", "/auth/login", LOGIN, 200, body=body)
         if login is None:
             self.stop()
             return
         self.user_token = login["access_token"]
         self.new_session()
+
+    def _call_until_admitted(
+        self, method: str, path: str, name: str, expected: int, *, body: Any
+    ) -> dict[str, Any] | None:
+        """Sign-up and login: tried again after each Retry-After while shed (Locust ends the user with the run)."""
+        while True:
+            answer = self._json_call(method, path, name, expected, body=body)
+            if not self.shed:
+                return answer
+            gevent.sleep(max(0.0, self.retry_at - time.perf_counter()))
 
     @task
     def act(self) -> None:
@@ -180,6 +199,8 @@ class ChatUser(FastHttpUser):
             stream=True,
             catch_response=True,
         ) as response:
+            if self._was_shed(response):
+                return
             if response.status_code != 200:
                 response.failure(_http_failure(response))
                 return
@@ -205,6 +226,8 @@ class ChatUser(FastHttpUser):
             stream=True,
             catch_response=True,
         ) as response:
+            if self._was_shed(response):
+                return
             if response.status_code != 200:
                 response.failure(_http_failure(response))
                 return
@@ -233,6 +256,8 @@ class ChatUser(FastHttpUser):
             stream=True,
             catch_response=True,
         ) as response:
+            if self._was_shed(response):
+                return
             if response.status_code != 200:
                 response.failure(_http_failure(response))
                 return
@@ -269,6 +294,9 @@ class ChatUser(FastHttpUser):
         with self.client.request(
             method, f"{API}{path}", name=name, json=body, headers=headers, catch_response=True
         ) as response:
+            self.shed = self._was_shed(response)
+            if self.shed:
+                return None
             if response.status_code != expected:
                 response.failure(_http_failure(response))
                 return None
@@ -277,6 +305,17 @@ class ChatUser(FastHttpUser):
             except ValueError:
                 response.failure("the body is not JSON")
                 return None
+
+    def _was_shed(self, response: Any) -> bool:
+        """Whether the server refused the request for load; if so it is re-recorded as a SHED entry (its endpoint's
+        name, the refusal's latency), not a failure, and the user holds off for Retry-After seconds."""
+        retry_after = _shed_retry_after(response)
+        if retry_after is None:
+            return False
+        response.request_meta["request_type"] = SHED
+        response.success()
+        self.retry_at = time.perf_counter() + retry_after
+        return True
 
     def _report_late_failure(self, name: str, reason: str) -> None:
         self.environment.events.request.fire(
@@ -324,6 +363,27 @@ def _lines(response: Any) -> Any:
             yield line.rstrip("\r")
     if buffer:
         yield buffer
+
+
+def _shed_retry_after(response: Any) -> float | None:
+    """Seconds to wait when the response sheds the request (503 with problem type ...overloaded, or 429 with
+    Retry-After), capped at MAX_RETRY_AFTER_SECONDS; None for any other response."""
+    status = response.status_code
+    retry_after = response.headers.get("Retry-After")
+    if status == 503:
+        try:
+            overloaded = str(response.json().get("type", "")).endswith("overloaded")
+        except Exception:
+            overloaded = False
+        if not overloaded:
+            return None
+    elif status != 429 or retry_after is None:
+        return None
+    try:
+        seconds = float(retry_after) if retry_after is not None else 1.0
+    except ValueError:  # an HTTP date, which this server does not send
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _http_failure(response: Any) -> str:

@@ -62,7 +62,12 @@ def loadtest(
     ] = Path("results"),
     fail_on: Annotated[
         str | None,
-        typer.Option("--fail-on", metavar="CONDITIONS", help="Exit 1 when any holds, e.g. 'p99>5s,errors>1%'."),
+        typer.Option(
+            "--fail-on",
+            metavar="CONDITIONS",
+            help="Exit 1 when any holds, e.g. 'p99>5s,errors>1%,shed>20%' (errors: real failures; shed: refused "
+            "for load with Retry-After).",
+        ),
     ] = None,
 ) -> None:
     """Load-test the agent with Locust and report, per endpoint, whether it held. Extra arguments after -- go

@@ -19,6 +19,7 @@ import httpx
 
 TTFT = "TTFT"  # request type of the scenario's time-to-first-token entries (loadtests/chat_scenario.py)
 REJOIN = "REJOIN"  # request type of the drop-and-rejoin action's rejoin latency (request to first replayed event)
+SHED = "SHED"  # request type of requests the server refused for load (503 overloaded, 429) with Retry-After
 NOT_REQUESTS = {TTFT, REJOIN, "CHECK"}  # entries that are measurements or late checks, not HTTP requests
 TURN_PATHS = ("/chatbot/chat", "/chatbot/chat/stream")
 PERCENTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
@@ -30,6 +31,7 @@ SERVER_COUNTERS = {
     "agentctl_model_retries_total": "role",
     "agentctl_model_fallbacks_total": "model",
     "agentctl_ratelimit_rejections_total": "route_class",
+    "agentctl_admission_shed_total": "what",  # refused for overload (503 overloaded): turn, password
     "agentctl_http_requests_total": "status",
     # Whether memory kept up: recalls in time or past their budget, turns remembered or still queued at the end.
     "agentctl_memory_recalls_total": "outcome",
@@ -67,16 +69,23 @@ def _histogram(entry: Mapping[str, Any]) -> Counter[float]:
 
 
 def endpoint_report(stats: list[dict[str, Any]], errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per endpoint and in total: requests, failures by cause, RPS, latency and TTFT percentiles."""
+    """Per endpoint and in total: requests, failures by cause, shed requests, RPS, latency and TTFT percentiles.
+
+    A shed request (the scenario's SHED entries: refused for load with Retry-After) counts among its endpoint's
+    requests but is neither a failure nor in the latency of answered requests; the refusals have their own latency.
+    """
     window = _window_seconds(stats)
     causes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for error in errors:
         causes[(error["method"], error["name"])][_cause(error["error"])] += int(error["occurrences"])
-    endpoints, late = [], Counter[str]()
+    rows: dict[str, dict[str, Any]] = {}
+    late = Counter[str]()
     ttft: list[dict[str, Any]] = []
     rejoin: list[dict[str, Any]] = []
+    shed_entries: list[tuple[str, int, Counter[float], float | None]] = []
     total_histogram: Counter[float] = Counter()
-    total_max = 0.0
+    shed_histogram: Counter[float] = Counter()
+    total_max, shed_max = 0.0, 0.0
     for entry in sorted(stats, key=lambda item: (item["name"], item["method"])):
         method, name = entry["method"], entry["name"]
         histogram, maximum = _histogram(entry), entry.get("max_response_time")
@@ -87,25 +96,47 @@ def endpoint_report(stats: list[dict[str, Any]], errors: list[dict[str, Any]]) -
         if method in NOT_REQUESTS:
             late.update(causes.get((method, name), Counter()))
             continue
+        if method == SHED:
+            shed_entries.append((name, entry["num_requests"], histogram, maximum))
+            shed_histogram.update(histogram)
+            shed_max = max(shed_max, maximum or 0.0)
+            continue
         total_histogram.update(histogram)
         total_max = max(total_max, maximum or 0.0)
-        endpoints.append(
-            {
-                "name": name if name.startswith(method) else f"{method} {name}",
-                "requests": entry["num_requests"],
-                "failures": entry["num_failures"],
-                "failures_by_cause": dict(causes.get((method, name), Counter()).most_common()),
-                "rps": round(entry["num_requests"] / window, 2) if window else None,
-                "latency_ms": latency_summary(histogram, maximum),
-            }
-        )
+        label = name if name.startswith(method) else f"{method} {name}"
+        rows[label] = {
+            "name": label,
+            "requests": entry["num_requests"],
+            "failures": entry["num_failures"],
+            "shed": 0,
+            "failures_by_cause": dict(causes.get((method, name), Counter()).most_common()),
+            "rps": None,
+            "latency_ms": latency_summary(histogram, maximum),
+            "shed_latency_ms": None,
+        }
+    for name, count, histogram, maximum in shed_entries:
+        # The scenario names a shed request after its endpoint ("POST /api/v1/auth/login"), method included.
+        label = next((label for label in rows if label == name or label.endswith(f" {name}")), name)
+        row = rows.setdefault(
+            label,
+            {"name": label, "requests": 0, "failures": 0, "shed": 0, "failures_by_cause": {}, "rps": None,
+             "latency_ms": latency_summary(Counter(), None), "shed_latency_ms": None},
+        )  # fmt: skip
+        row["requests"] += count
+        row["shed"] += count
+        row["shed_latency_ms"] = latency_summary(histogram, maximum)
+    endpoints = [rows[label] for label in sorted(rows)]
+    for endpoint in endpoints:
+        endpoint["rps"] = round(endpoint["requests"] / window, 2) if window else None
     requests = sum(endpoint["requests"] for endpoint in endpoints)
+    shed = sum(endpoint["shed"] for endpoint in endpoints)
     failures = sum(endpoint["failures"] for endpoint in endpoints) + sum(late.values())
     turns = sum(
-        endpoint["requests"] - endpoint["failures"]
+        endpoint["requests"] - endpoint["failures"] - endpoint["shed"]
         for endpoint in endpoints
         if endpoint["name"].endswith(TURN_PATHS) and endpoint["name"].startswith("POST")
     )
+    answered = requests - shed
     return {
         "window_seconds": round(window, 2),
         "endpoints": endpoints,
@@ -113,16 +144,23 @@ def endpoint_report(stats: list[dict[str, Any]], errors: list[dict[str, Any]]) -
         "rejoin_to_first_event_ms": rejoin,
         "late_failures_by_cause": dict(late.most_common()),
         "total": {
-            "requests": requests,
-            "failures": failures,
-            "error_percent": round(100 * failures / requests, 3) if requests else None,
-            "success_percent": round(100 * (1 - failures / requests), 3) if requests else None,
+            "requests": requests,  # every request sent, shed ones included
+            "failures": failures,  # real failures only: a shed request is not one
+            "shed": shed,
+            "error_percent": _percent(failures, requests),
+            "shed_percent": _percent(shed, requests),
+            "success_percent": _percent(requests - failures - shed, requests),  # answered as expected
             "rps": round(requests / window, 2) if window else None,
             "turns": turns,
             "turns_per_second": round(turns / window, 2) if window else None,
-            "latency_ms": latency_summary(total_histogram, total_max if requests else None),
+            "latency_ms": latency_summary(total_histogram, total_max if answered else None),
+            "shed_latency_ms": latency_summary(shed_histogram, shed_max if shed else None),
         },
     }
+
+
+def _percent(part: int, whole: int) -> float | None:
+    return round(100 * part / whole, 3) if whole else None
 
 
 def _window_seconds(stats: Iterable[Mapping[str, Any]]) -> float:
@@ -192,8 +230,12 @@ def counter_deltas(
 # --- the gate ------------------------------------------------------------------------------------------------
 
 _CONDITION = re.compile(r"\s*([a-z][a-z0-9_]*)\s*(>=|<=|>|<)\s*([0-9]*\.?[0-9]+)\s*(ms|s|%)?\s*")
-_LATENCY_METRICS = {"p50", "p95", "p99", "max", "ttft_p50", "ttft_p95", "ttft_p99", "ttft_max"}
-_PERCENT_METRICS = {"errors", "success"}
+_LATENCY_METRICS = {
+    *("p50", "p95", "p99", "max"),
+    *("ttft_p50", "ttft_p95", "ttft_p99", "ttft_max"),
+    *("shed_p50", "shed_p95", "shed_p99", "shed_max"),
+}
+_PERCENT_METRICS = {"errors", "shed", "success"}
 _PLAIN_METRICS = {"rps", "turns_per_second"}
 GATE_METRICS = sorted(_LATENCY_METRICS | _PERCENT_METRICS | _PLAIN_METRICS)
 
@@ -205,7 +247,7 @@ class Condition:
     text: str
     metric: str
     operator: str
-    threshold: float  # milliseconds for latencies, percent for errors and success
+    threshold: float  # milliseconds for latencies, percent for errors, shed and success
 
     def holds(self, value: float) -> bool:
         return {
@@ -222,7 +264,7 @@ def parse_fail_on(text: str) -> list[Condition]:
     for part in filter(str.strip, text.split(",")):
         found = _CONDITION.fullmatch(part)
         if not found:
-            raise ValueError(f"--fail-on: {part.strip()!r} is not METRIC>VALUE (e.g. p99>5s, errors>1%)")
+            raise ValueError(f"--fail-on: {part.strip()!r} is not METRIC>VALUE (e.g. p99>5s, errors>1%, shed>20%)")
         metric, operator, number, unit = found.groups()
         if metric not in GATE_METRICS:
             raise ValueError(f"--fail-on: unknown metric {metric!r}; one of {', '.join(GATE_METRICS)}")
@@ -245,8 +287,10 @@ def gate_values(requests: Mapping[str, Any]) -> dict[str, float | None]:
     """The value of each gate metric in this run (None when the run did not measure it)."""
     total = requests["total"]
     values: dict[str, float | None] = {key: total["latency_ms"].get(key) for key in ("p50", "p95", "p99", "max")}
+    values.update({f"shed_{key}": total["shed_latency_ms"].get(key) for key in ("p50", "p95", "p99", "max")})
     values.update(
         errors=total["error_percent"],
+        shed=total["shed_percent"],
         success=total["success_percent"],
         rps=total["rps"],
         turns_per_second=total["turns_per_second"],
@@ -285,7 +329,7 @@ def print_report(report: Mapping[str, Any], console: Any) -> None:
     requests = report["requests"]
     table = Table(title=f"agentctl loadtest — {report['configuration']['users']} users, "
                   f"{requests['window_seconds']:g} s", title_justify="left")  # fmt: skip
-    for column in ("endpoint", "requests", "failures", "RPS", "p50 ms", "p95 ms", "p99 ms", "max ms"):
+    for column in ("endpoint", "requests", "failures", "shed", "RPS", "p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="left" if column == "endpoint" else "right")
     rows = [*requests["endpoints"], {"name": "total", **requests["total"]}]
     for row in rows:
@@ -297,6 +341,7 @@ def print_report(report: Mapping[str, Any], console: Any) -> None:
             "[bold]total[/bold]" if row["name"] == "total" else row["name"].replace(" /api/v1/", " /"),
             str(row["requests"]),
             failures,
+            str(row.get("shed", 0)),
             f"{row['rps']:g}" if row["rps"] is not None else "-",
             *(_ms(latency[key]) for key in ("p50", "p95", "p99", "max")),
         )
@@ -310,9 +355,19 @@ def print_report(report: Mapping[str, Any], console: Any) -> None:
     total = requests["total"]
     if total["success_percent"] is not None:
         console.print(
-            f"success rate {total['success_percent']:g}% ({total['failures']} failed of {total['requests']}); "
-            f"{total['turns']} chat turns, {total['turns_per_second']:g} turns/s"
+            f"success rate {total['success_percent']:g}% ({total['failures']} failed, {total.get('shed', 0)} shed "
+            f"of {total['requests']}); {total['turns']} chat turns, {total['turns_per_second']:g} turns/s"
         )
+    if total.get("shed"):
+        refusals = total["shed_latency_ms"]
+        console.print(
+            f"shed (refused for load, Retry-After honoured): {total['shed']} = {total['shed_percent']:g}% of requests; "
+            f"refusal latency p50 {_ms(refusals['p50'])} ms, p99 {_ms(refusals['p99'])} ms, "
+            f"max {_ms(refusals['max'])} ms"
+        )
+        for endpoint in requests["endpoints"]:
+            if endpoint["shed"]:
+                console.print(f"  shed {endpoint['shed']} x {endpoint['name'].replace(' /api/v1/', ' /')}")
     for cause, count in requests["late_failures_by_cause"].items():
         console.print(f"late failure: {count} x {cause}")
     deltas = report["server"]["counter_deltas"]
