@@ -490,6 +490,42 @@ MultitaskStrategy = Literal["reject", "enqueue", "interrupt", "rollback"]
 OnDisconnect = Literal["continue", "cancel"]
 
 
+class AdmissionSettings(_Section):
+    """What a worker takes on: turns and sign-ins beyond what it can answer in time are refused at once (503,
+    Retry-After, problem overloaded) rather than queued."""
+
+    enabled: bool = Field(default=True, description="Refuse work beyond the bounds below; off: queue everything.")
+    max_turns: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Turns one worker runs at once, fixed. Unset: the bound adapts to the event loop's lag, between "
+        "min_turns and max_turns_ceiling.",
+    )
+    initial_turns: int = Field(default=32, ge=1, le=10_000, description="The adaptive bound's starting value.")
+    min_turns: int = Field(default=4, ge=1, le=10_000, description="The adaptive bound never goes below this.")
+    max_turns_ceiling: int = Field(
+        default=1000, ge=1, le=10_000, description="The adaptive bound never goes above this."
+    )
+    target_loop_lag_ms: float = Field(
+        default=30.0,
+        gt=0,
+        description="Event-loop lag above which the adaptive bound shrinks (by a tenth per half second); below half "
+        "of it, with the bound in use, it grows by one.",
+    )
+    max_wait_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        le=60,
+        description="How long a turn may wait for a free slot; one not expected to get it in time is refused at once.",
+    )
+    hashing_backlog_max_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="Sign-ups and sign-ins are refused at once when the password-hashing backlog passes this.",
+    )
+
+
 class ChatSettings(_Section):
     """Runs: turns with an id that outlive the connection that asked for them."""
 
@@ -663,6 +699,10 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Model provider.")
     agent: AgentSettings = Field(default_factory=AgentSettings, description="The agent.")
     chat: ChatSettings = Field(default_factory=ChatSettings, description="Runs: rejoining, queueing, leases.")
+    admission: AdmissionSettings = Field(
+        default_factory=AdmissionSettings,
+        description="Admission control: refusing at once what cannot be done in time.",
+    )
     memory: MemorySettings = Field(default_factory=MemorySettings, description="Long-term memory.")
     retention: RetentionSettings = Field(default_factory=RetentionSettings, description="What the database keeps.")
     budget: BudgetSettings = Field(default_factory=BudgetSettings, description="What each user may spend.")

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from agentctl import __version__
 from agentctl.config import Settings
+from server.admission.service import TurnAdmission
 from server.agent.graph import build_agent
 from server.agent.prompts import PromptLibrary
 from server.agent.tools import build_tools
@@ -147,7 +148,15 @@ async def open_protection(
     )
     # Both read files or hash once: off the event loop.
     codec = await asyncio.to_thread(token_codec_for, settings)
-    hashing = await asyncio.to_thread(partial(PasswordHashing, settings.auth, threads=hashing_threads_for(settings)))
+    hashing = await asyncio.to_thread(
+        partial(
+            PasswordHashing,
+            settings.auth,
+            threads=hashing_threads_for(settings),
+            backlog_max_seconds=settings.admission.hashing_backlog_max_seconds if settings.admission.enabled else None,
+            shed=metrics.admission.shed.labels("password"),
+        )
+    )
     auth = AuthService(settings, codec=codec, hashing=hashing, revocations=revocations, limiter=limiter)
     try:
         async with AsyncExitStack() as stack:
@@ -265,6 +274,7 @@ async def open_conversations(
                 tool_metrics=metrics.tools,
             )
         )
+        admission = TurnAdmission(settings.admission, metrics.admission)
         shared_events: SharedEventLog = (
             RedisEventLog(redis, settings.redis.key_prefix, settings.chat.run_events_ttl_seconds)
             if redis is not None
@@ -283,6 +293,7 @@ async def open_conversations(
             tracer=observability.tracer,
             budget=settings.budget,
             catalog=catalog,
+            admission=admission,
         )
         sweeper = RetentionSweeper(
             database,
@@ -291,7 +302,11 @@ async def open_conversations(
             history_path=history_file(settings) if memory is not None else None,
             removed=metrics.retention_removed,
         )
-        async with chat.serving(), sweeping(sweeper, enabled=settings.retention.enabled):
+        async with (
+            running(admission.watch_the_loop()),
+            chat.serving(),
+            sweeping(sweeper, enabled=settings.retention.enabled),
+        ):
             storage.notifications.subscribe(chat.cancellations())
             yield Conversations(chat, checkpoints, catalog, mcp)
     finally:

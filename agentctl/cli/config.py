@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Annotated
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from agentctl.cli.context import settings_of
-from agentctl.config import CONVENTIONAL_VARIABLES, Settings, iter_settings, variable_name
+from agentctl.cli.output import stdout_console
+from agentctl.config import CONVENTIONAL_VARIABLES, Settings, SettingsError, iter_settings, variable_name
 
 app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 
@@ -35,6 +37,70 @@ def show(
     for name, value, source, _ in rows:
         table.add_row(name, value, source)
     Console(width=max(120, Console().width)).print(table)
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Replicas sharing the database.")] = 1,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            min=1,
+            help="The database's max_connections; unset: asked of DATABASE_URL's server (PostgreSQL's default, 100, "
+            "for the embedded one).",
+        ),
+    ] = None,
+) -> None:
+    """Check the settings: production's rules, and that replicas x workers x pools fit the database's connections.
+    Exit 1 when something does not hold."""
+    from server.database.budget import DEFAULT_MAX_CONNECTIONS, DEFAULT_SUPERUSER_RESERVED, connection_budget
+
+    settings = settings_of(ctx)
+    limit, reserved, source = max_connections, DEFAULT_SUPERUSER_RESERVED, "--max-connections"
+    if limit is None and settings.database.url is not None:
+        limit, reserved = asyncio.run(_database_limits(settings.database.url.get_secret_value()))
+        source = "the database"
+    elif limit is None:
+        limit, source = DEFAULT_MAX_CONNECTIONS, "the embedded PostgreSQL's default"
+    budget = connection_budget(settings, replicas=replicas, max_connections=limit, superuser_reserved=reserved)
+    table = Table(title=f"database connections (max_connections from {source})", title_justify="left")
+    table.add_column("")
+    table.add_column("connections", justify="right")
+    for what, count in budget.lines():
+        table.add_row(what, count)
+    console = stdout_console()
+    console.print(table)
+    problems = settings.production_problems()
+    if not budget.fits:
+        problems.append(
+            f"{budget.needed} connections needed, {budget.available} available: lower "
+            f"{variable_name(('database', 'pool_max_size'))} to {budget.largest_pool_that_fits()} or less, run fewer "
+            "replicas or workers, or raise the database's max_connections"
+        )
+    for problem in problems:
+        typer.echo(f"agentctl: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"ok: {budget.needed} of {budget.available} connections with {replicas} replicas")
+
+
+async def _database_limits(url: str) -> tuple[int, int]:
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as error:
+        raise SettingsError(
+            [f"could not ask the database its max_connections ({type(error).__name__}); give --max-connections"]
+        ) from None
+    try:
+        limit = int(await connection.fetchval("SHOW max_connections"))
+        reserved = int(await connection.fetchval("SHOW superuser_reserved_connections"))
+    finally:
+        await connection.close()
+    return limit, reserved
 
 
 @app.command("reference")

@@ -109,7 +109,7 @@ class BrowserAuthController(Controller):
         "/register",
         status_code=201,
         opt={"rate_limit": RouteClass.REGISTER},
-        responses=problem_responses(409, 413, 422, 429),
+        responses=problem_responses(409, 413, 422, 429, 503),
     )
     async def register(
         self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService], refresh_cookie: RefreshCookie
@@ -122,7 +122,7 @@ class BrowserAuthController(Controller):
         "/login",
         status_code=200,
         opt={"rate_limit": RouteClass.LOGIN},
-        responses=problem_responses(401, 403, 413, 422, 429),
+        responses=problem_responses(401, 403, 413, 422, 429, 503),
     )
     async def login(
         self, data: JSONBody[LoginRequest], auth: NamedDependency[AuthService], refresh_cookie: RefreshCookie

@@ -6,14 +6,21 @@ import asyncio
 import os
 import re
 import secrets
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from prometheus_client.metrics import Counter as CounterChild
 
 from agentctl.config import AuthSettings, Settings
+from server.admission.service import OverloadedError
 from server.errors import AppError
 from server.threads import lower_thread_priority
+
+_T = TypeVar("_T")
 
 
 class WeakPasswordError(AppError):
@@ -70,7 +77,19 @@ class PasswordHashing:
     waited behind them (time to first token p99 12 s, `bench_loadtest.py concurrency`).
     """
 
-    def __init__(self, settings: AuthSettings, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        settings: AuthSettings,
+        *,
+        threads: int = 1,
+        backlog_max_seconds: float | None = None,
+        shed: CounterChild | None = None,
+    ) -> None:
+        self._threads = threads
+        self._backlog_max_seconds = backlog_max_seconds
+        self._shed = shed
+        self._pending = 0  # calls queued or running on the pool
+        self._seconds_per_call = 0.05  # a first guess, then a moving average of what calls took
         self._pool = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="argon2", initializer=lower_thread_priority
         )
@@ -82,12 +101,38 @@ class PasswordHashing:
         # Verified against when the email is unknown, so that both failures cost the same time.
         self._decoy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
+    @property
+    def backlog_seconds(self) -> float:
+        """How long a call made now would wait and run: the calls ahead of it, times the recent time of one, over the
+        threads."""
+        return (self._pending + 1) * self._seconds_per_call / self._threads
+
     async def hash(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._hasher.hash, password)
+        return await self._run(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True when ``password`` matches; with no hash (unknown user) it does the same work and says False."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._verify, password_hash, password)
+        return await self._run(self._verify, password_hash, password)
+
+    async def _run(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work`` on the pool; refused at once (503 overloaded) when the backlog is past its bound, rather than
+        queued behind calls that would take longer than a client waits."""
+        if self._backlog_max_seconds is not None and self.backlog_seconds > self._backlog_max_seconds:
+            if self._shed is not None:
+                self._shed.inc()
+            raise OverloadedError("too many sign-ups and sign-ins at once", self.backlog_seconds)
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, work, *args)
+        finally:
+            self._pending -= 1
+
+    def _timed(self, work: Callable[..., _T], *args: Any) -> _T:
+        started = time.perf_counter()
+        try:
+            return work(*args)
+        finally:  # one writer at a time per thread; a lost update only delays the average by one call
+            self._seconds_per_call += 0.1 * (time.perf_counter() - started - self._seconds_per_call)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

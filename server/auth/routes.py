@@ -112,7 +112,7 @@ class AuthController(Controller):
         "/register",
         status_code=201,
         opt={"rate_limit": RouteClass.REGISTER},
-        responses=problem_responses(409, 413, 422, 429),
+        responses=problem_responses(409, 413, 422, 429, 503),
     )
     async def register(self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService]) -> RegisterResponse:
         """Create an account and return its first access and refresh tokens."""
@@ -129,7 +129,7 @@ class AuthController(Controller):
         "/login",
         status_code=200,
         opt={"rate_limit": RouteClass.LOGIN},
-        responses=problem_responses(401, 403, 413, 422, 429),
+        responses=problem_responses(401, 403, 413, 422, 429, 503),
         operation_class=_LoginOperation,
     )
     async def login(self, request: Request, auth: NamedDependency[AuthService]) -> TokenPairResponse:

@@ -90,7 +90,7 @@ class ChatController(Controller):
         media_type=SSE_MEDIA_TYPE,
         response_description="Server-sent events, each with an id (run id:sequence) and a JSON object as data",
         opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
-        responses=problem_responses(401, 403, 404, 409, 413, 422, 429),
+        responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
     )
     async def chat_stream(
         self,

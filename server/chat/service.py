@@ -24,6 +24,7 @@ from langgraph.types import Command
 from loguru import logger
 
 from agentctl.config import AgentSettings, BudgetSettings, ChatSettings, MultitaskStrategy, OnDisconnect
+from server.admission.service import TurnAdmission, TurnSlot
 from server.agent.turn import TurnRecorder
 from server.budgets.service import Limits, ensure_within_budget, overrides_of
 from server.chat.events import HEARTBEAT, RunLog, SharedEventLog, TurnEvent
@@ -202,6 +203,7 @@ class _LocalRun:
     turn: TurnContext
     task: asyncio.Task[None]
     on_disconnect: str
+    slot: TurnSlot | None = None  # its place among the turns this worker runs at once
     keep_partial: bool = True  # False once rolled back: its partial answer leaves the history
     queued_behind: bool = True  # runs of its session wait for it to end (as far as its record told)
 
@@ -233,9 +235,11 @@ class ChatService:
         tracer: TurnTracer | None = None,
         budget: BudgetSettings | None = None,
         catalog: ToolCatalog | None = None,
+        admission: TurnAdmission | None = None,
     ) -> None:
         self._agent = agent
         self._catalog = catalog
+        self._admission = admission
         self._budget = budget
         # A conversation that is not stored runs on a checkpointer in memory, as its own thread, dropped once it ends:
         # the same graph, so tools and human questions work alike.
@@ -272,13 +276,44 @@ class ChatService:
     ) -> RunTicket:
         """Accept a message as a run: started at once in this worker when its session has no active run, else
         refused (409), queued, or queued after cancelling the active run, by ``strategy``. With every chat model's
-        circuit open, it is refused at once (503 with Retry-After) instead. Without a session, the run starts at once
-        on the conversation ``options.prior`` brings, and only its record is kept."""
+        circuit open, or this worker running all the turns it can (admission control), it is refused at once (503
+        with Retry-After) instead. Without a session, the run starts at once on the conversation ``options.prior``
+        brings, and only its record is kept."""
         self._llm.ensure_available("chat")
         if self._budget is not None:
             if budget_overrides is None:  # the caller did not read the user's row: read it now
                 budget_overrides = overrides_of(await get_user(owner_id))
             await ensure_within_budget(owner_id, self._budget, budget_overrides)
+        slot = await self._admission.take() if self._admission is not None else None
+        try:
+            return await self._accept(
+                owner_id=owner_id,
+                session_id=session_id,
+                text=text,
+                user_name=user_name,
+                streaming=streaming,
+                strategy=strategy,
+                on_disconnect=on_disconnect,
+                options=options,
+                slot=slot,
+            )
+        finally:
+            if slot is not None and not slot.handed_over:
+                slot.release()  # refused, or queued: a queued run takes a slot when it starts
+
+    async def _accept(
+        self,
+        *,
+        owner_id: uuid.UUID,
+        session_id: uuid.UUID | None,
+        text: str,
+        user_name: str | None,
+        streaming: bool,
+        strategy: MultitaskStrategy | None,
+        on_disconnect: OnDisconnect | None,
+        options: TurnOptions,
+        slot: TurnSlot | None,
+    ) -> RunTicket:
         strategy = strategy or self._chat.multitask_strategy
         on_disconnect = on_disconnect or self._chat.on_disconnect
         local = self._local_by_session.get(session_id) if session_id is not None else None
@@ -299,7 +334,7 @@ class ChatService:
             resumed=options.approval is not None,
         ):
             run = Claimed(run_id, session_id, owner_id, text, strategy, on_disconnect, options.fork_from)
-            self._launch(run, user_name, streaming, options)
+            self._launch(run, user_name, streaming, options, slot=slot)
             self._count("running", strategy)
             return RunTicket(run_id, session_id, "running", strategy, on_disconnect)
         if session_id is None:  # nothing else runs in a conversation of its own: only a lost insert gets here
@@ -375,8 +410,18 @@ class ChatService:
         return claimed.id
 
     def _launch(
-        self, claimed: Claimed, user_name: str | None, streaming: bool, options: TurnOptions = _NO_OPTIONS
+        self,
+        claimed: Claimed,
+        user_name: str | None,
+        streaming: bool,
+        options: TurnOptions = _NO_OPTIONS,
+        *,
+        slot: TurnSlot | None = None,
     ) -> None:
+        if slot is None and self._admission is not None:  # a queued run starting: admitted when it was accepted
+            slot = self._admission.take_now()
+        if slot is not None:
+            slot.handed_over = True
         recorder = TurnRecorder(
             user_name=user_name,
             streaming=streaming,
@@ -396,7 +441,7 @@ class ChatService:
             options=options,
         )
         task = asyncio.create_task(self._run_holding(turn), name=f"run-{claimed.id}")
-        local = _LocalRun(turn, task, claimed.on_disconnect)
+        local = _LocalRun(turn, task, claimed.on_disconnect, slot)
         self._local[claimed.id] = local
         if claimed.session_id is not None:
             self._local_by_session[claimed.session_id] = local
@@ -425,6 +470,8 @@ class ChatService:
                     await asyncio.shield(persisting)
             finally:
                 local = self._local.pop(turn.turn_id)
+                if local.slot is not None:
+                    local.slot.release()
                 if turn.session_id is None:
                     await self._unstored.adelete_thread(turn.thread_id)
                 elif (

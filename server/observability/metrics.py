@@ -355,6 +355,42 @@ class ToolMetrics:
         )
 
 
+class AdmissionMetrics:
+    """Admission control: the bound on turns running at once, who waits, what was refused, and the loop's lag."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.turn_limit = Gauge(
+            "agentctl_admission_turn_limit",
+            "Turns a worker runs at once at most, as it stands (adaptive unless fixed).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.turns_running = Gauge(
+            "agentctl_admission_turns_running",
+            "Turns running, counted against the bound.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.turns_waiting = Gauge(
+            "agentctl_admission_turns_waiting",
+            "Turns waiting for a free slot.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.loop_lag = Gauge(
+            "agentctl_event_loop_lag_seconds",
+            "How late the event loop runs a timer (moving average): the worker's congestion.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.shed = Counter(
+            "agentctl_admission_shed_total",
+            "Requests refused at once for overload (503 overloaded), by what: turn, password (sign-up and sign-in).",
+            ["what"],
+            registry=registry,
+        )
+
+
 class AppMetrics:
     """Every metric of one app, on one registry."""
 
@@ -367,6 +403,7 @@ class AppMetrics:
         self.memory = MemoryMetrics(self.registry)
         self.chat = ChatMetrics(self.registry)
         self.tools = ToolMetrics(self.registry)
+        self.admission = AdmissionMetrics(self.registry)
         self.retention_removed = Counter(
             "agentctl_retention_rows_removed_total",
             "Rows the retention sweeper removed, by kind (sessions, checkpoints, checkpoint_writes, checkpoint_blobs, "
