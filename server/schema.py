@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from agentctl.config import Settings
 from server.database.engine import Database, open_pool
+from server.database.pooler import ensure_sessions
 from server.errors import AppError
 from server.memory.collection import collection_dimensions, create_collection, dimensions_mismatch, memory_dimensions
 from server.tables import APP_CONFIG, APP_NAME
@@ -45,6 +46,8 @@ async def open_database(url: str, settings: Settings, *, schema: SchemaAction) -
     (``migrate``: what was done is in ``schema_changes``), required to be current (``require_current``:
     SchemaOutdatedError otherwise) or left as it is (``as_is``: to look at what is pending)."""
     async with open_pool(Database(url, settings.database, tables=APP_CONFIG.table_classes)) as database:
+        # Before anything else runs on it: a transaction pooler would break it in ways nobody could trace.
+        await ensure_sessions(url, connect_timeout=settings.database.connect_timeout_seconds)
         dimensions = memory_dimensions(settings)
         if schema == "migrate":
             database.schema_changes = await apply_migrations(database, dimensions)

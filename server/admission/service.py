@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import random
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,7 +42,9 @@ class OverloadedError(ServiceUnavailableError):
     code = "overloaded"
 
     def __init__(self, detail: str, retry_after: float) -> None:
-        seconds = max(1, min(_MAX_RETRY_AFTER_SECONDS, math.ceil(retry_after)))
+        # Spread over up to twice the expected wait: clients refused together must not all come back together.
+        spread = retry_after * (1 + random.random())
+        seconds = max(1, min(_MAX_RETRY_AFTER_SECONDS, math.ceil(spread)))
         super().__init__(f"{detail}; retry in {seconds} s", headers={"Retry-After": str(seconds)})
 
 
@@ -78,12 +81,24 @@ class TurnAdmission:
     def adaptive(self) -> bool:
         return self._settings.max_turns is None
 
+    def _expected_wait(self) -> float | None:
+        """How long a turn asking now would wait for a slot (None: it gets one at once)."""
+        if not self._settings.enabled or (self.running < int(self.limit) and not self._waiting):
+            return None
+        return (len(self._waiting) + 1) * self._turn_seconds / max(1.0, self.limit)
+
+    def refuse_if_saturated(self) -> None:
+        """OverloadedError when a turn asking now would be refused: said before its request is even read."""
+        expected = self._expected_wait()
+        if expected is not None and expected > self._settings.max_wait_seconds:
+            raise self._shed(expected)
+
     async def take(self) -> TurnSlot:
         """A slot for one turn, now or within ``max_wait_seconds``; OverloadedError (503) when none is expected
         in time."""
-        if not self._settings.enabled or (self.running < int(self.limit) and not self._waiting):
+        expected = self._expected_wait()
+        if expected is None:
             return self.take_now()
-        expected = (len(self._waiting) + 1) * self._turn_seconds / max(1.0, self.limit)
         if expected > self._settings.max_wait_seconds:
             raise self._shed(expected)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

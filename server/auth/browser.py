@@ -21,6 +21,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, Parameter
 
 from agentctl.config import Settings
+from server.admission.guards import refuse_sign_ins_when_hashing_is_backlogged
 from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.schemas import LoginRequest, RegisterRequest, Token
 from server.auth.service import AuthService, TokenPair
@@ -107,6 +108,7 @@ class BrowserAuthController(Controller):
 
     @post(
         "/register",
+        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=201,
         opt={"rate_limit": RouteClass.REGISTER},
         responses=problem_responses(409, 413, 422, 429, 503),
@@ -120,6 +122,7 @@ class BrowserAuthController(Controller):
 
     @post(
         "/login",
+        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=200,
         opt={"rate_limit": RouteClass.LOGIN},
         responses=problem_responses(401, 403, 413, 422, 429, 503),

@@ -114,13 +114,17 @@ class PasswordHashing:
         """True when ``password`` matches; with no hash (unknown user) it does the same work and says False."""
         return await self._run(self._verify, password_hash, password)
 
-    async def _run(self, work: Callable[..., _T], *args: Any) -> _T:
-        """``work`` on the pool; refused at once (503 overloaded) when the backlog is past its bound, rather than
-        queued behind calls that would take longer than a client waits."""
+    def refuse_if_backlogged(self) -> None:
+        """OverloadedError (503) when the backlog is past its bound: a call now would wait longer than a client."""
         if self._backlog_max_seconds is not None and self.backlog_seconds > self._backlog_max_seconds:
             if self._shed is not None:
                 self._shed.inc()
             raise OverloadedError("too many sign-ups and sign-ins at once", self.backlog_seconds)
+
+    async def _run(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work`` on the pool; refused at once when the backlog is past its bound, rather than queued behind calls
+        that would take longer than a client waits."""
+        self.refuse_if_backlogged()
         self._pending += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed, work, *args)

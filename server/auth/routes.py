@@ -10,6 +10,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Sche
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
+from server.admission.guards import refuse_sign_ins_when_hashing_is_backlogged
 from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.schemas import (
     EMAIL_MAX_LENGTH,
@@ -110,6 +111,7 @@ class AuthController(Controller):
 
     @post(
         "/register",
+        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=201,
         opt={"rate_limit": RouteClass.REGISTER},
         responses=problem_responses(409, 413, 422, 429, 503),
@@ -127,6 +129,7 @@ class AuthController(Controller):
 
     @post(
         "/login",
+        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=200,
         opt={"rate_limit": RouteClass.LOGIN},
         responses=problem_responses(401, 403, 413, 422, 429, 503),

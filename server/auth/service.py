@@ -63,6 +63,7 @@ class AuthService:
         self._settings = settings
         self.codec = codec
         self._hashing = hashing
+        self.refuse_if_hashing_backlogged = hashing.refuse_if_backlogged
         self._revocations = revocations
         self._limiter = limiter
 

@@ -14,6 +14,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEventMessage, Stream
 
 from agentctl.config import AgentSettings, MultitaskStrategy, OnDisconnect
+from server.admission.guards import refuse_turns_when_saturated
 from server.auth.dependencies import BEARER_SCHEME, NEW_SESSION_FOR_API_KEYS, SESSION_HEADER, provide_session_claims
 from server.auth.tokens import SessionClaims
 from server.chat.events import TurnEvent, as_json
@@ -61,6 +62,7 @@ class ChatController(Controller):
 
     @post(
         "/chat",
+        guards=[refuse_turns_when_saturated],
         status_code=200,
         opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
@@ -86,6 +88,7 @@ class ChatController(Controller):
 
     @post(
         "/chat/stream",
+        guards=[refuse_turns_when_saturated],
         status_code=200,
         media_type=SSE_MEDIA_TYPE,
         response_description="Server-sent events, each with an id (run id:sequence) and a JSON object as data",
@@ -122,6 +125,7 @@ class ChatController(Controller):
 
     @post(
         "/messages/{message_id:str}/edit",
+        guards=[refuse_turns_when_saturated],
         status_code=202,
         opt={"rate_limit": RouteClass.CHAT},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
@@ -143,6 +147,7 @@ class ChatController(Controller):
 
     @post(
         "/messages/{message_id:str}/regenerate",
+        guards=[refuse_turns_when_saturated],
         status_code=202,
         opt={"rate_limit": RouteClass.CHAT},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
@@ -175,6 +180,7 @@ class ChatController(Controller):
 
     @post(
         "/approval",
+        guards=[refuse_turns_when_saturated],
         status_code=202,
         opt={"rate_limit": RouteClass.CHAT},
         responses=problem_responses(401, 403, 404, 409, 422, 429, 503),
@@ -234,6 +240,7 @@ class RunsController(Controller):
 
     @post(
         "/",
+        guards=[refuse_turns_when_saturated],
         status_code=202,
         opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),

@@ -261,6 +261,11 @@ class ChatService:
     def settings(self) -> ChatSettings:
         return self._chat
 
+    def refuse_if_saturated(self) -> None:
+        """503 overloaded now, before a message is even read, when this worker would refuse it (admission control)."""
+        if self._admission is not None:
+            self._admission.refuse_if_saturated()
+
     async def submit(
         self,
         *,
