@@ -44,8 +44,10 @@ lint: $(VENV)/.installed-dev
 
 ## Local services the tests use: Redis (PostgreSQL is embedded), promtool for compose/'s alert rules, tmux,
 ## the terminal the interactive `agentctl chat` tests type into, Debian's Chromium, the browser the web page's
-## tests drive through Playwright (whose own browser download needs a network the tests do not assume), and Node.js
-## with npm, which run the official `openai` npm package against /v1.
+## tests drive through Playwright (whose own browser download needs a network the tests do not assume), Node.js
+## with npm, which run the official `openai` npm package against /v1, and Debian's nginx, the proxy in front of
+## `agentctl loadtest --simulate --replicas N` (started by it, unprivileged, never as a system service), and
+## PgBouncer, which the tests put in front of PostgreSQL to show that a transaction pooler is refused.
 services: | $(BIN)/python
 	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(REDIS_PORT)), 1)" 2>/dev/null \
 	|| { command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }; \
@@ -59,6 +61,10 @@ services: | $(BIN)/python
 	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
 	@{ command -v node && command -v npm; } >/dev/null \
 	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@test -x /usr/sbin/nginx \
+	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx; }
+	@test -x /usr/sbin/pgbouncer \
+	|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends pgbouncer; }
 
 ## Regenerate the README's configuration table from the settings.
 docs: $(VENV)/.installed

@@ -53,6 +53,14 @@ def loadtest(
     server_workers: Annotated[
         int, typer.Option("--server-workers", min=1, help="With --simulate: worker processes of the server.")
     ] = 2,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            "--replicas",
+            min=1,
+            help="With --simulate: servers sharing one PostgreSQL and Redis, behind nginx (compose/nginx/).",
+        ),
+    ] = 1,
     server_env: Annotated[
         list[str] | None,
         typer.Option("--server-env", metavar="NAME=VALUE", help="With --simulate: a setting of the server (repeat)."),
@@ -79,6 +87,8 @@ def loadtest(
     seconds = _parse_duration(duration)
     if simulate == (host is not None):
         raise _usage_error("give --host URL, or --simulate to load a server started here")
+    if replicas > 1 and not simulate:
+        raise _usage_error("--replicas starts servers of its own: give it with --simulate")
     if host is not None and not re.match(r"https?://[^/\s]+", host):
         raise _usage_error(f"--host: {host!r} is not an http:// or https:// URL")
     conditions = []
@@ -106,11 +116,21 @@ def loadtest(
             if simulate:
                 console.print(f"starting the LLM simulator (ttft {ttft_ms:g} ms, {tokens_per_second:g} tokens/s)")
                 deployment = stack.enter_context(
-                    SimulatedDeployment(run.folder, ttft_ms, tokens_per_second, server_workers, environment)
+                    SimulatedDeployment(
+                        run.folder, ttft_ms, tokens_per_second, server_workers, environment, replicas=replicas
+                    )
                 )
-                console.print(
-                    f"server on {deployment.base_url} ({server_workers} workers), simulator {deployment.model_url}"
-                )
+                if replicas == 1:
+                    console.print(
+                        f"server on {deployment.base_url} ({server_workers} workers), simulator {deployment.model_url}"
+                    )
+                else:
+                    console.print(
+                        f"nginx on {deployment.base_url} in front of {replicas} servers "
+                        f"({', '.join(deployment.replica_urls)}; {server_workers} workers each), "
+                        f"simulator {deployment.model_url}"
+                    )
+                    run.replica_urls = deployment.replica_urls
                 host = deployment.base_url
                 run.memory_probe, run.cpu_probe = deployment.memory_mb, deployment.cpu_seconds
             assert host is not None

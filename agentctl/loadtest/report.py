@@ -377,6 +377,10 @@ def print_report(report: Mapping[str, Any], console: Any) -> None:
         for name, values in deltas.items():
             shown = ", ".join(f"{label or 'all'} +{value:g}" for label, value in values.items()) or "+0"
             console.print(f"server {name.removeprefix('agentctl_')}: {shown}")
+    for replica in report["server"].get("replicas") or []:
+        served = replica["http_requests"]
+        shown = "not reachable" if served is None else ", ".join(f"{k} {v:g}" for k, v in served.items()) or "none"
+        console.print(f"replica {replica['url']}: HTTP requests served {shown}")
     memory = report["server"].get("memory_mb")
     if memory:
         console.print(

@@ -14,6 +14,7 @@ import csv
 import datetime
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ SIMULATED_SERVER_LIMITS = {
     "AGENTCTL_RATELIMIT__REGISTER_PER_IP": "100000000/hour",
     "AGENTCTL_RATELIMIT__LOGIN_PER_IP": "100000000/hour",
 }
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"  # `make services` starts it; replicas use it unless REDIS_URL is set
 LOCUST_GRACE_SECONDS = 60  # past --duration (and the users' stop timeout), Locust is killed
 STOP_TIMEOUT_SECONDS = 10  # users finish the request in flight (a stream) before Locust stops
 MEMORY_SAMPLE_SECONDS = 10
@@ -71,11 +73,37 @@ def _stop_process_group(process: subprocess.Popen[bytes], timeout: float) -> int
 # --- the simulated deployment --------------------------------------------------------------------------------
 
 
+@dataclass
+class Replica:
+    """One `agentctl serve` of the deployment: its port, data dir and log."""
+
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 class SimulatedDeployment:
-    """The LLM simulator and `agentctl serve` wired to it, on free loopback ports, in a temporary data dir."""
+    """The LLM simulator and `agentctl serve` wired to it, on free loopback ports, in a temporary data dir.
+
+    With ``replicas`` above 1: that many `agentctl serve`, sharing one PostgreSQL (DATABASE_URL's, else one embedded
+    server started here and migrated once), the local Redis (REDIS_URL's, else redis://127.0.0.1:6379/0, with a key
+    prefix of this run's own) and a JWT secret, behind nginx on loopback (agentctl.loadtest.proxy).
+    """
 
     def __init__(
-        self, folder: Path, ttft_ms: float, tokens_per_second: float, workers: int, environment: dict[str, str]
+        self,
+        folder: Path,
+        ttft_ms: float,
+        tokens_per_second: float,
+        workers: int,
+        environment: dict[str, str],
+        *,
+        replicas: int = 1,
     ) -> None:
         self.folder = folder
         self.simulator_args = ["--ttft-ms", f"{ttft_ms:g}", "--tokens-per-second", f"{tokens_per_second:g}"]
@@ -85,8 +113,22 @@ class SimulatedDeployment:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.model_url = ""
         self.data_dir = Path(tempfile.mkdtemp(prefix="agentctl-loadtest-", dir="/tmp"))
-        self.process: subprocess.Popen[bytes] | None = None
         self.simulator: Any = None
+        self.replicas = (
+            [Replica(self.port, self.data_dir, folder / "server.log")]
+            if replicas == 1
+            else [
+                Replica(free_loopback_port(), self.data_dir / f"replica-{index}", folder / f"server-{index}.log")
+                for index in range(replicas)
+            ]
+        )
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self.embedded_postgres: Any = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The first replica's serve process (the only one without --replicas)."""
+        return self.replicas[0].process
 
     def __enter__(self) -> SimulatedDeployment:
         from agentctl.simulator.process import RunningSimulator
@@ -94,7 +136,11 @@ class SimulatedDeployment:
         try:
             self.simulator = RunningSimulator(args=self.simulator_args)
             self.model_url = self.simulator.base_url
-            self._start_server()
+            if len(self.replicas) == 1:
+                self._start_servers({})
+            else:
+                self._start_servers(self._shared_environment())
+                self._start_proxy()
         except BaseException:
             self.__exit__()
             raise
@@ -115,49 +161,135 @@ class SimulatedDeployment:
         )
         return environ
 
-    def _start_server(self, timeout: float = 120) -> None:
-        self.process = start_serve(
-            self.data_dir, self.port, self.workers, self.environment(), self.folder / "server.log"
-        )
-        (self.folder / "server.pid").write_text(f"{self.process.pid}\n")  # for a profiler to attach to
+    def _shared_environment(self) -> dict[str, str]:
+        """What the replicas share: the database (migrated once, here), Redis under a prefix of this run, the JWT
+        secret, and nginx on loopback as the proxy whose X-Forwarded-For they believe."""
+        database_url = self.extra_environment.get("DATABASE_URL") or os.environ.get("DATABASE_URL")
+        if not database_url:
+            from server.database.embedded import EmbeddedPostgres
+
+            self.embedded_postgres = EmbeddedPostgres(self.data_dir)
+            database_url = self.embedded_postgres.url
+            migrate = subprocess.run(
+                [sys.executable, "-m", "agentctl", "migrate"],
+                cwd=self.data_dir,
+                env={**self.environment(), "DATABASE_URL": database_url},
+                capture_output=True,
+                timeout=300,
+            )
+            (self.folder / "migrate.log").write_bytes(migrate.stdout + migrate.stderr)
+            if migrate.returncode != 0:
+                raise LoadTestError(f"agentctl migrate failed; see {self.folder / 'migrate.log'}")
+        redis_url = self.extra_environment.get("REDIS_URL") or os.environ.get("REDIS_URL") or LOCAL_REDIS_URL
+        _require_redis(redis_url)
+        return {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "AGENTCTL_REDIS__KEY_PREFIX": f"loadtest-{self.folder.name}-{secrets.token_hex(3)}:",
+            "AGENTCTL_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+            "AGENTCTL_SERVER__TRUSTED_PROXIES": "127.0.0.1/32",
+            **{name: value for name, value in self.extra_environment.items() if name not in ("DATABASE_URL",)},
+        }
+
+    def _start_servers(self, shared: dict[str, str], timeout: float = 120) -> None:
+        for replica in self.replicas:
+            replica.data_dir.mkdir(parents=True, exist_ok=True)
+            environment = {**self.environment(), **shared, "AGENTCTL_DATA_DIR": str(replica.data_dir)}
+            replica.process = start_serve(replica.data_dir, replica.port, self.workers, environment, replica.log_path)
+        # for a profiler to attach to
+        (self.folder / "server.pid").write_text("".join(f"{replica.process.pid}\n" for replica in self.replicas))  # type: ignore[union-attr]
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LoadTestError(
-                    f"the server exited with {self.process.returncode}; see {self.folder / 'server.log'}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health/ready", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise LoadTestError(f"the server was not ready within {timeout:g} s; see {self.folder / 'server.log'}")
+        waiting = list(self.replicas)
+        while waiting and time.monotonic() < deadline:
+            for replica in list(waiting):
+                assert replica.process is not None
+                if replica.process.poll() is not None:
+                    raise LoadTestError(f"the server exited with {replica.process.returncode}; see {replica.log_path}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{replica.base_url}/health/ready", timeout=2).status_code == 200:
+                        waiting.remove(replica)
+            if waiting:
+                time.sleep(0.2)
+        if waiting:
+            raise LoadTestError(f"the server was not ready within {timeout:g} s; see {waiting[0].log_path}")
+
+    def _start_proxy(self) -> None:
+        from agentctl.loadtest.proxy import ProxyError, start_nginx, write_config
+
+        folder = self.folder / "nginx"
+        try:
+            config = write_config(
+                folder,
+                listen=f"127.0.0.1:{self.port}",
+                upstreams=[f"127.0.0.1:{replica.port}" for replica in self.replicas],
+            )
+            self.nginx = start_nginx(folder, config, self.base_url)
+        except ProxyError as error:
+            raise LoadTestError(str(error)) from None
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [replica.base_url for replica in self.replicas]
 
     def memory_mb(self) -> float | None:
-        """Resident memory of the server: the serve process and its workers (PostgreSQL not included)."""
-        if self.process is None or self.process.poll() is not None:
+        """Resident memory of the servers: every serve process and its workers (PostgreSQL not included)."""
+        running = [replica.process for replica in self.replicas if replica.process and replica.process.poll() is None]
+        if not running:
             return None
-        return round(sum(_rss_kib(pid) for pid in _process_tree(self.process.pid)) / 1024, 1)
+        return round(sum(_rss_kib(pid) for process in running for pid in _process_tree(process.pid)) / 1024, 1)
 
     def cpu_seconds(self) -> dict[str, float] | None:
-        """CPU time used so far by the server (serve and its workers), its PostgreSQL and the simulator."""
+        """CPU time used so far by the servers (every replica's serve and workers), PostgreSQL, the simulator and
+        nginx."""
         if self.process is None or self.process.poll() is not None:
             return None
-        roots = {"server": self.process.pid, "simulator": self.simulator.process.pid}
+        roots: dict[str, list[int]] = {
+            "server": [replica.process.pid for replica in self.replicas if replica.process is not None],
+            "simulator": [self.simulator.process.pid],
+        }
+        if self.nginx is not None:
+            roots["nginx"] = [self.nginx.pid]
         with contextlib.suppress(OSError, ValueError, IndexError):
             # The embedded PostgreSQL runs detached from serve; its postmaster is named in its data dir.
-            roots["postgres"] = int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-        trees = {name: _process_tree(pid) for name, pid in roots.items()}
+            postgres_dirs = [self.data_dir] + [replica.data_dir for replica in self.replicas]
+            for data_dir in postgres_dirs:
+                pid_file = data_dir / "postgres" / "postmaster.pid"
+                if pid_file.exists():
+                    roots["postgres"] = [int(pid_file.read_text().split()[0])]
+                    break
+        trees = {name: set().union(*(_process_tree(pid) for pid in pids)) for name, pids in roots.items()}
         if "postgres" in trees:
             trees["server"] -= trees["postgres"]
         return {name: round(sum(_cpu_seconds(pid) for pid in pids), 2) for name, pids in trees.items()}
 
     def __exit__(self, *_: object) -> None:
-        if self.process is not None:
-            exit_code = _stop_process_group(self.process, timeout=30)
-            (self.folder / "server.exit").write_text(f"{exit_code}\n")
+        if self.nginx is not None:
+            _stop_process_group(self.nginx, timeout=10)
+        for index, replica in enumerate(self.replicas):
+            if replica.process is not None:
+                exit_code = _stop_process_group(replica.process, timeout=30)
+                name = "server.exit" if len(self.replicas) == 1 else f"server-{index}.exit"
+                (self.folder / name).write_text(f"{exit_code}\n")
+        if self.embedded_postgres is not None:
+            self.embedded_postgres.stop()
         if self.simulator is not None:
             self.simulator.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _require_redis(url: str) -> None:
+    """Replicas share rate limits and revocations through Redis: say so at once when it does not answer."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        raise LoadTestError(
+            f"replicas need Redis and {url} does not answer ({type(error).__name__}); `make services` starts one"
+        ) from None
+    finally:
+        client.close()
 
 
 def start_serve(
@@ -226,6 +358,7 @@ class LoadTestRun:
     folder: Path
     memory_probe: Any = None
     cpu_probe: Any = None
+    replica_urls: list[str] = field(default_factory=list)  # behind a proxy: each replica's /metrics is read
     locust_cpu: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds, read while it runs
     memory_samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the run, MB)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -265,18 +398,20 @@ class LoadTestRun:
         return [master, *([*worker, *self.extra_arguments] for _ in range(self.processes))]
 
     def execute(self, host: str, console: Any, conditions: list[Any], *, simulated: bool) -> dict[str, Any]:
-        from agentctl.loadtest.report import scrape_counters
-
-        before = scrape_counters(host)
+        before_each = self._scrape_replicas(host)
+        before = _sum_counters(before_each)
         memory_start = self.memory_probe() if self.memory_probe else None
         cpu_start = self.cpu_probe() if self.cpu_probe else None
         began = time.monotonic()
         exit_codes = self._run_locust(host, console)
         wall = time.monotonic() - began
-        counters_after = scrape_counters(host)
+        after_each = self._scrape_replicas(host)
+        counters_after = _sum_counters(after_each)
         memory_end = self.memory_probe() if self.memory_probe else None
         cpu_end = self.cpu_probe() if self.cpu_probe else None
         report = self._report(host, conditions, before, counters_after, exit_codes, wall, simulated)
+        if self.replica_urls:
+            report["server"]["replicas"] = _replica_reports(self.replica_urls, before_each, after_each)
         if memory_start is not None and memory_end is not None:
             report["server"]["memory_mb"] = {"start": memory_start, "end": memory_end, "samples": self.memory_samples}
         if cpu_start is not None and cpu_end is not None:
@@ -285,6 +420,12 @@ class LoadTestRun:
             }
         (self.folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
+
+    def _scrape_replicas(self, host: str) -> list[dict[str, dict[str, float]] | None]:
+        """The server's counters: through ``host``, or from each replica when there are several behind a proxy."""
+        from agentctl.loadtest.report import scrape_counters
+
+        return [scrape_counters(url) for url in (self.replica_urls or [host])]
 
     def _run_locust(self, host: str, console: Any) -> list[int | None]:
         from rich.live import Live
@@ -434,6 +575,36 @@ class LoadTestRun:
                 "csv_prefix": str(self.folder / "locust"),
             },
         }
+
+
+def _sum_counters(each: list[dict[str, dict[str, float]] | None]) -> dict[str, dict[str, float]] | None:
+    """The counters of several replicas added up (those that did not answer left out); None if none answered."""
+    answered = [counters for counters in each if counters is not None]
+    if not answered:
+        return None
+    total: dict[str, dict[str, float]] = {}
+    for counters in answered:
+        for name, values in counters.items():
+            for label, value in values.items():
+                total.setdefault(name, {})[label] = total.get(name, {}).get(label, 0.0) + value
+    return total
+
+
+def _replica_reports(
+    urls: list[str],
+    before: list[dict[str, dict[str, float]] | None],
+    after: list[dict[str, dict[str, float]] | None],
+) -> list[dict[str, Any]]:
+    """Per replica: the HTTP requests it served during the run by status class (None if /metrics did not answer
+    at the start or the end, e.g. a replica that died)."""
+    from agentctl.loadtest.report import counter_deltas
+
+    replicas = []
+    for url, start, end in zip(urls, before, after, strict=True):
+        deltas = counter_deltas(start, end)
+        served = None if deltas is None else deltas.get("agentctl_http_requests_total", {})
+        replicas.append({"url": url, "http_requests": served, "reachable_at_end": end is not None})
+    return replicas
 
 
 def _csv_rows(path: Path) -> Iterator[dict[str, str]]:

