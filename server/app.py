@@ -15,6 +15,7 @@ from litestar.types import ControllerRouterHandler, Scope
 from agentctl import __version__
 from agentctl.config import Settings, SettingsError, load_settings
 from server.accounts.routes import AccountController
+from server.admission.middleware import admission_middleware
 from server.apikeys.routes import ApiKeyController
 from server.auth.browser import BrowserAuthController, RefreshCookie
 from server.auth.dependencies import BEARER_SCHEME, SESSION_HEADER
@@ -92,7 +93,11 @@ def create_app(settings: Settings) -> Litestar:
         ],
         lifespan=[build_lifespan(settings)],
         dependencies=SERVICES,
-        middleware=[DefineMiddleware(rate_limit_middleware, services=open_resources_of)],
+        # Admission first: a request refused for overload costs no token check and no Redis round trip.
+        middleware=[
+            DefineMiddleware(admission_middleware, services=open_resources_of),
+            DefineMiddleware(rate_limit_middleware, services=open_resources_of),
+        ],
         before_send=[
             add_request_id_header,
             security_headers_hook(settings, docs_path=OPENAPI_PATH, page_policies={PAGE_PATH: PAGE_CSP} if web else {}),

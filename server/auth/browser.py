@@ -21,7 +21,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, Parameter
 
 from agentctl.config import Settings
-from server.admission.guards import refuse_sign_ins_when_hashing_is_backlogged
+from server.admission.middleware import ADMISSION_OPTION
 from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.schemas import LoginRequest, RegisterRequest, Token
 from server.auth.service import AuthService, TokenPair
@@ -108,9 +108,8 @@ class BrowserAuthController(Controller):
 
     @post(
         "/register",
-        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=201,
-        opt={"rate_limit": RouteClass.REGISTER},
+        opt={ADMISSION_OPTION: "password", "rate_limit": RouteClass.REGISTER},
         responses=problem_responses(409, 413, 422, 429, 503),
     )
     async def register(
@@ -122,9 +121,8 @@ class BrowserAuthController(Controller):
 
     @post(
         "/login",
-        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=200,
-        opt={"rate_limit": RouteClass.LOGIN},
+        opt={ADMISSION_OPTION: "password", "rate_limit": RouteClass.LOGIN},
         responses=problem_responses(401, 403, 413, 422, 429, 503),
     )
     async def login(

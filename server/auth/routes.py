@@ -10,7 +10,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Sche
 from litestar.openapi.spec.enums import OpenAPIFormat, OpenAPIType
 from litestar.params import JSONBody
 
-from server.admission.guards import refuse_sign_ins_when_hashing_is_backlogged
+from server.admission.middleware import ADMISSION_OPTION
 from server.auth.dependencies import USER_TOKEN, provide_user_claims
 from server.auth.schemas import (
     EMAIL_MAX_LENGTH,
@@ -111,9 +111,8 @@ class AuthController(Controller):
 
     @post(
         "/register",
-        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=201,
-        opt={"rate_limit": RouteClass.REGISTER},
+        opt={ADMISSION_OPTION: "password", "rate_limit": RouteClass.REGISTER},
         responses=problem_responses(409, 413, 422, 429, 503),
     )
     async def register(self, data: JSONBody[RegisterRequest], auth: NamedDependency[AuthService]) -> RegisterResponse:
@@ -129,9 +128,8 @@ class AuthController(Controller):
 
     @post(
         "/login",
-        guards=[refuse_sign_ins_when_hashing_is_backlogged],
         status_code=200,
-        opt={"rate_limit": RouteClass.LOGIN},
+        opt={ADMISSION_OPTION: "password", "rate_limit": RouteClass.LOGIN},
         responses=problem_responses(401, 403, 413, 422, 429, 503),
         operation_class=_LoginOperation,
     )

@@ -14,7 +14,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEventMessage, Stream
 
 from agentctl.config import AgentSettings, MultitaskStrategy, OnDisconnect
-from server.admission.guards import refuse_turns_when_saturated
+from server.admission.middleware import ADMISSION_OPTION
 from server.auth.dependencies import BEARER_SCHEME, NEW_SESSION_FOR_API_KEYS, SESSION_HEADER, provide_session_claims
 from server.auth.tokens import SessionClaims
 from server.chat.events import TurnEvent, as_json
@@ -62,9 +62,8 @@ class ChatController(Controller):
 
     @post(
         "/chat",
-        guards=[refuse_turns_when_saturated],
         status_code=200,
-        opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
     )
     async def chat(
@@ -88,11 +87,10 @@ class ChatController(Controller):
 
     @post(
         "/chat/stream",
-        guards=[refuse_turns_when_saturated],
         status_code=200,
         media_type=SSE_MEDIA_TYPE,
         response_description="Server-sent events, each with an id (run id:sequence) and a JSON object as data",
-        opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
     )
     async def chat_stream(
@@ -125,9 +123,8 @@ class ChatController(Controller):
 
     @post(
         "/messages/{message_id:str}/edit",
-        guards=[refuse_turns_when_saturated],
         status_code=202,
-        opt={"rate_limit": RouteClass.CHAT},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
     )
     async def edit_message(
@@ -147,9 +144,8 @@ class ChatController(Controller):
 
     @post(
         "/messages/{message_id:str}/regenerate",
-        guards=[refuse_turns_when_saturated],
         status_code=202,
-        opt={"rate_limit": RouteClass.CHAT},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
     )
     async def regenerate_message(
@@ -180,9 +176,8 @@ class ChatController(Controller):
 
     @post(
         "/approval",
-        guards=[refuse_turns_when_saturated],
         status_code=202,
-        opt={"rate_limit": RouteClass.CHAT},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT},
         responses=problem_responses(401, 403, 404, 409, 422, 429, 503),
     )
     async def answer_approval(
@@ -240,9 +235,8 @@ class RunsController(Controller):
 
     @post(
         "/",
-        guards=[refuse_turns_when_saturated],
         status_code=202,
-        opt={"rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT, NEW_SESSION_FOR_API_KEYS: True},
         responses=problem_responses(401, 403, 404, 409, 413, 422, 429, 503),
     )
     async def create_run(

@@ -14,7 +14,7 @@ from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.response import Stream
 
 from agentctl.config import AgentSettings
-from server.admission.guards import refuse_turns_when_saturated
+from server.admission.middleware import ADMISSION_OPTION
 from server.apikeys.service import ApiKeyScope
 from server.auth.dependencies import SESSION_HEADER, USER_TOKEN, user_or_api_key
 from server.auth.tokens import TokenClaims
@@ -79,9 +79,8 @@ class OpenAIController(Controller):
 
     @post(
         "/chat/completions",
-        guards=[refuse_turns_when_saturated],
         status_code=200,
-        opt={"rate_limit": RouteClass.CHAT},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT},
         responses=openai_error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
     )
     async def chat_completions(
@@ -131,9 +130,8 @@ class OpenAIController(Controller):
 
     @post(
         "/responses",
-        guards=[refuse_turns_when_saturated],
         status_code=200,
-        opt={"rate_limit": RouteClass.CHAT},
+        opt={ADMISSION_OPTION: "turn", "rate_limit": RouteClass.CHAT},
         responses=openai_error_responses(401, 403, 404, 409, 413, 422, 429, 502, 503, 504),
     )
     async def create_response(

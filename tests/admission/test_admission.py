@@ -32,7 +32,7 @@ async def test_turns_beyond_the_bound_are_refused_at_once_when_no_slot_is_expect
     assert time.perf_counter() - began < 0.01
     assert refused.value.status == 503
     assert refused.value.code == "overloaded"
-    assert refused.value.headers["Retry-After"] == "1"
+    assert refused.value.headers["Retry-After"] in ("1", "2")  # the expected wait, spread up to twice it
     first.release()
     third = await gate.take()
     assert gate.running == 2
