@@ -33,8 +33,9 @@ from tests.compose.stack import (
     read_env_example,
 )
 
-SERVICES = {"app", "postgres", "redis", "prometheus", "grafana", "cadvisor"}
+SERVICES = {"app", "proxy", "postgres", "redis", "prometheus", "grafana", "cadvisor"}
 PINNED_IMAGES = {
+    "proxy": re.compile(r"^nginx:\d+\.\d+[\w.-]*$"),
     "postgres": re.compile(r"^pgvector/pgvector:pg16$"),
     "redis": re.compile(r"^redis:\d+\.\d+[\w.-]*$"),
     "prometheus": re.compile(r"^prom/prometheus:v\d+\.\d+\.\d+$"),
@@ -288,3 +289,21 @@ def test_the_files_the_image_copies_make_a_complete_wheel(tmp_path: Path) -> Non
         if "__pycache__" not in path.parts
     }
     assert source_modules <= names
+
+
+def test_clients_reach_the_app_through_the_proxy_with_the_loadtests_nginx_site() -> None:
+    """The proxy mounts the site config `agentctl loadtest --replicas` renders (one file for both), fills in only its
+    own names, and is the only published way in, so the app scales without a port clash."""
+    services = compose_stack()["services"]
+    proxy, app = services["proxy"], services["app"]
+    mounts = [volume.split(":") for volume in proxy["volumes"]]
+    assert [(source, target) for source, target, *_ in mounts] == [
+        ("./nginx/agentctl.conf.template", "/etc/nginx/templates/agentctl.conf.template")
+    ]
+    assert (COMPOSE_FILE.parent / "nginx" / "agentctl.conf.template").is_file()
+    assert proxy["environment"]["NGINX_ENVSUBST_FILTER"] == "^AGENTCTL_"
+    assert "server app:8000" in proxy["environment"]["AGENTCTL_UPSTREAM_SERVERS"]
+    assert proxy["depends_on"] == {"app": {"condition": "service_healthy"}}
+    assert "ports" not in app
+    assert app["expose"] == ["8000"]
+    assert "AGENTCTL_SERVER__TRUSTED_PROXIES" in app["environment"]
