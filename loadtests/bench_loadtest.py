@@ -153,6 +153,9 @@ def _parse_arguments() -> argparse.Namespace:
         "overhead with --weight chat=0 measures streamed turns only; --weight drop_rejoin=1 measures rejoins.",
     )
     parser.add_argument("--memory", action="store_true", help="Keep long-term memory on (off by default).")
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="NAME=VALUE", help="A setting of the server (repeat)."
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="overhead: skip py-spy.")
     parser.add_argument("--profile-after", type=float, default=20.0, help="Seconds into the run py-spy starts.")
     parser.add_argument("--profile-seconds", type=int, default=20, help="How long py-spy samples.")
@@ -173,6 +176,7 @@ def _parse_arguments() -> argparse.Namespace:
 
 def _loadtest_command(options: argparse.Namespace, mode: dict[str, Any], runs_dir: Path) -> list[str]:
     server_env = {**mode["server_env"], **({} if options.memory else {"AGENTCTL_MEMORY__ENABLED": "false"})}
+    server_env.update(pair.split("=", 1) for pair in options.server_env)
     scenario = ["--think-time", str(options.think_time)]
     for action, weight in options.weights.items():
         scenario += [f"--{action.replace('_', '-')}-weight", str(weight)]
@@ -237,7 +241,11 @@ def concurrency_results(run: dict[str, Any], options: argparse.Namespace) -> dic
     ttft = run["requests"]["time_to_first_token_ms"]
     ttft_p99 = max((entry["p99"] for entry in ttft if entry["p99"] is not None), default=None)
     shed_p99 = (total.get("shed_latency_ms") or {}).get("p99")
+    server_ttft = _bucket_quantiles(
+        (run["server"].get("counter_deltas") or {}).get("agentctl_chat_time_to_first_token_seconds_bucket", {})
+    )
     return {
+        "server_time_to_first_token_s_at_most": server_ttft,
         "requests": total["requests"],
         "failures": total["failures"],
         "shed": total.get("shed", 0),
@@ -259,6 +267,16 @@ def concurrency_results(run: dict[str, Any], options: argparse.Namespace) -> dic
             "shed requests: p99 refusal < 50 ms": shed_p99 is None or shed_p99 < 50,
         },
     }
+
+
+def _bucket_quantiles(cumulative: dict[str, float]) -> dict[str, float | None]:
+    """p50/p95/p99 as the upper bound of the histogram bucket each falls in (cumulative counts by `le`)."""
+    bounds = sorted(((float(le), count) for le, count in cumulative.items()), key=lambda item: item[0])
+    total = bounds[-1][1] if bounds else 0
+    quantiles: dict[str, float | None] = {}
+    for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        quantiles[name] = next((le for le, count in bounds if total and count >= fraction * total), None)
+    return quantiles
 
 
 def soak_results(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:

@@ -36,6 +36,9 @@ SERVER_COUNTERS = {
     # Whether memory kept up: recalls in time or past their budget, turns remembered or still queued at the end.
     "agentctl_memory_recalls_total": "outcome",
     "agentctl_memory_writes_total": "outcome",
+    # The server's own time to first token (cumulative buckets by upper bound): what the turns waited inside the
+    # server, apart from what the load generator added to its own measurements.
+    "agentctl_chat_time_to_first_token_seconds_bucket": "le",
 }
 
 
@@ -201,12 +204,10 @@ def scrape_counters(base_url: str) -> dict[str, dict[str, float]] | None:
         return None
     counters: dict[str, dict[str, float]] = {name: {} for name in SERVER_COUNTERS}
     for family in text_string_to_metric_families(response.text):
-        name = family.name if family.name in SERVER_COUNTERS else f"{family.name}_total"
-        if name not in SERVER_COUNTERS:
-            continue
         for sample in family.samples:
-            if sample.name != name:
-                continue  # _created samples
+            name = sample.name
+            if name not in SERVER_COUNTERS:
+                continue  # other metrics, _created samples
             label = sample.labels.get(SERVER_COUNTERS[name], "")
             if name == "agentctl_http_requests_total":
                 label = f"{label[:1]}xx" if label else ""
