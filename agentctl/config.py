@@ -502,7 +502,13 @@ class AdmissionSettings(_Section):
         description="Turns one worker runs at once, fixed. Unset: the bound adapts to the event loop's lag, between "
         "min_turns and max_turns_ceiling.",
     )
-    initial_turns: int = Field(default=8, ge=1, le=10_000, description="The adaptive bound's starting value.")
+    initial_turns: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="The adaptive bound's starting value: high, so that a burst on an idle worker is taken, and the "
+        "bound comes down only when the loop shows it cannot keep up.",
+    )
     min_turns: int = Field(default=4, ge=1, le=10_000, description="The adaptive bound never goes below this.")
     max_turns_ceiling: int = Field(
         default=1000, ge=1, le=10_000, description="The adaptive bound never goes above this."
@@ -510,8 +516,8 @@ class AdmissionSettings(_Section):
     target_loop_lag_ms: float = Field(
         default=10.0,
         gt=0,
-        description="Event-loop lag above which the adaptive bound shrinks (by a tenth per half second); below half "
-        "of it, with the bound in use, it grows by one.",
+        description="Event-loop lag above which the adaptive bound shrinks (by target/lag, between a tenth and a half, "
+        "per half second); below half of it, with the bound in use, it grows by a tenth (at least one).",
     )
     max_wait_seconds: float = Field(
         default=0.25,

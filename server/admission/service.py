@@ -6,12 +6,13 @@ every answer, but waited 5 s at p50 and 23 s at p99 for the first token).
 only if the slot is expected within ``max_wait_seconds`` (its place in the line, times the recent turn duration, over
 the limit); otherwise, or if the wait runs out, it is refused at once: 503, problem ``overloaded``, ``Retry-After``.
 
-**The limit adapts** (additive increase, multiplicative decrease) to the event loop's lag, sampled every 100 ms:
-lag is the one resource a worker can run out of made visible — every token relayed, every request parsed waits
-on the loop — and it rises before time to first token does. While the lag stays under its target and the limit is
-in use, the limit grows by one a step; when the lag passes the target, it shrinks by a tenth, at most once per
-step. A fixed capacity would be wrong in both directions: what a worker can hold depends on the model's speed,
-answer lengths, tools and memory, none known in advance. ``AGENTCTL_ADMISSION__MAX_TURNS`` fixes it instead.
+**The limit adapts** to the event loop's lag, sampled every 100 ms: lag is the one resource a worker can run out of
+made visible — every token relayed, every request parsed waits on the loop — and it rises before time to first
+token does. It starts high (a burst on an idle worker is taken); while the lag stays under half its target and the
+limit is in use, the limit grows by a tenth a step; when the lag passes the target, it shrinks by target/lag
+(between a tenth and a half), at most once per half-second step. A fixed capacity would be wrong in both
+directions: what a worker can hold depends on the model's speed, answer lengths, tools and memory, none known in
+advance. ``AGENTCTL_ADMISSION__MAX_TURNS`` fixes it instead.
 
 **Passwords.** Sign-up and sign-in hash on a small pool of their own; when its backlog (calls waiting times the recent
 time of one) passes ``hashing_backlog_max_seconds``, they are refused the same way, before queueing.
@@ -155,12 +156,15 @@ class TurnAdmission:
             return
         settings = self._settings
         target = settings.target_loop_lag_ms / 1000
+        limit = self.limit
         if self.lag_seconds > target:
-            self.limit = max(float(settings.min_turns), self.limit * 0.9)
-            self._last_change = now
+            # The further past the target, the harder the cut: a loop 10x late sheds half its turns at once.
+            factor = max(0.5, min(0.9, target / self.lag_seconds))
+            limit = max(float(settings.min_turns), self.limit * factor)
         elif self.lag_seconds < target / 2 and (self.running >= int(self.limit) or self._waiting):
-            self.limit = min(float(settings.max_turns_ceiling), self.limit + 1)
-            self._last_change = now
+            limit = min(float(settings.max_turns_ceiling), self.limit + max(1.0, self.limit * 0.1))
+        if limit != self.limit:  # a step counts only when it moved the bound (not one held at its floor or ceiling)
+            self.limit, self._last_change = limit, now
             self._wake()
         self._publish()
 

@@ -71,17 +71,20 @@ async def test_a_wait_that_runs_out_is_refused_and_a_cancelled_wait_leaks_no_slo
 
 
 async def test_the_bound_follows_the_event_loops_lag() -> None:
-    gate = admission(initial_turns=20, min_turns=4, max_turns_ceiling=22, target_loop_lag_ms=30)
+    gate = admission(initial_turns=20, min_turns=4, max_turns_ceiling=24, target_loop_lag_ms=30)
     slots = [await gate.take() for _ in range(20)]  # the bound is in use
-    gate.observe_lag(0.001, now=100)  # lag low and the bound in use: one more
-    assert gate.limit == 21
-    gate.observe_lag(0.001, now=101)  # the bound no longer in use: it stays
-    assert gate.limit == 21
-    for step in range(2):  # in use again: up to the ceiling, not beyond
-        slots.append(await gate.take())
-        gate.observe_lag(0.001, now=102 + step)
+    gate.observe_lag(0.001, now=100)  # lag low and the bound in use: a tenth more
     assert gate.limit == 22
-    for step in range(40):  # lag high: a tenth less a step, down to the floor
+    gate.observe_lag(0.001, now=101)  # the bound no longer in use: it stays
+    assert gate.limit == 22
+    for step in range(3):  # in use again: up to the ceiling, not beyond
+        slots.extend([await gate.take() for _ in range(int(gate.limit) - gate.running)])
+        gate.observe_lag(0.001, now=102 + step)
+    assert gate.limit == 24
+    for sample in range(10):  # just past the target (the lag's moving average gets there): a tenth less, once
+        gate.observe_lag(0.033, now=110 + sample / 100)
+    assert 21 < gate.limit < 24
+    for step in range(40):  # far past it: half a step, down to the floor
         gate.observe_lag(0.5, now=200 + step)
     assert gate.limit == 4
     gate.observe_lag(0.5, now=300)
