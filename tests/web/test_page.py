@@ -12,6 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from agentctl.simulator.process import RunningSimulator
 from server.web.routes import ASSETS_PATH, PAGE_CSP, PAGE_PATH, STATIC_DIR
@@ -309,7 +310,11 @@ def open_keys(page: Page) -> Locator:
     opener = page.get_by_role("button", name="API keys")
     if not opener.is_visible():
         page.get_by_role("button", name="Chats").click()
-    opener.click()
+    try:
+        opener.click(timeout=5000)
+    except PlaywrightTimeoutError:  # the drawer was closing as it was looked at (a loaded machine): open it again
+        page.get_by_role("button", name="Chats").click()
+        opener.click()
     dialog = page.get_by_role("dialog", name="API keys")
     expect(dialog).to_be_visible()
     expect(dialog.get_by_label("Name", exact=True)).to_be_focused()
