@@ -89,8 +89,16 @@ def test_a_killed_workers_live_gauges_leave_the_scrape(
 
 
 def _workers_of(parent: psutil.Process) -> list[int]:
-    """uvicorn's worker processes (spawned), not multiprocessing's resource tracker."""
-    return sorted(child.pid for child in parent.children() if "spawn_main" in " ".join(child.cmdline()))
+    """uvicorn's worker processes (spawned), not multiprocessing's resource tracker, nor a killed one not yet
+    reaped (a zombie has no command line to read)."""
+    workers = []
+    for child in parent.children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                workers.append(child.pid)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return sorted(workers)
 
 
 def _clients_of(pid: int, port: int) -> int:
