@@ -993,10 +993,6 @@ class ChatService:
             raise NoApprovalPendingError()
         return pending
 
-    async def history(self, session_id: uuid.UUID) -> list[dict[str, Any]]:
-        state = await self._agent.aget_state({"configurable": {"thread_id": str(session_id)}})
-        return [_as_dict(message) for message in state.values.get("messages", [])]
-
     async def clear(self, session_id: uuid.UUID) -> None:
         """Forget the conversation, checkpoints included."""
         checkpointer = self._agent.checkpointer

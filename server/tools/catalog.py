@@ -128,13 +128,7 @@ class ToolCatalog:
             return None
         return server
 
-    def entries(self) -> list[ToolEntry]:
-        return list(self._entries.values())
-
     def offered(self, *, approvals: bool) -> list[BaseTool]:
         """What the model is offered: every tool not denied, or with ``approvals`` false (nobody can answer one),
         only those that need no approval."""
         return self._offered[approvals]
-
-    def server_tools(self, server: str) -> list[ToolEntry]:
-        return list(self._servers.get(server, []))
