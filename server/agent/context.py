@@ -111,7 +111,7 @@ def trim_history(messages: Sequence[BaseMessage], *, max_tokens: int, count_toke
     """
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, not {max_tokens}")
-    history = _paired(messages)
+    history = paired_tool_calls(messages)
     system = history[:1] if history and isinstance(history[0], SystemMessage) else []
     rest = history[len(system) :]
     latest_user = _previous_question(rest, len(rest))
@@ -187,7 +187,7 @@ def _units(messages: list[BaseMessage]) -> list[list[BaseMessage]]:
     return units
 
 
-def _paired(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+def paired_tool_calls(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
     """``messages`` without tool calls that lack a result or results that lack their call."""
     paired: list[BaseMessage] = []
     index = 0

@@ -7,7 +7,7 @@ The model is offered the tools whose policy is not ``deny``; on a surface where 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -77,8 +77,15 @@ class ToolCatalog:
     """The tools of one worker: the built-ins, and each connected MCP server's (replaced when it reconnects, gone
     while it is down)."""
 
-    def __init__(self, settings: AgentSettings, built_ins: Iterable[BaseTool]) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        built_ins: Iterable[BaseTool],
+        *,
+        adapt: Callable[[ToolEntry], ToolEntry] | None = None,
+    ) -> None:
         self._settings = settings
+        self._adapt = adapt  # a replay swaps tools with side effects for stubs here, wherever they come from
         self._built_ins = [self._entry(tool, source="built-in", server=None) for tool in built_ins]
         self._servers: dict[str, list[ToolEntry]] = {}
         self._entries: dict[str, ToolEntry] = {}
@@ -88,7 +95,8 @@ class ToolCatalog:
     def _entry(self, tool: BaseTool, *, source: Literal["built-in", "mcp"], server: str | None) -> ToolEntry:
         interrupts = bool((tool.metadata or {}).get(INTERRUPTS_METADATA_KEY))
         rules = rules_for(self._settings, tool.name, server, interrupts=interrupts)
-        return ToolEntry(tool=tool, source=source, server=server, **asdict(rules))
+        entry = ToolEntry(tool=tool, source=source, server=server, **asdict(rules))
+        return self._adapt(entry) if self._adapt is not None else entry
 
     def set_server_tools(self, server: str, tools: Iterable[BaseTool]) -> list[str]:
         """Make ``tools`` (already named <server>__<tool>) the server's; returns the names of those left out (a
