@@ -1,7 +1,7 @@
 """`agentctl eval`: LLM-as-a-judge over recent conversations, as nightly scores and as a gate before a deploy.
 
-Exit codes: 0 scores written (or the window had no turns), 1 the gate failed (or the judge agreed too little with
-the labels), 2 a usage or configuration error.
+Exit codes: 0 scores or cases written (or the window had no turns), 1 the gate failed (or the judge agreed too
+little with the labels), 2 a usage or configuration error.
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ from agentctl.cli.output import SinceOption, UntilOption, operator_database, std
 from agentctl.config import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
+    from prometheus_client import CollectorRegistry
+
     from server.evaluation.agreement import Agreement, LabelledAnswer
+    from server.evaluation.dataset import DatasetExport
     from server.evaluation.definitions import EvalMetric
     from server.evaluation.judge import Judge
     from server.evaluation.report import EvalReport
     from server.evaluation.service import EvalOptions
     from server.evaluation.sources import TurnToJudge
+    from server.evaluation.window import Window
     from server.llm.registry import ModelRegistry
 
 app = typer.Typer(help="Judge recorded conversations with a model: scores, reports and a quality gate.")
@@ -184,6 +191,80 @@ def agreement(
             typer.echo(f"agentctl: {result.metric}: agreement {result.agreement} < {min_agreement:g}", err=True)
         if low:
             raise typer.Exit(1)
+
+
+@app.command("dataset")
+def dataset(
+    ctx: typer.Context,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="JSON Lines file of replay cases. It holds users' conversations: it is written readable by you only "
+            "(mode 0600); keep it so.",
+        ),
+    ],
+    since: SinceOption = "7d",
+    until: UntilOption = None,
+    sample: Annotated[
+        int | None, typer.Option("--sample", min=1, help="Export this many turns of the window, drawn at random.")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of --sample: the same window and seed, the same turns.")
+    ] = 0,
+    context_messages: Annotated[
+        int,
+        typer.Option("--context-messages", min=0, help="Messages of the conversation before each turn, at most."),
+    ] = 20,
+) -> None:
+    """Export recorded turns as replay cases for `agentctl eval replay`: each message with the conversation before
+    it and what the agent answered (tool calls, model, cost, latency). Resumed runs and turns retention is about to
+    delete are left out."""
+    from datetime import UTC, datetime
+
+    from server.evaluation.cases import write_cases
+    from server.evaluation.window import WindowError, parse_window
+    from server.observability.logging import configure_logging
+
+    settings = settings_of(ctx)
+    configure_logging(settings)
+    now = datetime.now(UTC)
+    try:
+        window = parse_window(since, until, now=now)
+    except WindowError as error:
+        usage_error(str(error))
+    export = asyncio.run(_export(settings, window, now=now, sample=sample, seed=seed, context=context_messages))
+    notes = [f"{export.skipped_resumed} resumed runs left out"]
+    if export.clamped_since is not None:
+        notes.append(f"window start moved to {export.clamped_since:%Y-%m-%d %H:%M:%S} UTC by retention")
+    if not export.cases:
+        typer.echo(f"no turns to export from {window.describe()} ({'; '.join(notes)}): nothing written")
+        return
+    try:
+        written = write_cases(output, export.cases)
+    except OSError as error:
+        usage_error(f"cannot write {output}: {error.strerror or error}")
+    context = f"context: {export.context_from_checkpoint} from checkpoints, {export.context_from_records} from records"
+    typer.echo(f"{written} cases written to {output} ({'; '.join([context, *notes])})")
+
+
+async def _export(
+    settings: Settings, window: Window, *, now: datetime, sample: int | None, seed: int, context: int
+) -> DatasetExport:
+    from server.evaluation.dataset import checkpoint_reader, export_cases
+
+    async with operator_database(settings) as database, checkpoint_reader(database.url) as checkpoints:
+        return await export_cases(
+            since=window.since,
+            until=window.until,
+            sample=sample,
+            seed=seed,
+            context_messages=context,
+            now=now,
+            turn_record_days=settings.retention.turn_record_days,
+            checkpoints=checkpoints,
+        )
 
 
 def _chosen_metrics(settings: Settings, names: list[str] | None) -> list[EvalMetric]:
@@ -353,16 +434,25 @@ def _write_json(path: Path, data: object) -> None:
 def _write_gauges(path: Path, result: EvalReport) -> None:
     from datetime import datetime
 
-    from prometheus_client import CollectorRegistry, write_to_textfile
-
     from server.evaluation.gauges import EvalGauges
 
+    def fill(registry: CollectorRegistry) -> None:
+        EvalGauges(registry).show(
+            run_id=result.run_id,
+            finished_at=datetime.fromisoformat(result.finished_at),
+            summary={name: summary.as_dict() for name, summary in result.metrics.items()},
+            gate_passed=result.gate.get("passed"),
+        )
+
+    write_textfile(path, fill)
+
+
+def write_textfile(path: Path, fill: Callable[[CollectorRegistry], None]) -> None:
+    """Gauges in the text format of node_exporter's textfile collector, for hosts that run evaluations without a
+    server: ``fill`` sets them on a registry of their own."""
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
     registry = CollectorRegistry()
-    EvalGauges(registry).show(
-        run_id=result.run_id,
-        finished_at=datetime.fromisoformat(result.finished_at),
-        summary={name: summary.as_dict() for name, summary in result.metrics.items()},
-        gate_passed=result.gate.get("passed"),
-    )
+    fill(registry)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)

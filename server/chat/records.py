@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from piccolo.columns.combination import Combinable
+
 from server.chat.tables import ChatTurn
 
 
@@ -20,16 +22,19 @@ class TurnRecord:
     trace_id: str | None
 
 
+def _answered() -> Combinable:
+    return (ChatTurn.status == "done") & (ChatTurn.output != "")
+
+
+def _answered_between(since: datetime, until: datetime) -> Combinable:
+    return (ChatTurn.created_at >= since) & (ChatTurn.created_at < until) & _answered()
+
+
 async def answered_turns(
     *, since: datetime, until: datetime, session_id: uuid.UUID | None = None, limit: int | None = None
 ) -> list[TurnRecord]:
     """Turns that ended with an answer in [since, until), newest first (``limit``: the newest that many)."""
-    where = (
-        (ChatTurn.created_at >= since)
-        & (ChatTurn.created_at < until)
-        & (ChatTurn.status == "done")
-        & (ChatTurn.output != "")
-    )
+    where = _answered_between(since, until)
     if session_id is not None:
         where &= ChatTurn.session == session_id
     query = (
@@ -53,6 +58,78 @@ async def answered_turns(
         )
         for row in await query
     ]
+
+
+@dataclass(frozen=True)
+class RecordedTurn:
+    """A turn record with what a replay case keeps of it: the answer, its tool calls, cost and checkpoints."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID | None  # None: an OpenAI-compatible request with no stored conversation
+    created_at: datetime
+    surface: str
+    input: str
+    output: str
+    tool_calls: list[dict[str, Any]]  # {name, arguments, status, result (its first 300 characters)}
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    start_checkpoint: str | None  # the conversation as the turn found it
+    checkpoint_id: str | None  # the conversation once the turn ended
+    previous_run: uuid.UUID | None
+
+
+async def turns_for_dataset(*, since: datetime, until: datetime) -> list[RecordedTurn]:
+    """New messages answered in [since, until), oldest first: resumed runs (an approval, an answer to the agent's
+    question) are left out, their input being no message of the user's."""
+    rows = (
+        await ChatTurn.select(
+            ChatTurn.id,
+            ChatTurn.session.as_alias("session_id"),
+            ChatTurn.created_at,
+            ChatTurn.surface,
+            ChatTurn.input,
+            ChatTurn.output,
+            ChatTurn.tool_calls,
+            ChatTurn.model,
+            ChatTurn.input_tokens,
+            ChatTurn.output_tokens,
+            ChatTurn.cost_usd,
+            ChatTurn.latency_ms,
+            ChatTurn.start_checkpoint,
+            ChatTurn.checkpoint_id,
+            ChatTurn.previous_run,
+        )
+        .where(_answered_between(since, until) & ChatTurn.resumed.eq(False) & (ChatTurn.input != ""))
+        .order_by(ChatTurn.created_at)
+        .order_by(ChatTurn.id)
+        .output(load_json=True)
+    )
+    return [RecordedTurn(**row) for row in rows]
+
+
+async def resumed_runs_between(*, since: datetime, until: datetime) -> int:
+    """Answered runs in [since, until) that resumed a paused turn rather than answering a new message."""
+    return await ChatTurn.count().where(_answered_between(since, until) & ChatTurn.resumed.eq(True))
+
+
+async def earlier_exchanges(session_id: uuid.UUID, *, before: datetime, limit: int) -> list[tuple[str, str]]:
+    """The session's newest ``limit`` (message, answer) pairs created before ``before``, oldest first: its
+    conversation as the turn records keep it (resumed runs left out, as above)."""
+    if limit <= 0:
+        return []
+    rows = (
+        await ChatTurn.select(ChatTurn.input, ChatTurn.output)
+        .where(
+            (ChatTurn.session == session_id) & (ChatTurn.created_at < before) & _answered() & ChatTurn.resumed.eq(False)
+        )
+        .order_by(ChatTurn.created_at, ascending=False)
+        .order_by(ChatTurn.id, ascending=False)
+        .limit(limit)
+    )
+    return [(row["input"], row["output"]) for row in reversed(rows)]
 
 
 async def turn_records_of(owner_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -141,3 +218,12 @@ async def usage_report(*, since: datetime, until: datetime, by: UsageGrouping) -
         )
         for row in rows
     ]
+
+
+async def existing_turn_ids(turn_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these turns are still recorded (not deleted with their user or session, nor by retention)."""
+    found: set[uuid.UUID] = set()
+    for start in range(0, len(turn_ids), 1000):
+        rows = await ChatTurn.select(ChatTurn.id).where(ChatTurn.id.is_in(turn_ids[start : start + 1000]))
+        found.update(row["id"] for row in rows)
+    return found

@@ -96,13 +96,21 @@ async def for_each_bounded(items: Sequence[T], concurrency: int, action: Callabl
             group.create_task(worker())
 
 
-def pick_turns(turns: list[TurnToJudge], *, sample: int | None, seed: int) -> list[TurnToJudge]:
-    """``sample`` turns drawn with ``seed`` (the same window and seed give the same turns), oldest first."""
-    ordered = sorted(turns, key=lambda turn: (turn.created_at, turn.key))
+def drawn_in_order(
+    items: Sequence[T], *, sample: int | None, seed: int, order: Callable[[T], tuple[datetime, str]]
+) -> list[T]:
+    """``sample`` of ``items`` drawn with ``seed`` (the same items and seed give the same draw), in ``order``
+    (all of them when ``sample`` is None or not smaller)."""
+    ordered = sorted(items, key=order)
     if sample is not None and sample < len(ordered):
         chosen = random.Random(seed).sample(range(len(ordered)), sample)
         ordered = [ordered[index] for index in sorted(chosen)]
     return ordered
+
+
+def pick_turns(turns: list[TurnToJudge], *, sample: int | None, seed: int) -> list[TurnToJudge]:
+    """``sample`` turns drawn with ``seed`` (the same window and seed give the same turns), oldest first."""
+    return drawn_in_order(turns, sample=sample, seed=seed, order=lambda turn: (turn.created_at, turn.key))
 
 
 class EvaluationService:
@@ -256,6 +264,7 @@ async def _earlier_scores(turns: list[TurnToJudge], metrics: list[EvalMetric]) -
                 column.is_in(keys[start : start + _LOOKUP_CHUNK])
                 & EvalScore.metric.is_in(list(versions))
                 & EvalScore.quality.is_not_null()
+                & EvalScore.side.is_null()  # a replay's scores judged other answers
             )
             for row in rows:
                 if versions[row["metric"]] != row["prompt_version"]:

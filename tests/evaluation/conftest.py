@@ -14,10 +14,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from langchain_core.messages import BaseMessage
+from langgraph.checkpoint.base import empty_checkpoint
 from typer.testing import CliRunner, Result
 
 from agentctl.cli import app
 from agentctl.simulator.process import RunningSimulator
+from server.evaluation.dataset import checkpoint_reader
 from tests.support import fetch_rows
 
 _WINDOWS = itertools.count()
@@ -80,6 +83,25 @@ class EvalWorld:
             return ids
         finally:
             await connection.close()
+
+    def put_checkpoint(self, messages: list[BaseMessage]) -> str:
+        """A checkpoint of the last session's conversation holding ``messages``, written by LangGraph's saver as the
+        agent writes one; its id (what a turn's start_checkpoint or checkpoint_id names)."""
+        return asyncio.run(self.put_checkpoint_async(messages))
+
+    async def put_checkpoint_async(self, messages: list[BaseMessage]) -> str:
+        async with checkpoint_reader(self.database_url) as saver:
+            checkpoint = empty_checkpoint()
+            versions: dict[str, str | int | float] = {"messages": saver.get_next_version(None, None)}
+            checkpoint["channel_values"] = {"messages": messages}
+            checkpoint["channel_versions"] = versions
+            config = await saver.aput(
+                {"configurable": {"thread_id": str(self.session_id), "checkpoint_ns": ""}},
+                checkpoint,
+                {"source": "loop", "step": 1, "parents": {}},
+                versions,
+            )
+        return str(config["configurable"]["checkpoint_id"])
 
     def rows(self, query: str, *args: object) -> list[asyncpg.Record]:
         return fetch_rows(self.database_url, query, *args)
