@@ -664,6 +664,14 @@ class EvalSettings(_Section):
         "agentctl (prompts/evals).",
     )
     concurrency: int = Field(default=8, ge=1, le=256, description="Judge calls `agentctl eval` makes at once.")
+    pairwise_prompt: Path | None = Field(
+        default=None,
+        description="The pairwise judge's instructions for `agentctl eval replay` (which of two answers is better); "
+        "unset: prompts/pairwise.md shipped with agentctl.",
+    )
+    replay_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Cases `agentctl eval replay` answers and judges at once."
+    )
     judge_attempts: int = Field(
         default=2, ge=1, le=10, description="Tries per judgement when the judge's answer is not valid; then a failure."
     )

@@ -40,7 +40,7 @@ from server.database.embedded import database_url
 from server.database.engine import Database, ping_checkpoint_pool
 from server.database.notifications import DatabaseNotifications
 from server.errors import DatabaseUnavailableError
-from server.evaluation.gauges import EvalGauges, refresh_periodically
+from server.evaluation.gauges import EvalGauges, ReplayGauges, refresh_periodically
 from server.health.service import Dependency, ReadinessProbe
 from server.llm.health import ModelProbes
 from server.llm.registry import ModelRegistry
@@ -318,7 +318,8 @@ async def open_conversations(
 async def open_evaluation_gauges(settings: Settings, metrics: AppMetrics) -> AsyncIterator[None]:
     """The latest `agentctl eval` run, as gauges on /metrics (read from eval_runs, whoever ran it)."""
     gauges = EvalGauges(metrics.registry)
-    async with running(refresh_periodically(gauges, settings.evals.gauge_refresh_seconds)):
+    replay_gauges = ReplayGauges(metrics.registry)
+    async with running(refresh_periodically(gauges, replay_gauges, settings.evals.gauge_refresh_seconds)):
         yield
 
 

@@ -7,7 +7,7 @@ from server.apikeys.tables import ApiKey
 from server.auth.tables import RefreshToken, RevokedToken
 from server.budgets.tables import UserUsage
 from server.chat.tables import ChatRunEvents, ChatTurn
-from server.evaluation.tables import EvalRun, EvalScore
+from server.evaluation.tables import EvalPairwise, EvalReplayAnswer, EvalRun, EvalScore
 from server.memory.tables import MemoryErasure
 from server.sessions.tables import ChatSession
 from server.users.tables import User
@@ -27,6 +27,8 @@ APP_CONFIG = AppConfig(
         ChatRunEvents,
         EvalRun,
         EvalScore,
+        EvalReplayAnswer,
+        EvalPairwise,
         MemoryErasure,
         UserUsage,
     ],

@@ -15,6 +15,7 @@ from agentctl.cli import llm as llm_commands
 from agentctl.cli import loadtest as loadtest_commands
 from agentctl.cli import migrate as migrate_commands
 from agentctl.cli import models as models_commands
+from agentctl.cli import replay as replay_commands
 from agentctl.cli import retention as retention_commands
 from agentctl.cli import serve as serve_commands
 from agentctl.cli import tools as tools_commands
@@ -59,6 +60,7 @@ app.command(name="loadtest", cls=loadtest_commands.LoadTestCommand)(loadtest_com
 app.command(name="usage", cls=PlainUsageErrors)(usage_commands.usage)
 app.add_typer(config_commands.app, name="config")
 app.add_typer(llm_commands.app, name="llm")
+eval_commands.app.command("replay")(replay_commands.replay)
 app.add_typer(eval_commands.app, name="eval")
 app.add_typer(users_commands.app, name="users")
 app.add_typer(retention_commands.app, name="retention")

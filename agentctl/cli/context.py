@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -38,3 +41,20 @@ def settings_of(ctx: typer.Context) -> Settings:
     """The settings for this invocation: flags over environment over .env files over defaults."""
     state = state_of(ctx)
     return load_settings(state.overrides, override_labels=state.labels)
+
+
+def variant_settings(
+    ctx: typer.Context, *, prompts_dir: Path | None, models_file: Path | None, variables: dict[str, str]
+) -> Settings:
+    """This invocation's settings with another agent configuration over them: a prompts folder, a models file and
+    settings as environment variables (what `agentctl eval replay` compares). Raises SettingsError."""
+    state = state_of(ctx)
+    overrides = copy.deepcopy(state.overrides)
+    labels = dict(state.labels)
+    if prompts_dir is not None:
+        overrides.setdefault("agent", {})["prompts_dir"] = prompts_dir.absolute()
+        labels["agent.prompts_dir"] = "--prompts"
+    if models_file is not None:
+        overrides.setdefault("llm", {})["models_file"] = models_file.absolute()
+        labels["llm.models_file"] = "--models"
+    return load_settings(overrides, override_labels=labels, environ={**os.environ, **variables})

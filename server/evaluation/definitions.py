@@ -87,9 +87,14 @@ def parse_metric_file(path: Path, raw: bytes) -> EvalMetric:
         higher_is_better=front.higher_is_better,
         threshold=front.threshold,
         instructions=instructions,
-        prompt_version=hashlib.sha256(raw).hexdigest()[:PROMPT_VERSION_LENGTH],
+        prompt_version=prompt_version_of(raw),
         path=path,
     )
+
+
+def prompt_version_of(raw: bytes) -> str:
+    """A judge prompt's version: a hash of its file, so that any edit starts a new series of verdicts."""
+    return hashlib.sha256(raw).hexdigest()[:PROMPT_VERSION_LENGTH]
 
 
 def read_metrics(directory: Path) -> dict[str, EvalMetric]:

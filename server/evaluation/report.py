@@ -86,26 +86,31 @@ def percentile(ordered: list[float], fraction: float) -> float:
 
 def parse_gate(spec: str | None, known: set[str]) -> dict[str, float]:
     """``relevancy=0.7,toxicity=0.9`` as {metric: lowest acceptable mean quality}."""
+    return parse_bounds(spec, known, flag="--fail-under", shape="METRIC=THRESHOLD, such as relevancy=0.7")
+
+
+def parse_bounds(spec: str | None, known: set[str], *, flag: str, shape: str) -> dict[str, float]:
+    """A gate's ``NAME=VALUE,...`` as {name: value}, each value in 0..1 and each name one of ``known``; a
+    GateSpecError names the ``flag`` and what is wrong."""
     if not spec:
         return {}
-    gate: dict[str, float] = {}
+    bounds: dict[str, float] = {}
     for part in (piece.strip() for piece in spec.split(",")):
         if not part:
             continue
-        name, equals, value = part.partition("=")
-        name = name.strip()
+        name, equals, value = (piece.strip() for piece in part.partition("="))
         if not equals:
-            raise GateSpecError(f"--fail-under: {part!r} must be METRIC=THRESHOLD, such as relevancy=0.7")
+            raise GateSpecError(f"{flag}: {part!r} must be {shape}")
         try:
-            threshold = float(value)
+            bound = float(value)
         except ValueError:
-            raise GateSpecError(f"--fail-under: {value.strip()!r} is not a number (for {name})") from None
-        if not 0 <= threshold <= 1:
-            raise GateSpecError(f"--fail-under: {name}={threshold:g} is outside 0..1 (quality: higher is better)")
+            raise GateSpecError(f"{flag}: {value!r} is not a number (for {name})") from None
+        if not 0 <= bound <= 1:
+            raise GateSpecError(f"{flag}: {name}={bound:g} is outside 0..1")
         if name not in known:
-            raise GateSpecError(f"--fail-under: {name!r} is not a metric of this run ({', '.join(sorted(known))})")
-        gate[name] = threshold
-    return gate
+            raise GateSpecError(f"{flag}: {name!r} is not a metric of this run ({', '.join(sorted(known))})")
+        bounds[name] = bound
+    return bounds
 
 
 def gate_failures(summaries: dict[str, MetricSummary], gate: dict[str, float]) -> list[str]:

@@ -47,3 +47,43 @@ class EvalScore(TimestampedTable, tablename="eval_scores"):
     reasoning = Text(default="")
     error = Text(null=True, default=None)
     latency_ms = DoublePrecision(default=0.0)
+    # A replay's scores (`agentctl eval replay`): the case and which answer (baseline or candidate) was judged.
+    # Null for the scores of recorded turns, which only those are reused from.
+    case_key = Varchar(length=200, null=True, default=None)
+    side = Varchar(length=16, null=True, default=None)
+
+
+class EvalReplayAnswer(TimestampedTable, tablename="eval_replay_answers"):
+    """One side's answer to one case of a replay, kept so that an interrupted replay resumes where it stopped.
+    A case from a recorded turn references it: deleting the turn (the user, retention) deletes what it led to."""
+
+    id = UUID(primary_key=True)
+    run = ForeignKey(EvalRun, on_delete=OnDelete.cascade, null=False, index=True)
+    turn = ForeignKey(ChatTurn, on_delete=OnDelete.cascade, null=True, default=None)
+    case_key = Varchar(length=200, null=False)
+    side = Varchar(length=16, null=False)  # baseline, candidate
+    answer = Text(default="")
+    status = Varchar(length=16, null=False)  # done, asked (the agent asked the user), error
+    error = Text(null=True, default=None)
+    model = Varchar(length=200, null=True, default=None)
+    input_tokens = Integer(default=0)
+    output_tokens = Integer(default=0)
+    cost_usd = DoublePrecision(null=True, default=None)
+    latency_ms = DoublePrecision(null=True, default=None)
+    tool_calls = JSONB(default=[])
+
+
+class EvalPairwise(TimestampedTable, tablename="eval_pairwise"):
+    """The pairwise judge's verdict on one case in one order (which answer it saw first), or its failure."""
+
+    id = UUID(primary_key=True)
+    run = ForeignKey(EvalRun, on_delete=OnDelete.cascade, null=False, index=True)
+    turn = ForeignKey(ChatTurn, on_delete=OnDelete.cascade, null=True, default=None)
+    case_key = Varchar(length=200, null=False)
+    first = Varchar(length=16, null=False)  # the side shown as answer A: baseline or candidate
+    winner = Varchar(length=16, null=True, default=None)  # baseline, candidate, tie; null: a judge failure
+    prompt_version = Varchar(length=64, null=False)
+    judge_model = Varchar(length=200, null=True, default=None)
+    reasoning = Text(default="")
+    error = Text(null=True, default=None)
+    latency_ms = DoublePrecision(default=0.0)
