@@ -426,8 +426,12 @@ def _agreement_table(results: dict[str, Agreement]) -> Table:
     return table
 
 
-def _write_json(path: Path, data: object) -> None:
+def _write_json(path: Path, data: object, *, private: bool = False) -> None:
+    """``private``: it quotes users' conversations, so only its owner may read it (as a dataset file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # a file that was there already
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 

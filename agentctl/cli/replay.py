@@ -194,7 +194,7 @@ def replay(
     )
     _print(result)
     path = report or settings.data_dir / "evals" / f"replay-{result.run_id}.json"
-    _write_json(path, result.as_dict())
+    _write_json(path, result.as_dict(), private=True)  # the worst cases quote users' messages
     resumed = " (resumed)" if result.resumed else ""
     typer.echo(f"replay {result.run_id}{resumed}: {result.cases} cases, report {path}")
     if metrics_file is not None:

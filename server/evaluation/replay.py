@@ -33,6 +33,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from agentctl.config import Settings
@@ -41,6 +42,7 @@ from server.evaluation.cases import CaseMessage, RecordedToolCall, ReplayCase
 from server.llm.service import ModelStreamError
 from server.tools.approvals import is_approval
 from server.tools.catalog import ToolCatalog, ToolEntry
+from server.tools.runner import describe_error
 
 ReplayStatus = Literal["done", "asked", "error"]
 _REPLAY_REJECTION = (
@@ -298,6 +300,9 @@ class InProcessReplayer:
         except (ModelStreamError, AppError) as failure:
             status = "error"
             error = failure.detail if isinstance(failure, AppError) else str(failure)
+        except Exception as failure:  # one case that breaks the agent must not end a replay of hundreds
+            logger.opt(exception=failure).warning("replaying case {} failed", case.id)
+            status, error = "error", describe_error(failure)
         finally:
             _current_case.reset(token)
             await self._checkpointer.adelete_thread(thread_id)

@@ -199,14 +199,18 @@ class ReplayService:
             )
             answers[side] = answer
         context = conversation_text(case)
-        jobs = [
-            self._score(run_id, case, turn, side, metric, answers[side], context)
-            for metric in options.metrics
-            for side in SIDES
-            if not done.scored(case.id, side, metric.name)
-        ]
+        # The same answer on both sides gets one verdict for both: a judge's noise cannot make a change of nothing.
+        baseline, candidate = answers["baseline"], answers["candidate"]
+        same = baseline.answer == candidate.answer and baseline.status == candidate.status
+        jobs = []
+        for metric in options.metrics:
+            sides = [side for side in SIDES if not done.scored(case.id, side, metric.name)]
+            groups = [sides] if same else [[side] for side in sides]
+            jobs += [
+                self._score(run_id, case, turn, group, metric, answers[group[0]], context) for group in groups if group
+            ]
         jobs += [
-            self._prefer(run_id, case, turn, first, answers, context, options)
+            self._prefer(run_id, case, turn, first, answers, context, options, same=same)
             for first in SIDES
             if not done.preferred(case.id, first)
         ]
@@ -224,33 +228,37 @@ class ReplayService:
         run_id: uuid.UUID,
         case: ReplayCase,
         turn: uuid.UUID | None,
-        side: Side,
+        sides: list[Side],
         metric: EvalMetric,
         answer: ReplayedAnswer,
         context: str,
     ) -> None:
+        """Judge ``answer`` by ``metric`` and store the verdict for each of ``sides`` (both when they gave it)."""
         if answer.status == "error":  # no answer: the lowest quality, without asking the judge
             lowest = 0.0 if metric.higher_is_better else 1.0
             verdict = Verdict(lowest, f"no answer: {answer.error}", None, None, 0.0)
         else:
             verdict = await self._judge.judge(metric, user_message=case.input, answer=answer.answer, context=context)
             if verdict.error:
-                logger.debug("judge failure on case {} ({}) for {}: {}", case.id, side, metric.name, verdict.error)
+                logger.debug("judge failure on case {} ({}) for {}: {}", case.id, sides, metric.name, verdict.error)
         await EvalScore.insert(
-            EvalScore(
-                id=uuid.uuid4(),
-                run=run_id,
-                turn=turn,
-                case_key=case.id,
-                side=side,
-                metric=metric.name,
-                prompt_version=metric.prompt_version,
-                judge_model=verdict.judge_model,
-                score=verdict.score,
-                quality=metric.quality(verdict.score) if verdict.score is not None else None,
-                reasoning=verdict.reasoning,
-                error=verdict.error,
-                latency_ms=verdict.latency_ms,
+            *(
+                EvalScore(
+                    id=uuid.uuid4(),
+                    run=run_id,
+                    turn=turn,
+                    case_key=case.id,
+                    side=side,
+                    metric=metric.name,
+                    prompt_version=metric.prompt_version,
+                    judge_model=verdict.judge_model,
+                    score=verdict.score,
+                    quality=metric.quality(verdict.score) if verdict.score is not None else None,
+                    reasoning=verdict.reasoning,
+                    error=verdict.error,
+                    latency_ms=verdict.latency_ms,
+                )
+                for side in sides
             )
         )
 
@@ -263,11 +271,15 @@ class ReplayService:
         answers: dict[Side, ReplayedAnswer],
         context: str,
         options: ReplayOptions,
+        *,
+        same: bool,
     ) -> None:
         second: Side = "candidate" if first == "baseline" else "baseline"
         failed = {side for side, answer in answers.items() if answer.status == "error"}
         winner: str | None
-        if failed:  # an answer that failed loses without a judge (both failed: a tie)
+        if same:
+            winner, reasoning, error, model, latency = "tie", "the same answer", None, None, 0.0
+        elif failed:  # an answer that failed loses without a judge (both failed: a tie)
             winner = "tie" if len(failed) == 2 else ("B" if first in failed else "A")
             reasoning, error, model, latency = "an answer failed", None, None, 0.0
         else:

@@ -122,6 +122,7 @@ def test_a_worse_candidate_is_found_and_fails_the_gate(world: EvalWorld, tmp_pat
     assert candidate_usage["models"] == ["default"]
     assert candidate_usage["input_tokens"] > 0
     assert report["gate"]["passed"] is False
+    assert sorted(world.data_dir.glob("replay-*.json"))[0].stat().st_mode & 0o777 == 0o600  # quotes users
 
     run_id = uuid.UUID(report["run_id"])
     [run] = world.rows(
@@ -182,6 +183,12 @@ def test_an_identical_candidate_passes(world: EvalWorld, tmp_path: Path) -> None
         by_case.setdefault(row["case_key"], {})[row["side"]] = row["answer"]
     assert len(by_case) == 4
     assert all(sides["baseline"] == sides["candidate"] != "" for sides in by_case.values())
+    # The same answer is judged once for both sides, and ties without a pairwise judge: no noise, no cost.
+    run_id = uuid.UUID(report["run_id"])
+    verdicts = world.rows("SELECT winner, judge_model FROM eval_pairwise WHERE run = $1", run_id)
+    assert {(row["winner"], row["judge_model"]) for row in verdicts} == {("tie", None)}
+    scores = world.rows("SELECT case_key, metric, side, quality FROM eval_scores WHERE run = $1", run_id)
+    assert len(scores) == 16
 
 
 def test_the_pairwise_judge_is_asked_in_both_orders_so_position_bias_cancels(world: EvalWorld, tmp_path: Path) -> None:
