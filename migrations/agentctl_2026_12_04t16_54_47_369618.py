@@ -1,14 +1,6 @@
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.columns.base import OnDelete
-from piccolo.columns.base import OnUpdate
-from piccolo.columns.column_types import DoublePrecision
-from piccolo.columns.column_types import ForeignKey
-from piccolo.columns.column_types import Integer
-from piccolo.columns.column_types import JSONB
-from piccolo.columns.column_types import Text
-from piccolo.columns.column_types import Timestamptz
-from piccolo.columns.column_types import UUID
-from piccolo.columns.column_types import Varchar
+from piccolo.columns.base import OnDelete, OnUpdate
+from piccolo.columns.column_types import JSONB, UUID, DoublePrecision, ForeignKey, Integer, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.columns.defaults.uuid import UUID4
 from piccolo.columns.indexes import IndexMethod
@@ -45,15 +37,11 @@ class EvalRun(Table, tablename="eval_runs", schema=None):
 
 ID = "2026-12-04T16:54:47:369618"
 VERSION = "1.38.0"
-DESCRIPTION = (
-    "replay answers, pairwise verdicts, and the case and side of replay scores"
-)
+DESCRIPTION = "replay answers, pairwise verdicts, and the case and side of replay scores"
 
 
 async def forwards():
-    manager = MigrationManager(
-        migration_id=ID, app_name="agentctl", description=DESCRIPTION
-    )
+    manager = MigrationManager(migration_id=ID, app_name="agentctl", description=DESCRIPTION)
 
     manager.add_table(
         class_name="EvalPairwise",
