@@ -24,6 +24,7 @@ class TurnRecorder:
     model_options: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature: within the model's bounds
     finish_reason: str | None = None  # why the model's last answer ended (stop, length)
     start_checkpoint: str | None = None  # the checkpoint the turn started from (what an edit of it forks from)
+    first_of_conversation: bool = False  # it read the conversation and found nothing before it
     parent_run: uuid.UUID | None = None  # the turn before it on its branch
     resumed: bool = False  # it answers the agent's question (ask_human) or approval rather than saying something new
     approvals: bool = True  # someone can answer a tool's approval (not so on the OpenAI-compatible API)

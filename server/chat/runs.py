@@ -127,6 +127,7 @@ class RunOutcome:
     trace_id: str | None
     last_event: int
     start_checkpoint: str | None = None
+    first_of_conversation: bool = False  # it started from nothing: its thread's first checkpoint is its start
     parent_run: uuid.UUID | None = None
     resumed: bool = False
 
@@ -239,9 +240,11 @@ class RunStore:
             "cached_tokens = $10, cost_usd = $11, time_to_first_token_ms = $12, latency_ms = $13, trace_id = $14, "
             "last_event = $15, finished_at = now(), lease_until = NULL, "
             # A conversation's first run starts from nothing: its thread's first checkpoint (LangGraph's input step,
-            # before anything was said) is where an edit of its message forks from.
-            "start_checkpoint = COALESCE(start_checkpoint, $16, (SELECT checkpoint_id FROM checkpoints "
-            "WHERE thread_id = chat_turns.session::text AND checkpoint_ns = '' ORDER BY checkpoint_id LIMIT 1)), "
+            # before anything was said) is where an edit of its message forks from. Only that run's: one that failed
+            # before it could read the conversation (the database down) started from nowhere, and is nobody's sibling.
+            "start_checkpoint = COALESCE(start_checkpoint, $16, CASE WHEN $19 THEN (SELECT checkpoint_id FROM "
+            "checkpoints WHERE thread_id = chat_turns.session::text AND checkpoint_ns = '' ORDER BY checkpoint_id "
+            "LIMIT 1) END), "
             "previous_run = COALESCE(previous_run, $17), "
             "resumed = $18, "
             # One run of a session at a time, and checkpoint ids grow with time: the newest is this run's last.
@@ -274,6 +277,7 @@ class RunStore:
             outcome.start_checkpoint,
             outcome.parent_run,
             outcome.resumed,
+            outcome.first_of_conversation,
         )
         return queued is not False  # None: the row is gone (its session deleted)
 

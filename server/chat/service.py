@@ -743,6 +743,7 @@ class ChatService:
             resuming = bool(state.interrupts)
             recorder.resumed = resuming
             recorder.start_checkpoint = state.config.get("configurable", {}).get("checkpoint_id")
+            recorder.first_of_conversation = recorder.start_checkpoint is None
             recorder.parent_run = _last_question_id(state.values.get("messages", []))
             approval = turn.options.approval
             if approval is not None and not any(pending.id == approval.interrupt_id for pending in state.interrupts):
@@ -878,6 +879,7 @@ class ChatService:
             trace_id=turn.trace.trace_id,
             last_event=len(turn.log.events) + events_to_come,
             start_checkpoint=recorder.start_checkpoint,
+            first_of_conversation=recorder.first_of_conversation,
             parent_run=recorder.parent_run,
             resumed=recorder.resumed,
         )
