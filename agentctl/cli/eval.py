@@ -217,6 +217,14 @@ def dataset(
         int,
         typer.Option("--context-messages", min=0, help="Messages of the conversation before each turn, at most."),
     ] = 20,
+    exclude_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-user",
+            help="Leave out this account's turns, by email or id (repeatable): the account `eval replay --server` "
+            "runs as, test accounts.",
+        ),
+    ] = None,
 ) -> None:
     """Export recorded turns as replay cases for `agentctl eval replay`: each message with the conversation before
     it and what the agent answered (tool calls, model, cost, latency). Resumed runs and turns retention is about to
@@ -234,7 +242,9 @@ def dataset(
         window = parse_window(since, until, now=now)
     except WindowError as error:
         usage_error(str(error))
-    export = asyncio.run(_export(settings, window, now=now, sample=sample, seed=seed, context=context_messages))
+    export = asyncio.run(
+        _export(settings, window, now=now, sample=sample, seed=seed, context=context_messages, excluded=exclude_user)
+    )
     notes = [f"{export.skipped_resumed} resumed runs left out"]
     if export.clamped_since is not None:
         notes.append(f"window start moved to {export.clamped_since:%Y-%m-%d %H:%M:%S} UTC by retention")
@@ -250,11 +260,23 @@ def dataset(
 
 
 async def _export(
-    settings: Settings, window: Window, *, now: datetime, sample: int | None, seed: int, context: int
+    settings: Settings,
+    window: Window,
+    *,
+    now: datetime,
+    sample: int | None,
+    seed: int,
+    context: int,
+    excluded: list[str] | None,
 ) -> DatasetExport:
     from server.evaluation.dataset import checkpoint_reader, export_cases
+    from server.users.service import UserNotFoundError, find_user
 
     async with operator_database(settings) as database, checkpoint_reader(database.url) as checkpoints:
+        try:
+            excluded_owners = [(await find_user(account)).id for account in excluded or []]
+        except UserNotFoundError as error:
+            usage_error(f"--exclude-user: {error.detail}")
         return await export_cases(
             since=window.since,
             until=window.until,
@@ -264,6 +286,7 @@ async def _export(
             now=now,
             turn_record_days=settings.retention.turn_record_days,
             checkpoints=checkpoints,
+            excluded_owners=excluded_owners,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -81,9 +82,15 @@ class RecordedTurn:
     previous_run: uuid.UUID | None
 
 
-async def turns_for_dataset(*, since: datetime, until: datetime) -> list[RecordedTurn]:
+async def turns_for_dataset(
+    *, since: datetime, until: datetime, excluded_owners: Sequence[uuid.UUID] = ()
+) -> list[RecordedTurn]:
     """New messages answered in [since, until), oldest first: resumed runs (an approval, an answer to the agent's
-    question) are left out, their input being no message of the user's."""
+    question) are left out, their input being no message of the user's, and so are the turns of
+    ``excluded_owners`` (the account replays run as)."""
+    where = _answered_between(since, until) & ChatTurn.resumed.eq(False) & (ChatTurn.input != "")
+    if excluded_owners:
+        where &= ChatTurn.owner.not_in(list(excluded_owners))
     rows = (
         await ChatTurn.select(
             ChatTurn.id,
@@ -102,7 +109,7 @@ async def turns_for_dataset(*, since: datetime, until: datetime) -> list[Recorde
             ChatTurn.checkpoint_id,
             ChatTurn.previous_run,
         )
-        .where(_answered_between(since, until) & ChatTurn.resumed.eq(False) & (ChatTurn.input != ""))
+        .where(where)
         .order_by(ChatTurn.created_at)
         .order_by(ChatTurn.id)
         .output(load_json=True)

@@ -59,6 +59,7 @@ async def export_cases(
     now: datetime,
     turn_record_days: float | None,
     checkpoints: BaseCheckpointSaver[Any] | None,
+    excluded_owners: Sequence[uuid.UUID] = (),
 ) -> DatasetExport:
     """The answered turns of [since, until) as replay cases, oldest first (``sample`` of them drawn with ``seed``),
     each with at most ``context_messages`` messages of the conversation before it."""
@@ -71,7 +72,7 @@ async def export_cases(
         return export
     export.skipped_resumed = await resumed_runs_between(since=since, until=until)
     turns = drawn_in_order(
-        await turns_for_dataset(since=since, until=until),
+        await turns_for_dataset(since=since, until=until, excluded_owners=excluded_owners),
         sample=sample,
         seed=seed,
         order=lambda turn: (turn.created_at, str(turn.id)),

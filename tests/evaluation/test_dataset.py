@@ -91,6 +91,22 @@ def test_a_deleted_users_or_sessions_turns_are_never_exported(world: EvalWorld) 
     assert [case.turn_id for case in _cases(world)] == kept
 
 
+def test_the_replay_accounts_turns_are_left_out_when_asked(world: EvalWorld) -> None:
+    replays = world.add_turns([("a replayed question", "a replayed answer")])
+    tester = world.add_turns([("a test", "tested")])
+    kept = world.add_turns([("a user's question", "an answer")])
+    [replayer] = world.rows(
+        "SELECT u.email FROM users u JOIN chat_turns t ON t.owner = u.id WHERE t.id = $1", replays[0]
+    )
+    [testing] = world.rows("SELECT owner FROM chat_turns WHERE id = $1", tester[0])
+    cases = _cases(world, "--exclude-user", replayer["email"].upper(), "--exclude-user", str(testing["owner"]))
+    assert [case.turn_id for case in cases] == kept
+    result, path = _export(world, "--exclude-user", "nobody@example.com")
+    assert result.exit_code == 2
+    assert result.output.strip() == "agentctl: --exclude-user: no user with the email or id 'nobody@example.com'"
+    assert not path.exists()
+
+
 def test_retention_moves_the_window_start_to_what_it_keeps(world: EvalWorld) -> None:
     """The world's turns are from 2001: a retention of 30 days is about to delete all of them."""
     world.add_turns([("old question", "old answer")])
