@@ -22,7 +22,7 @@ import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -65,9 +65,6 @@ class ReplayedAnswer:
     cost_usd: float | None = 0.0
     latency_ms: float | None = 0.0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def recorded_answer(case: ReplayCase) -> ReplayedAnswer:
