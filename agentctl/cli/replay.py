@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -139,8 +140,10 @@ def replay(
     for folder in (prompts, baseline_prompts):
         if folder is not None and not (folder / "system.md").is_file():
             usage_error(f"{folder} has no system.md: a prompts folder holds the agent's system.md")
-    candidate = _variant(ctx, "candidate", prompts, models, settings_pairs) if server is None else settings
-    baseline = _variant(ctx, "baseline", baseline_prompts, baseline_models, baseline_settings)
+    candidate_spec = _SideSpec("candidate", prompts, models, settings_pairs or [], tool_stubs, server)
+    baseline_spec = _SideSpec("baseline", baseline_prompts, baseline_models, baseline_settings or [], tool_stubs, None)
+    candidate = candidate_spec.settings(ctx) if server is None else settings
+    baseline = baseline_spec.settings(ctx) if replays_baseline else None
     stubs = None
     if tool_stubs is not None:
         try:
@@ -158,30 +161,27 @@ def replay(
         pairwise_text = pairwise_raw.decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
         usage_error(f"pairwise judge prompt {pairwise_path}: cannot be read: {error}")
+    pairwise_version = prompt_version_of(pairwise_raw)
     digest = dataset_digest(cases)
     description = {
         "dataset": str(dataset),
         "dataset_digest": digest,
-        "candidate": _described(prompts, models, settings_pairs, tool_stubs, server),
-        "baseline": _described(baseline_prompts, baseline_models, baseline_settings, tool_stubs, None)
-        if replays_baseline
-        else "recorded",
+        "candidate": candidate_spec.described(),
+        "baseline": baseline_spec.described() if replays_baseline else "recorded",
     }
     fingerprint = hashlib.sha256()
     for part in (
         digest,
-        _content_digest(prompts, models, settings_pairs, tool_stubs, server),
-        _content_digest(baseline_prompts, baseline_models, baseline_settings, tool_stubs, None)
-        if replays_baseline
-        else "recorded",
+        candidate_spec.content_digest(),
+        baseline_spec.content_digest() if replays_baseline else "recorded",
         *(f"{m.name}:{m.prompt_version}" for m in metrics),
-        prompt_version_of(pairwise_raw),
+        pairwise_version,
     ):
         fingerprint.update(part.encode() + b"\x00")
     options = ReplayOptions(
         metrics=metrics,
         pairwise_instructions=pairwise_text,
-        pairwise_version=prompt_version_of(pairwise_raw),
+        pairwise_version=pairwise_version,
         fingerprint=fingerprint.hexdigest(),
         description=description,
         concurrency=concurrency or settings.evals.replay_concurrency,
@@ -189,9 +189,7 @@ def replay(
         seed=seed,
         fresh=fresh,
     )
-    result = asyncio.run(
-        _replay(settings, options, cases, candidate, baseline if replays_baseline else None, stubs, server)
-    )
+    result = asyncio.run(_replay(settings, options, cases, candidate, baseline, stubs, server))
     _print(result)
     path = report or settings.data_dir / "evals" / f"replay-{result.run_id}.json"
     _write_json(path, result.as_dict(), private=True)  # the worst cases quote users' messages
@@ -208,58 +206,63 @@ def replay(
         typer.echo("gate passed: " + ", ".join(f"{name}={value:g}" for name, value in gate.items()))
 
 
-def _variant(
-    ctx: typer.Context, side: str, prompts: Path | None, models: Path | None, pairs: list[str] | None
-) -> Settings:
-    variables = {}
-    for pair in pairs or []:
-        name, equals, value = pair.partition("=")
-        if not equals or not name.strip():
-            usage_error(f"--{'baseline-' if side == 'baseline' else ''}settings {pair!r} must be NAME=VALUE")
-        variables[name.strip()] = value
-    try:
-        return variant_settings(ctx, prompts_dir=prompts, models_file=models, variables=variables)
-    except SettingsError as error:
-        usage_error(f"the {side}'s settings: {error.problems[0]}")
+@dataclass(frozen=True)
+class _SideSpec:
+    """One side of the comparison as the flags give it: a prompts folder, a models file, settings as NAME=VALUE
+    (over this invocation's settings), the tool stubs, or a server."""
+
+    name: str  # candidate or baseline
+    prompts: Path | None
+    models: Path | None
+    pairs: list[str]
+    stubs: Path | None
+    server: str | None
+
+    def settings(self, ctx: typer.Context) -> Settings:
+        variables = {}
+        for pair in self.pairs:
+            key, equals, value = pair.partition("=")
+            if not equals or not key.strip():
+                flag = "--baseline-settings" if self.name == "baseline" else "--settings"
+                usage_error(f"{flag} {pair!r} must be NAME=VALUE")
+            variables[key.strip()] = value
+        try:
+            return variant_settings(ctx, prompts_dir=self.prompts, models_file=self.models, variables=variables)
+        except SettingsError as error:
+            usage_error(f"the {self.name}'s settings: {error.problems[0]}")
+
+    def described(self) -> dict[str, object]:
+        """What the side is, for the record: paths and setting names, never setting values (they may be keys)."""
+        return {
+            "prompts": str(self.prompts) if self.prompts else None,
+            "models": str(self.models) if self.models else None,
+            "settings": sorted(pair.partition("=")[0].strip() for pair in self.pairs),
+            "tool_stubs": str(self.stubs) if self.stubs else None,
+            "server": self.server,
+        }
+
+    def content_digest(self) -> str:
+        """What the side's configuration holds (files' contents, settings' values), hashed: an unfinished replay
+        resumes only into the same comparison."""
+        hasher = hashlib.sha256()
+        files = sorted(p for p in self.prompts.rglob("*") if p.is_file()) if self.prompts else []
+        files += [p for p in (self.models, self.stubs) if p is not None]
+        for path in files:
+            hasher.update(str(path).encode() + b"\x00")
+            try:
+                hasher.update(path.read_bytes())
+            except OSError as error:
+                usage_error(f"{path}: cannot be read: {error.strerror or error}")
+        for pair in sorted(self.pairs):
+            hasher.update(pair.encode() + b"\x00")
+        hasher.update((self.server or "").encode())
+        return hasher.hexdigest()
 
 
 def _pairwise_prompt(settings: Settings) -> Path:
     from agentctl.resources import prompts_dir
 
     return settings.evals.pairwise_prompt or prompts_dir() / "pairwise.md"
-
-
-def _described(
-    prompts: Path | None, models: Path | None, pairs: list[str] | None, stubs: Path | None, server: str | None
-) -> dict[str, object]:
-    """What a side is, for the record: paths and setting names, never setting values (they may be keys)."""
-    return {
-        "prompts": str(prompts) if prompts else None,
-        "models": str(models) if models else None,
-        "settings": sorted(pair.partition("=")[0].strip() for pair in pairs or []),
-        "tool_stubs": str(stubs) if stubs else None,
-        "server": server,
-    }
-
-
-def _content_digest(
-    prompts: Path | None, models: Path | None, pairs: list[str] | None, stubs: Path | None, server: str | None
-) -> str:
-    """What a side's configuration holds (files' contents, settings' values), hashed: an unfinished replay resumes
-    only into the same comparison."""
-    hasher = hashlib.sha256()
-    files = sorted(p for p in prompts.rglob("*") if p.is_file()) if prompts else []
-    files += [p for p in (models, stubs) if p is not None]
-    for path in files:
-        hasher.update(str(path).encode() + b"\x00")
-        try:
-            hasher.update(path.read_bytes())
-        except OSError as error:
-            usage_error(f"{path}: cannot be read: {error.strerror or error}")
-    for pair in sorted(pairs or []):
-        hasher.update(pair.encode() + b"\x00")
-    hasher.update((server or "").encode())
-    return hasher.hexdigest()
 
 
 async def _replay(

@@ -13,6 +13,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from server.errors import AppError
 
 CASE_ID_MAX_CHARS = 200
+ReplayStatus = Literal["done", "asked", "error"]
 
 
 class DatasetError(AppError):
@@ -108,6 +110,21 @@ class ReplayCase(_Strict):
 
     def as_line(self) -> str:
         return json.dumps(self.model_dump(mode="json", exclude_none=True), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class ReplayedAnswer:
+    """What one side answered to one case, with what it cost."""
+
+    answer: str
+    status: ReplayStatus
+    error: str | None = None
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = 0.0
+    latency_ms: float | None = 0.0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_cases(path: Path) -> list[ReplayCase]:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from server.evaluation.cases import ReplayedAnswer
 from server.evaluation.report import parse_bounds, percentile
 
 PAIRWISE = "pairwise"  # the gate's name for the win rate
@@ -174,20 +175,20 @@ def summarise_pairwise(
     )
 
 
-def summarise_usage(rows: list[dict[str, Any]]) -> SideUsage:
-    """One side's answers (rows of eval_replay_answers): errors, cost, tokens and latency."""
-    costs = [row["cost_usd"] for row in rows]
-    latencies = sorted(row["latency_ms"] for row in rows if row["latency_ms"] is not None)
+def summarise_usage(answers: list[ReplayedAnswer]) -> SideUsage:
+    """One side's answers: errors, cost, tokens and latency."""
+    costs = [answer.cost_usd for answer in answers]
+    latencies = sorted(answer.latency_ms for answer in answers if answer.latency_ms is not None)
     return SideUsage(
-        answers=len(rows),
-        errors=sum(row["status"] == "error" for row in rows),
-        asked=sum(row["status"] == "asked" for row in rows),
-        cost_usd=round(math.fsum(costs), 6) if rows and all(cost is not None for cost in costs) else None,
-        input_tokens=sum(row["input_tokens"] for row in rows),
-        output_tokens=sum(row["output_tokens"] for row in rows),
+        answers=len(answers),
+        errors=sum(answer.status == "error" for answer in answers),
+        asked=sum(answer.status == "asked" for answer in answers),
+        cost_usd=round(math.fsum(c for c in costs if c is not None), 6) if answers and None not in costs else None,
+        input_tokens=sum(answer.input_tokens for answer in answers),
+        output_tokens=sum(answer.output_tokens for answer in answers),
         latency_p50_ms=round(percentile(latencies, 0.5), 1) if latencies else None,
         latency_p95_ms=round(percentile(latencies, 0.95), 1) if latencies else None,
-        models=sorted({row["model"] for row in rows if row["model"]}),
+        models=sorted({answer.model for answer in answers if answer.model}),
     )
 
 

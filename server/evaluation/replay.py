@@ -22,9 +22,9 @@ import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import httpx
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
@@ -37,34 +37,19 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from agentctl.config import Settings
+from server.agent.turn import TurnRecorder
 from server.errors import AppError
-from server.evaluation.cases import CaseMessage, RecordedToolCall, ReplayCase
+from server.evaluation.cases import CaseMessage, RecordedToolCall, ReplayCase, ReplayedAnswer, ReplayStatus
 from server.llm.service import ModelStreamError
 from server.tools.approvals import is_approval
 from server.tools.catalog import ToolCatalog, ToolEntry
 from server.tools.runner import describe_error
 
-ReplayStatus = Literal["done", "asked", "error"]
 _REPLAY_REJECTION = (
     "not run: this is a replay of a recorded conversation and nobody is here to approve the call; answer without it"
 )
 _SERVER_ATTEMPTS = 5  # tries per case when the server sheds load (429, 503 with Retry-After)
 _SERVER_RETRY_CAP_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class ReplayedAnswer:
-    """What one side answered to one case, with what it cost."""
-
-    answer: str
-    status: ReplayStatus
-    error: str | None = None
-    model: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float | None = 0.0
-    latency_ms: float | None = 0.0
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 def recorded_answer(case: ReplayCase) -> ReplayedAnswer:
@@ -266,8 +251,6 @@ class InProcessReplayer:
             yield cls(agent, checkpointer, settings.agent.max_steps), unknown
 
     async def answer(self, case: ReplayCase) -> ReplayedAnswer:
-        from server.agent.turn import TurnRecorder
-
         recorder = TurnRecorder(instructions=case.instructions)
         thread_id = f"replay-{uuid.uuid4()}"
         config: RunnableConfig = {

@@ -20,7 +20,7 @@ from typing import Any
 from loguru import logger
 
 from server.chat.records import existing_turn_ids
-from server.evaluation.cases import ReplayCase
+from server.evaluation.cases import ReplayCase, ReplayedAnswer
 from server.evaluation.comparison import (
     SIDES,
     CaseAnswers,
@@ -37,7 +37,7 @@ from server.evaluation.comparison import (
 from server.evaluation.definitions import EvalMetric
 from server.evaluation.gauges import REPLAY_SOURCE
 from server.evaluation.judge import Judge, Verdict
-from server.evaluation.replay import ReplayedAnswer, Replayer, recorded_answer
+from server.evaluation.replay import Replayer, recorded_answer
 from server.evaluation.service import Progress, for_each_bounded
 from server.evaluation.tables import EvalPairwise, EvalReplayAnswer, EvalRun, EvalScore
 
@@ -354,7 +354,7 @@ class ReplayService:
                 verdicts[key][first] = candidate_points(winner)
         pairwise = summarise_pairwise(options.pairwise_version, verdicts, pairwise_failures, seed=options.seed)
         usage = {
-            side: summarise_usage([row for (key, s), row in stored.answer_rows.items() if s == side and key in keys])
+            side: summarise_usage([answer for (key, s), answer in stored.answers.items() if s == side and key in keys])
             for side in SIDES
         }
         gate_failures = regression_failures(metrics, pairwise, options.gate)
@@ -382,7 +382,6 @@ class _Stored:
     """What a run has stored so far, keyed by case (and side, metric, order)."""
 
     answers: dict[tuple[str, Side], ReplayedAnswer] = field(default_factory=dict)
-    answer_rows: dict[tuple[str, Side], dict[str, Any]] = field(default_factory=dict)
     scores: dict[tuple[str, Side, str], float | None] = field(default_factory=dict)
     pairwise: dict[tuple[str, Side], str | None] = field(default_factory=dict)
     judge_models: set[str] = field(default_factory=set)
@@ -410,7 +409,6 @@ async def _stored(run_id: uuid.UUID) -> _Stored:
     stored = _Stored()
     for row in await EvalReplayAnswer.select().where(EvalReplayAnswer.run == run_id).output(load_json=True):
         side: Side = row["side"]
-        stored.answer_rows[(row["case_key"], side)] = row
         stored.answers[(row["case_key"], side)] = ReplayedAnswer(
             answer=row["answer"],
             status=row["status"],
